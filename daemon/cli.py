@@ -1,0 +1,85 @@
+"""The `daemon` command: parses arguments, delegates to the package, owns the exit codes.
+
+Exit codes (DESIGN §2): 0 success, 1 the work failed, 2 bad usage or invalid configuration.
+Each subcommand lives in `daemon/commands/<name>.py` and registers its own parser, so this
+module stays a thin dispatcher and only it turns exceptions into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from daemon import __version__
+from daemon.commands import API_MODULES, COMMAND_MODULES
+from daemon.errors import ConfigError, DaemonError, UpstreamError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _config_option() -> argparse.ArgumentParser:
+    """`--config` is accepted before or after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $DAEMON_CONFIG, ./daemon.toml, "
+        "/etc/integration-daemon/daemon.toml)",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _config_option()
+    parser = argparse.ArgumentParser(
+        prog="daemon",
+        description="integration-daemon: syncs Blesta, Billomat, HaloPSA and NetSapiens into "
+        "SQLite and turns PBX events into actions.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub, common)
+    api = sub.add_parser(
+        "api",
+        parents=[common],
+        help="raw upstream calls for scripts and debugging (JSON out)",
+        description="Raw calls to one upstream; prints JSON, exits 1 with the error JSON.",
+    )
+    api_sub = api.add_subparsers(dest="upstream", metavar="UPSTREAM")
+    api_sub.required = True
+    for module in API_MODULES:
+        module.register(api_sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    handler = getattr(args, "handler", None)
+    if handler is None:  # pragma: no cover - argparse enforces a subcommand
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(handler(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except UpstreamError as exc:
+        print(json.dumps(exc.as_dict(), indent=2), file=sys.stderr)
+        return EXIT_FAILED
+    except DaemonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

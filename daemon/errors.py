@@ -1,0 +1,186 @@
+"""The typed error tree every part of the daemon raises.
+
+Callers decide behaviour by type, never by message text::
+
+    DaemonError
+    ├── ConfigError                 invalid or unreadable configuration (CLI exit 2)
+    ├── UpstreamError               anything an upstream API call can end in
+    │   ├── UpstreamUnavailable     transient: worth retrying later
+    │   │   ├── NetworkError        connection refused/reset/dropped (also ConnectionError)
+    │   │   ├── UpstreamTimeout     no answer in time (also TimeoutError)
+    │   │   ├── ServerError         5xx, or an HTML error page from a proxy
+    │   │   └── RateLimited         429 (carries retry_after seconds when known)
+    │   ├── AuthError               credentials or tokens refused (401, OAuth errors)
+    │   └── UpstreamResponseError   the upstream answered, and the answer is final
+    │       ├── ForbiddenError      403
+    │       ├── NotFoundError       404 (also LookupError)
+    │       ├── ValidationError     400/422 with per-field errors
+    │       └── MalformedResponse   a 2xx body we cannot parse
+    ├── StoreError                  the database refused or is unusable
+    └── RuleError                   a rule or template failed while acting
+
+Errors carry the upstream name, HTTP status and a short body excerpt so the log line is
+actionable, and never a secret: excerpts pass through `redact_excerpt` with the secrets the
+caller knows about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+EXCERPT_LIMIT = 300
+
+
+class DaemonError(Exception):
+    """Root of every error the daemon raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration file: where (`sync[2].every`) and why."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(DaemonError):
+    """The configuration is invalid; carries every problem found, not only the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem] | str, *, source: str | None = None):
+        if isinstance(problems, str):
+            problems = [ConfigProblem("", problems)]
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        self.source = source
+        head = f"invalid configuration{f' in {source}' if source else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+def redact_excerpt(text: str, secrets: Iterable[str] = (), limit: int = EXCERPT_LIMIT) -> str:
+    """Shorten an upstream body for an error message, replacing any known secret value."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[REDACTED]")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class UpstreamError(DaemonError):
+    """An upstream API call failed. `status` is None when no HTTP answer arrived."""
+
+    transient = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream: str,
+        status: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        excerpt: str = "",
+    ):
+        self.upstream = upstream
+        self.status = status
+        self.method = method
+        self.path = path
+        self.excerpt = excerpt
+        where = f"{method} {path}" if method and path else (path or "")
+        parts = [f"{upstream}: {message}"]
+        if status is not None:
+            parts.append(f"(HTTP {status})")
+        if where:
+            parts.append(f"[{where}]")
+        if excerpt:
+            parts.append(f"— {excerpt}")
+        super().__init__(" ".join(parts))
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-safe description, as `daemon api` prints it on failure."""
+        return {
+            "error": type(self).__name__,
+            "message": str(self),
+            "upstream": self.upstream,
+            "status": self.status,
+            "method": self.method,
+            "path": self.path,
+            "excerpt": self.excerpt,
+        }
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Transient failure: the same call may succeed later."""
+
+    transient = True
+
+
+class NetworkError(UpstreamUnavailable, ConnectionError):
+    """The connection failed or dropped before a complete answer."""
+
+
+class UpstreamTimeout(UpstreamUnavailable, TimeoutError):
+    """The upstream did not answer within the configured timeout."""
+
+
+class ServerError(UpstreamUnavailable):
+    """5xx, or a non-API error page (HTML from a proxy)."""
+
+
+class RateLimited(UpstreamUnavailable):
+    """429. `retry_after` is the wait in seconds the upstream asked for, when it said."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object):
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class AuthError(UpstreamError):
+    """Credentials or tokens were refused; retrying the same call will not help."""
+
+
+class UpstreamResponseError(UpstreamError):
+    """The upstream gave a final, non-success answer."""
+
+
+class ForbiddenError(UpstreamResponseError):
+    """403: authenticated but not allowed."""
+
+
+class NotFoundError(UpstreamResponseError, LookupError):
+    """404: no such resource, model or method."""
+
+
+class ValidationError(UpstreamResponseError):
+    """400/422: the upstream rejected the input; `field_errors` maps field → messages."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_errors: Mapping[str, Sequence[str]] | None = None,
+        **kw: object,
+    ):
+        self.field_errors: dict[str, list[str]] = {
+            k: list(v) for k, v in (field_errors or {}).items()
+        }
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        d = super().as_dict()
+        d["field_errors"] = self.field_errors
+        return d
+
+
+class MalformedResponse(UpstreamResponseError):
+    """A success status whose body is not what the API promises (not JSON, wrong shape)."""
+
+
+class StoreError(DaemonError):
+    """The database could not be opened, migrated or written."""
+
+
+class RuleError(DaemonError):
+    """A rule failed while acting (template error, missing lookup); fails that action only."""
