@@ -6,7 +6,8 @@ Callers decide behaviour by type, never by message text::
     ├── ConfigError                 invalid or unreadable configuration (CLI exit 2)
     ├── UpstreamError               anything an upstream API call can end in
     │   ├── UpstreamUnavailable     transient: worth retrying later
-    │   │   ├── NetworkError        connection refused/reset/dropped (also ConnectionError)
+    │   │   ├── NetworkError        connection reset/dropped (also ConnectionError)
+    │   │   │   └── ConnectError    never connected: safe to retry even a POST
     │   │   ├── UpstreamTimeout     no answer in time (also TimeoutError)
     │   │   ├── ServerError         5xx, or an HTML error page from a proxy
     │   │   └── RateLimited         429 (carries retry_after seconds when known)
@@ -119,6 +120,11 @@ class UpstreamUnavailable(UpstreamError):
 
 class NetworkError(UpstreamUnavailable, ConnectionError):
     """The connection failed or dropped before a complete answer."""
+
+
+class ConnectError(NetworkError):
+    """The connection was never established, so the upstream cannot have acted on the request;
+    even a POST is safe to retry."""
 
 
 class UpstreamTimeout(UpstreamUnavailable, TimeoutError):

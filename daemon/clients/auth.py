@@ -1,0 +1,183 @@
+"""Credentials for upstream requests.
+
+Static schemes (HTTP Basic, API-key headers) simply add headers. OAuth schemes are split the
+way httpx splits its auth flows: `TokenState` is pure (no I/O, unit-tested with plain numbers),
+and `TokenAuth` drives it against the network with single-flight refresh — any number of callers
+that find the token stale, or get a 401 with the same token, cause one token request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from daemon.errors import AuthError, UpstreamError
+
+if TYPE_CHECKING:
+    from daemon.clients.http import UpstreamSession
+
+log = structlog.get_logger(__name__)
+
+
+class StaticHeaders:
+    """Fixed credential headers (Blesta API key headers, Billomat keys)."""
+
+    def __init__(self, headers: Mapping[str, str]):
+        self._headers = dict(headers)
+
+    async def headers(self, session: UpstreamSession) -> Mapping[str, str]:
+        return self._headers
+
+    async def unauthorized(self, session: UpstreamSession, sent: Mapping[str, str]) -> bool:
+        return False  # nothing to refresh: a 401 is final
+
+
+class BasicAuth(StaticHeaders):
+    """HTTP Basic (Blesta, Blesta Reseller)."""
+
+    def __init__(self, user: str, password: str):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        super().__init__({"Authorization": f"Basic {token}"})
+
+
+@dataclass
+class TokenState:
+    """What we know about the current OAuth token; pure, so expiry logic is testable alone.
+
+    Times are monotonic seconds. `leeway` refreshes early so a request never leaves with a token
+    that expires in flight.
+    """
+
+    access_token: str | None = None
+    refresh_token: str | None = None
+    expires_at: float | None = None
+    leeway: float = 60.0
+    generation: int = 0  # bumps on every new token; tells "already refreshed" from "stale"
+    info: Mapping[str, Any] | None = None
+
+    def needs_refresh(self, now: float) -> bool:
+        if self.access_token is None:
+            return True
+        return self.expires_at is not None and now >= self.expires_at - self.leeway
+
+    def update(self, payload: Mapping[str, Any], now: float) -> None:
+        """Take a token endpoint's answer; raises `ValueError` if it carries no token."""
+        token = payload.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise ValueError("token response has no access_token")
+        self.access_token = token
+        if isinstance(payload.get("refresh_token"), str) and payload["refresh_token"]:
+            self.refresh_token = payload["refresh_token"]
+        try:
+            expires_in = float(payload.get("expires_in", 3600))
+        except (TypeError, ValueError):
+            expires_in = 3600.0
+        self.expires_at = now + max(0.0, expires_in)
+        self.generation += 1
+        self.info = dict(payload)
+
+    def invalidate(self) -> None:
+        self.access_token = None
+
+    def authorization(self) -> dict[str, str]:
+        if self.access_token is None:
+            raise RuntimeError("no access token")
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class TokenAuth(ABC):
+    """Drives a `TokenState` for one upstream session.
+
+    Subclasses implement `obtain()`: send the token request(s) through
+    `session.request(..., use_auth=False)` (so the refresh cannot recurse) and return the
+    endpoint's JSON. A refused grant raises `AuthError`; the upstream is then marked unhealthy
+    (`healthy`, `last_error`) and callers fail fast for `failure_backoff` seconds instead of
+    hammering the token endpoint.
+    """
+
+    def __init__(self, *, leeway: float = 60.0, failure_backoff: float = 60.0):
+        self.state = TokenState(leeway=leeway)
+        self._lock = asyncio.Lock()
+        self.failure_backoff = failure_backoff
+        self.healthy = True
+        self.last_error: str | None = None
+        self._failed_until: float | None = None
+        self._failure: AuthError | None = None
+        self.refreshes = 0
+
+    @abstractmethod
+    async def obtain(self, session: UpstreamSession) -> Mapping[str, Any]:
+        """Fetch a new token (refresh grant and/or primary grant)."""
+
+    async def headers(self, session: UpstreamSession) -> Mapping[str, str]:
+        now = session.clock.monotonic()
+        if self.state.needs_refresh(now):
+            await self._refresh(session, seen_generation=self.state.generation)
+        return self.state.authorization()
+
+    async def unauthorized(self, session: UpstreamSession, sent: Mapping[str, str]) -> bool:
+        """A 401: refresh unless someone already did since `sent` was issued, then retry once."""
+        if sent.get("Authorization") != self._current_header():
+            return True  # the token changed meanwhile; just retry with the new one
+        generation = self.state.generation
+        self.state.invalidate()
+        await self._refresh(session, seen_generation=generation)
+        return True
+
+    def _current_header(self) -> str | None:
+        tok = self.state.access_token
+        return f"Bearer {tok}" if tok else None
+
+    async def _refresh(self, session: UpstreamSession, *, seen_generation: int) -> None:
+        async with self._lock:
+            now = session.clock.monotonic()
+            if self.state.generation != seen_generation and not self.state.needs_refresh(now):
+                return  # another caller refreshed while we waited for the lock
+            if self._failed_until is not None and now < self._failed_until:
+                assert self._failure is not None
+                raise self._failure
+            try:
+                payload = await self.obtain(session)
+                self.state.update(payload, session.clock.monotonic())
+            except AuthError as exc:
+                self._mark_failed(session, exc)
+                raise
+            except ValueError as exc:
+                err = AuthError(
+                    f"token endpoint answered without a token: {exc}", upstream=session.name
+                )
+                self._mark_failed(session, err)
+                raise err from exc
+            except UpstreamError:
+                raise  # transient (network, 5xx): not an auth verdict; callers retry later
+            self.refreshes += 1
+            self._failed_until = None
+            self._failure = None
+            if not self.healthy:
+                log.info("auth.recovered", upstream=session.name)
+            self.healthy = True
+            self.last_error = None
+            for secret in (self.state.access_token, self.state.refresh_token):
+                if secret:
+                    session.add_secret(secret)
+            log.info(
+                "auth.token_refreshed",
+                upstream=session.name,
+                expires_in=round((self.state.expires_at or now) - now),
+            )
+
+    def _mark_failed(self, session: UpstreamSession, exc: AuthError) -> None:
+        self.healthy = False
+        self.last_error = str(exc)
+        self._failure = exc
+        self._failed_until = session.clock.monotonic() + self.failure_backoff
+        self.state.invalidate()
+        log.error(
+            "auth.failed", upstream=session.name, error=str(exc), retry_in_s=self.failure_backoff
+        )

@@ -1,0 +1,412 @@
+"""The shared HTTP core: one session per upstream, retries, rate budget, typed errors.
+
+Every upstream client (Blesta, Reseller, Billomat, Halo, NetSapiens) sends through an
+`UpstreamSession`, so timeouts, concurrency, retry policy, auth and error translation behave the
+same everywhere and are tested once. aiohttp exceptions never leave this module: they are turned
+into the `daemon.errors` tree here, the way httpx translates httpcore's at one boundary.
+
+Retry policy (DESIGN §5): exponential backoff with full jitter on connection errors, timeouts,
+5xx and 429; `Retry-After` (seconds or HTTP-date) honoured on 429/503, or whatever an upstream's
+`retry_after` hook reads (Billomat's `X-Rate-Limit-Reset`); 4xx other than 408/429 never retried.
+A non-idempotent request (POST) is retried only when the upstream cannot have acted on it:
+429, 503, or a connection that was never established.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from daemon import __version__
+from daemon.clients.ratelimit import RateBudget, RateLimit
+from daemon.clock import Clock
+from daemon.errors import (
+    AuthError,
+    ConnectError,
+    ForbiddenError,
+    MalformedResponse,
+    NetworkError,
+    NotFoundError,
+    RateLimited,
+    ServerError,
+    UpstreamError,
+    UpstreamResponseError,
+    UpstreamTimeout,
+    ValidationError,
+    redact_excerpt,
+)
+
+log = structlog.get_logger(__name__)
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Per-upstream transport settings (from the upstream's config table)."""
+
+    timeout: float = 30.0
+    max_retries: int = 4
+    max_concurrency: int = 4
+    rate_limit: RateLimit | None = None
+    backoff_base: float = 0.5
+    backoff_cap: float = 60.0
+    retry_after_cap: float = 900.0  # never wait longer than this on an upstream's say-so
+    user_agent: str = f"integration-daemon/{__version__}"
+
+
+@dataclass
+class Response:
+    """A fully read upstream answer. Bodies are read eagerly: pages are small, and it keeps
+    connection lifetimes out of the callers' hands."""
+
+    method: str
+    url: URL
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    upstream: str
+    secrets: Sequence[str] = field(default=(), repr=False)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def is_json(self) -> bool:
+        return self.content_type.endswith("json") or self.content_type.endswith("+json")
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def excerpt(self) -> str:
+        return redact_excerpt(self.text(), self.secrets)
+
+    def json(self) -> Any:
+        """The body as JSON; a body that is not JSON is a `MalformedResponse`, not a crash."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedResponse(
+                f"expected JSON, got {self.content_type or 'no content type'}",
+                upstream=self.upstream,
+                status=self.status,
+                method=self.method,
+                path=self.url.path,
+                excerpt=self.excerpt(),
+            ) from exc
+
+
+class Auth(Protocol):
+    """Adds credentials to a request and reacts to a 401 (see daemon.clients.auth)."""
+
+    async def headers(self, session: UpstreamSession) -> Mapping[str, str]:
+        """Headers to add to the next request (may refresh a token first)."""
+        ...
+
+    async def unauthorized(self, session: UpstreamSession, sent: Mapping[str, str]) -> bool:
+        """A request sent with `sent` headers got 401. True: try once more with new headers."""
+        ...
+
+
+ErrorMapper = Callable[[Response], UpstreamError | None]
+RetryAfterHook = Callable[[Response, float], float | None]
+
+
+def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now_epoch)
+
+
+def default_error(resp: Response) -> UpstreamError:
+    """Map a non-2xx answer to the typed tree; upstream modules refine via `error_mapper`."""
+    kw: dict[str, Any] = dict(
+        upstream=resp.upstream,
+        status=resp.status,
+        method=resp.method,
+        path=resp.url.path,
+        excerpt=resp.excerpt(),
+    )
+    s = resp.status
+    if s == 401:
+        return AuthError("credentials refused", **kw)
+    if s == 403:
+        return ForbiddenError("access forbidden", **kw)
+    if s == 404:
+        return NotFoundError("not found", **kw)
+    if s in (400, 422):
+        return ValidationError("request rejected", **kw)
+    if s == 408:
+        return UpstreamTimeout("upstream reported a request timeout", **kw)
+    if s == 429:
+        return RateLimited("rate limited", **kw)
+    if s >= 500 or resp.content_type == "text/html":
+        return ServerError("server error", **kw)
+    return UpstreamResponseError("unexpected answer", **kw)
+
+
+class UpstreamSession:
+    """One aiohttp session to one upstream, with its retry, budget and auth policy.
+
+    Open with `async with UpstreamSession(...) as s:`; the service's exit stack owns it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        options: HttpOptions,
+        *,
+        clock: Clock,
+        auth: Auth | None = None,
+        secrets: Iterable[str] = (),
+        error_mapper: ErrorMapper | None = None,
+        retry_after: RetryAfterHook | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
+    ):
+        self.name = name
+        self.base_url = URL(base_url.rstrip("/") + "/")
+        self.options = options
+        self.clock = clock
+        self.auth = auth
+        self.secrets: list[str] = [s for s in secrets if s]
+        self._error_mapper = error_mapper
+        self._retry_after_hook = retry_after
+        self._default_headers = dict(default_headers or {})
+        self._rng = rng or random.Random()
+        self.budget = RateBudget(options.rate_limit, clock) if options.rate_limit else None
+        self._session: aiohttp.ClientSession | None = None
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> UpstreamSession:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.options.max_concurrency)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.options.timeout),
+                headers={"User-Agent": self.options.user_agent, **self._default_headers},
+                auto_decompress=True,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def add_secret(self, value: str) -> None:
+        """Remember a secret obtained later (a token) so excerpts never show it."""
+        if value and value not in self.secrets:
+            self.secrets.append(value)
+
+    def url(self, path: str) -> URL:
+        """Resolve `path` against the base URL; absolute URLs pass through."""
+        if path.startswith(("http://", "https://")):
+            return URL(path)
+        return self.base_url.join(URL(path.lstrip("/")))
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        ceiling = min(self.options.backoff_cap, self.options.backoff_base * (2**attempt))
+        return self._rng.uniform(0, ceiling)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        data: Any = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        use_auth: bool = True,
+        idempotent: bool | None = None,
+        max_retries: int | None = None,
+        raise_for_status: bool = True,
+    ) -> Response:
+        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises."""
+        if self._session is None:
+            raise RuntimeError(f"session for {self.name} is not open")
+        method = method.upper()
+        idem = method in IDEMPOTENT if idempotent is None else idempotent
+        retries = self.options.max_retries if max_retries is None else max_retries
+        url = self.url(path)
+        auth_retried = False
+        attempt = 0
+        while True:
+            req_headers: dict[str, str] = dict(headers or {})
+            sent_auth: Mapping[str, str] = {}
+            if use_auth and self.auth is not None:
+                sent_auth = await self.auth.headers(self)
+                req_headers.update(sent_auth)
+            if self.budget is not None:
+                await self.budget.acquire()
+            started = self.clock.monotonic()
+            try:
+                resp = await self._send(method, url, params, data, json_body, req_headers)
+            except UpstreamError as exc:
+                if attempt < retries and (idem or isinstance(exc, ConnectError)):
+                    wait = self.backoff(attempt)
+                    self._log_retry(method, url, attempt, wait, exc)
+                    await self.clock.sleep(wait)
+                    attempt += 1
+                    continue
+                self._log_giving_up(method, url, attempt, exc)
+                raise
+            duration = self.clock.monotonic() - started
+            log.debug(
+                "http.request",
+                upstream=self.name,
+                method=method,
+                path=url.path,
+                status=resp.status,
+                duration_ms=round(duration * 1000, 1),
+                attempt=attempt + 1,
+            )
+            if 200 <= resp.status < 300 or not raise_for_status:
+                return resp
+            if resp.status == 401 and use_auth and self.auth is not None and not auth_retried:
+                auth_retried = True
+                if await self.auth.unauthorized(self, sent_auth):
+                    continue
+            error = self._map_error(resp)
+            retryable = (
+                resp.status in (408, 429) or resp.status >= 500 or (isinstance(error, ServerError))
+            )
+            safe = idem or resp.status in (429, 503)
+            if retryable and safe and attempt < retries:
+                delay = self._retry_wait(resp, attempt, error)
+                if delay is None:
+                    self._log_giving_up(method, url, attempt, error)
+                    raise error
+                if resp.status == 429 and self.budget is not None:
+                    self.budget.penalise(delay)
+                self._log_retry(method, url, attempt, delay, error)
+                await self.clock.sleep(delay)
+                attempt += 1
+                continue
+            if retryable:
+                self._log_giving_up(method, url, attempt, error)
+            raise error
+
+    def _retry_wait(self, resp: Response, attempt: int, error: UpstreamError) -> float | None:
+        """Seconds before the next try; None when the upstream asks for more than we allow."""
+        asked: float | None = None
+        if self._retry_after_hook is not None:
+            asked = self._retry_after_hook(resp, self.clock.now().timestamp())
+        if asked is None and resp.status in (429, 503):
+            asked = parse_retry_after(resp.headers.get("Retry-After"), self.clock.now().timestamp())
+        if isinstance(error, RateLimited) and asked is not None:
+            error.retry_after = asked
+        if asked is None:
+            return self.backoff(attempt)
+        if asked > self.options.retry_after_cap:
+            return None
+        return asked
+
+    def _map_error(self, resp: Response) -> UpstreamError:
+        if self._error_mapper is not None:
+            mapped = self._error_mapper(resp)
+            if mapped is not None:
+                return mapped
+        return default_error(resp)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        params: Params | None,
+        data: Any,
+        json_body: Any,
+        headers: Mapping[str, str],
+    ) -> Response:
+        assert self._session is not None
+        self.requests_sent += 1
+        try:
+            async with self._session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                json=json_body,
+                headers=CIMultiDict(headers),
+                allow_redirects=False,
+            ) as r:
+                body = await r.read()
+                return Response(method, r.url, r.status, r.headers, body, self.name, self.secrets)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"no answer within {self.options.timeout:g}s",
+                upstream=self.name,
+                method=method,
+                path=url.path,
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(
+                f"cannot connect: {exc.os_error.strerror or exc.os_error}",
+                upstream=self.name,
+                method=method,
+                path=url.path,
+            ) from exc
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise NetworkError(
+                f"connection failed: {type(exc).__name__}",
+                upstream=self.name,
+                method=method,
+                path=url.path,
+            ) from exc
+
+    def _log_retry(
+        self, method: str, url: URL, attempt: int, wait: float, exc: UpstreamError
+    ) -> None:
+        log.info(
+            "http.retry",
+            upstream=self.name,
+            method=method,
+            path=url.path,
+            status=exc.status,
+            error=type(exc).__name__,
+            attempt=attempt + 1,
+            wait_s=round(wait, 3),
+        )
+
+    def _log_giving_up(self, method: str, url: URL, attempt: int, exc: UpstreamError) -> None:
+        log.warning(
+            "http.giving_up",
+            upstream=self.name,
+            method=method,
+            path=url.path,
+            status=exc.status,
+            error=type(exc).__name__,
+            attempts=attempt + 1,
+        )

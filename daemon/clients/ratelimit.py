@@ -1,0 +1,58 @@
+"""A rolling-window request budget shared by every caller of one upstream.
+
+Halo-hosted allows 300 requests per rolling 5 minutes and answers 429 past that; a big sync must
+not spend the budget a ticket action needs, and we would rather wait before sending than be told
+to. One `RateBudget` per upstream session is awaited before every request, sync and actions alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from daemon.clock import Clock
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`count` requests per `per` seconds (config: "600/5m")."""
+
+    count: int
+    per: float
+
+
+class RateBudget:
+    """Grants at most `limit.count` starts in any window of `limit.per` seconds, in FIFO order."""
+
+    def __init__(self, limit: RateLimit, clock: Clock):
+        if limit.count < 1 or limit.per <= 0:
+            raise ValueError("rate limit needs a positive count and window")
+        self.limit = limit
+        self._clock = clock
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self.waited = 0.0  # total seconds callers spent waiting, for metrics and tests
+
+    def _wait_needed(self) -> float:
+        now = self._clock.monotonic()
+        while self._starts and now - self._starts[0] >= self.limit.per:
+            self._starts.popleft()
+        if len(self._starts) < self.limit.count:
+            return 0.0
+        return self.limit.per - (now - self._starts[0])
+
+    async def acquire(self) -> None:
+        """Wait until a request may start, then record it."""
+        async with self._lock:  # FIFO: later callers queue behind the one waiting
+            while (wait := self._wait_needed()) > 0:
+                self.waited += wait
+                await self._clock.sleep(wait)
+            self._starts.append(self._clock.monotonic())
+
+    def penalise(self, seconds: float) -> None:
+        """After a 429 despite the budget, hold everyone back: fill the window from now on."""
+        now = self._clock.monotonic()
+        start = now + seconds - self.limit.per
+        self._starts.clear()
+        self._starts.extend([start] * self.limit.count)
