@@ -1,0 +1,171 @@
+"""`daemon status [--json]`: health from the database, for people and for scripts.
+
+Like `arq --check`, the exit code is the health check: 0 when the last finished run of every
+job is ok and there are no dead letters, 1 otherwise (or when the database is missing), 2 for
+bad configuration. It opens the database read-only, so it is safe beside a running service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.clock import Clock, SystemClock
+
+ORDER = 30
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="last sync runs, inbox and action counts, dead letters, subscriptions",
+        description="Show the last run of each sync job, inbox and action counts by status, "
+        "dead letters and NetSapiens subscriptions, read from the database (read-only). "
+        "Exit status (a health check, like `arq --check`): 0 when the last finished run of "
+        "every job is ok and there are no dead letters; 1 when a job's last run failed or was "
+        "cancelled, dead letters exist, or the database is missing; 2 for invalid "
+        "configuration.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from daemon.config import load_settings, resolve_config_path
+
+    settings = load_settings(resolve_config_path(args.config))
+    database = Path(settings.daemon.database)
+    configured = [str(job.name) for job in getattr(settings, "sync", None) or []]
+    if not database.exists():
+        message = f"database {database} does not exist (has the daemon run yet?)"
+        if args.json:
+            print(json.dumps({"database": str(database), "healthy": False, "error": message}))
+        else:
+            print(message)
+        return EXIT_UNHEALTHY
+    report = asyncio.run(collect_status(database, clock=SystemClock(), jobs=configured))
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return EXIT_OK if report["healthy"] else EXIT_UNHEALTHY
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+async def collect_status(
+    database: Path, *, clock: Clock, jobs: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Everything `status` shows, as one JSON-ready dict with a `healthy` verdict."""
+    from daemon.store import Store
+
+    async with Store.open(database, clock=clock, read_only=True) as store:
+        latest = {r.job: r for r in await store.last_runs()}
+        finished = {r.job: r for r in await store.last_runs(finished_only=True)}
+        events = await store.count_events_by_status()
+        actions = await store.count_actions_by_status()
+        subscriptions = await store.list_subscriptions()
+    now = clock.now()
+    problems: list[str] = []
+    job_rows: list[dict[str, Any]] = []
+    for name in sorted(set(latest) | set(jobs)):
+        run = latest.get(name)
+        done = finished.get(name)
+        if done is not None and done.status != "ok":
+            problems.append(f"job {name}: last run {done.status}: {done.error or ''}".rstrip(": "))
+        if run is None:
+            job_rows.append({"job": name, "status": "never", "last_finished_status": None})
+            continue
+        job_rows.append(
+            {
+                "job": name,
+                "run_id": run.id,
+                "status": run.status,
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "duration_s": None if run.duration is None else round(run.duration, 3),
+                "pages": run.pages,
+                "fetched": run.fetched,
+                "inserted": run.inserted,
+                "updated": run.updated,
+                "unchanged": run.unchanged,
+                "deleted": run.deleted,
+                "error": run.error,
+                "last_finished_status": None if done is None else done.status,
+            }
+        )
+    dead = {"events": events.get("dead", 0), "actions": actions.get("dead", 0)}
+    if dead["events"] or dead["actions"]:
+        problems.append(f"dead letters: {dead['events']} events, {dead['actions']} actions")
+    subs = [
+        {
+            "id": s.id,
+            "model": s.model,
+            "status": s.status,
+            "post_url": s.post_url,
+            "expires_at": _iso(s.expires_at),
+            "expires_in_s": None
+            if s.expires_at is None
+            else int((s.expires_at - now).total_seconds()),
+        }
+        for s in subscriptions
+    ]
+    return {
+        "database": str(database),
+        "healthy": not problems,
+        "problems": problems,
+        "jobs": job_rows,
+        "events": events,
+        "actions": actions,
+        "dead_letters": dead,
+        "subscriptions": subs,
+    }
+
+
+def _short(when: str | None) -> str:
+    return "-" if when is None else when[:19].replace("T", " ")
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    return "  ".join(f"{k} {v}" for k, v in by_status.items())
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines = [f"database: {report['database']}", "", "sync jobs:"]
+    if not report["jobs"]:
+        lines.append("  (no runs yet)")
+    for j in report["jobs"]:
+        if j["status"] == "never":
+            lines.append(f"  {j['job']:<24} never run")
+            continue
+        dur = "running" if j["duration_s"] is None else f"{j['duration_s']:.1f}s"
+        lines.append(
+            f"  {j['job']:<24} {j['status']:<9} started {_short(j['started_at'])} UTC  {dur}  "
+            f"fetched {j['fetched']} ins {j['inserted']} upd {j['updated']} "
+            f"same {j['unchanged']} del {j['deleted']}"
+        )
+        if j["error"]:
+            lines.append(f"  {'':<24} error: {j['error']}")
+    lines += ["", f"inbox:   {_counts(report['events'])}", f"actions: {_counts(report['actions'])}"]
+    dead = report["dead_letters"]
+    lines.append(f"dead letters: {dead['events']} events, {dead['actions']} actions")
+    lines += ["", "subscriptions:"]
+    if not report["subscriptions"]:
+        lines.append("  (none)")
+    for s in report["subscriptions"]:
+        lines.append(
+            f"  {s['model']:<10} {s['id']:<24} {s['status']:<10} "
+            f"expires {_short(s['expires_at'])} UTC"
+        )
+    lines += ["", "healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"])]
+    return "\n".join(lines)

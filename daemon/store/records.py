@@ -1,0 +1,241 @@
+"""Record tables: one per sync job, upserted a page per transaction, tombstoned after full runs.
+
+Change detection is by hash of the canonical JSON (sorted keys, compact, UTF-8): a record the
+upstream sends again unchanged is not rewritten, only its `seen_at` is bumped, so a 100k-row
+resync costs reads plus one small UPDATE per page instead of rewriting the table.
+
+`seen_at >= run_started_at` is how a full run proves it saw a row; `mark_tombstones` relies on
+it, and the caller only calls it after a *complete* full run, so a failed run deletes nothing.
+`seen_at` is written as max(now, run_started_at) so that a wall clock stepping backwards during
+a run cannot make a freshly seen row look stale.
+
+Report tables carry `period`; their `id` is built by the caller and must already include the
+period (e.g. `2025-01:pkg-7`), since the primary key is `id` alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from daemon.errors import StoreError
+from daemon.store.db import Database, execute, query
+from daemon.store.util import (
+    chunked,
+    placeholders,
+    quote_ident,
+    record_hash,
+    to_db,
+    validate_table_name,
+)
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What one page did to its table."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def _record_ddl(table: str, report: bool) -> list[str]:
+    q = quote_ident(table)
+    period = "    period        TEXT,\n" if report else ""
+    ddl = [
+        f"""CREATE TABLE IF NOT EXISTS {q} (
+    id            TEXT PRIMARY KEY,
+    data          TEXT NOT NULL,
+    hash          TEXT,
+{period}    first_seen_at TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    seen_at       TEXT NOT NULL,
+    deleted_at    TEXT
+)"""
+    ]
+    if report:
+        ddl.append(f'CREATE INDEX IF NOT EXISTS "{table}_period" ON {q} (period)')
+    return ddl
+
+
+class RecordsRepo(Database):
+    async def ensure_record_table(self, table: str, *, report: bool = False) -> None:
+        """Create the job's table if missing; a job switching to/from report is refused."""
+        validate_table_name(table)
+
+        async def job(conn: aiosqlite.Connection) -> bool:
+            for sql in _record_ddl(table, report):
+                await execute(conn, sql)
+            cols = await query(conn, f"PRAGMA table_info({quote_ident(table)})")
+            return any(c[1] == "period" for c in cols)
+
+        has_period = await self.write(job)
+        if has_period != report:
+            raise StoreError(
+                f"record table {table!r} exists {'with' if has_period else 'without'} a period "
+                "column; a job cannot switch between report and plain records in place"
+            )
+        self._record_tables[table] = has_period
+
+    async def _table_kind(self, table: str) -> bool:
+        """Whether `table` is a report table; it must exist (ensure_record_table first)."""
+        validate_table_name(table)
+        if table in self._record_tables:
+            return self._record_tables[table]
+        cols = await self.fetchall(f"PRAGMA table_info({quote_ident(table)})")
+        if not cols:
+            raise StoreError(f"record table {table!r} does not exist")
+        is_report = any(c["name"] == "period" for c in cols)
+        self._record_tables[table] = is_report
+        return is_report
+
+    async def upsert_page(
+        self,
+        table: str,
+        records: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        run_started_at: datetime,
+        period: str | None = None,
+        insert_only: bool = False,
+    ) -> UpsertResult:
+        """Write one page in one transaction.
+
+        `insert_only` (append-mode jobs, whose upstream rows never change) keeps existing rows
+        as they are and counts them unchanged. A later duplicate id in the same page wins.
+        """
+        is_report = await self._table_kind(table)
+        if period is not None and not is_report:
+            raise StoreError(f"record table {table!r} has no period column")
+        # Serialise and hash here, in the caller's task, to keep the writer's turn short.
+        prepared: dict[str, tuple[str, str]] = {}
+        for rid, data in records:
+            prepared[str(rid)] = (json.dumps(data, ensure_ascii=False), record_hash(data))
+        if not prepared:
+            return UpsertResult()
+        q = quote_ident(table)
+        ids = list(prepared)
+        started = to_db(run_started_at)
+
+        async def job(conn: aiosqlite.Connection) -> UpsertResult:
+            now = to_db(self.clock.now())
+            seen = max(now, started)
+            existing: dict[str, tuple[str | None, str | None]] = {}
+            for chunk in chunked(ids):
+                marks = placeholders(len(chunk))
+                rows = await query(
+                    conn, f"SELECT id, hash, deleted_at FROM {q} WHERE id IN ({marks})", chunk
+                )
+                existing.update({r[0]: (r[1], r[2]) for r in rows})
+            inserts: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
+            revived: list[str] = []  # tombstoned append-only rows that came back: kept as is
+            unchanged: list[str] = []
+            for rid, (text, digest) in prepared.items():
+                if rid not in existing:
+                    row: tuple[Any, ...] = (rid, text, digest, now, now, seen)
+                    inserts.append((*row, period) if is_report else row)
+                    continue
+                old_hash, deleted_at = existing[rid]
+                if deleted_at is None and (insert_only or old_hash == digest):
+                    unchanged.append(rid)
+                elif insert_only:
+                    revived.append(rid)
+                else:
+                    fields = (text, digest, now, seen)
+                    changed.append((*fields, period, rid) if is_report else (*fields, rid))
+            if inserts:
+                cols = "id, data, hash, first_seen_at, updated_at, seen_at"
+                cols += ", period" if is_report else ""
+                await conn.executemany(
+                    f"INSERT INTO {q} ({cols}) VALUES ({placeholders(len(inserts[0]))})", inserts
+                )
+            if changed:
+                set_period = ", period = ?" if is_report else ""
+                await conn.executemany(
+                    f"UPDATE {q} SET data = ?, hash = ?, updated_at = ?, seen_at = ?, "
+                    f"deleted_at = NULL{set_period} WHERE id = ?",
+                    changed,
+                )
+            for chunk in chunked(revived):
+                await execute(
+                    conn,
+                    f"UPDATE {q} SET deleted_at = NULL, updated_at = ?, seen_at = ? "
+                    f"WHERE id IN ({placeholders(len(chunk))})",
+                    (now, seen, *chunk),
+                )
+            for chunk in chunked(unchanged):
+                await execute(
+                    conn,
+                    f"UPDATE {q} SET seen_at = ? WHERE id IN ({placeholders(len(chunk))})",
+                    (seen, *chunk),
+                )
+            return UpsertResult(len(inserts), len(changed) + len(revived), len(unchanged))
+
+        return await self.write(job)
+
+    async def mark_tombstones(
+        self, table: str, *, run_started_at: datetime, period: str | None = None
+    ) -> int:
+        """Mark rows the completed full run did not see as deleted; returns how many.
+
+        Only call after a COMPLETE full run: rows not seen by a partial run are not gone.
+        With `period`, only that report period is considered.
+        """
+        is_report = await self._table_kind(table)
+        if period is not None and not is_report:
+            raise StoreError(f"record table {table!r} has no period column")
+        q = quote_ident(table)
+        where = "deleted_at IS NULL AND seen_at < ?"
+        params: list[Any] = [to_db(run_started_at)]
+        if period is not None:
+            where += " AND period = ?"
+            params.append(period)
+
+        async def job(conn: aiosqlite.Connection) -> int:
+            now = to_db(self.clock.now())
+            return await execute(
+                conn, f"UPDATE {q} SET deleted_at = ? WHERE {where}", [now, *params]
+            )
+
+        return await self.write(job)
+
+    async def iter_records(
+        self, table: str, *, include_deleted: bool = False, batch: int = 1000
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Stream `(id, data)` in id order, a batch per query, so memory stays flat."""
+        await self._table_kind(table)
+        q = quote_ident(table)
+        live = "" if include_deleted else " AND deleted_at IS NULL"
+        last = ""
+        while True:
+            rows = await self.fetchall(
+                f"SELECT id, data FROM {q} WHERE id > ?{live} ORDER BY id LIMIT ?", (last, batch)
+            )
+            for row in rows:
+                yield row["id"], json.loads(row["data"])
+            if len(rows) < batch:
+                return
+            last = rows[-1]["id"]
+
+    async def get_record(self, table: str, record_id: str) -> dict[str, Any] | None:
+        """The live record's data, or None when unknown or tombstoned."""
+        await self._table_kind(table)
+        row = await self.fetchone(
+            f"SELECT data FROM {quote_ident(table)} WHERE id = ? AND deleted_at IS NULL",
+            (record_id,),
+        )
+        return None if row is None else dict(json.loads(row["data"]))
+
+    async def record_tables(self) -> list[str]:
+        """Names of the record tables present (anything with the record-table shape)."""
+        rows = await self.fetchall(
+            "SELECT m.name FROM sqlite_master AS m WHERE m.type = 'table' "
+            "AND m.name NOT LIKE 'sqlite_%' AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) "
+            "WHERE name = 'seen_at') ORDER BY m.name"
+        )
+        return [r["name"] for r in rows]

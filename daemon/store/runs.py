@@ -1,0 +1,227 @@
+"""`sync_runs` (one row per run, the history `daemon status` reads) and `sync_state`.
+
+A run is inserted as `running` before its first page so a crash leaves evidence;
+`mark_stale_runs_failed` turns such leftovers into `failed / interrupted` at startup.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+import aiosqlite
+
+from daemon.errors import StoreError
+from daemon.store.db import Database, execute
+from daemon.store.util import from_db, from_db_req, to_db
+
+RUN_STATUSES = ("running", "ok", "failed", "cancelled")
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+UNSET = _Unset.UNSET
+"""Marks an argument as "leave this column alone" where None would mean "clear it"."""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    job: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    pages: int
+    fetched: int
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
+    error: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish; None while running."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class SyncState:
+    job: str
+    cursor: str | None
+    last_success_at: datetime | None
+    last_run_at: datetime | None
+
+
+_RUN_COLS = (
+    "id, job, started_at, finished_at, status, pages, fetched, inserted, updated, "
+    "unchanged, deleted, error"
+)
+
+
+def _run(row: sqlite3.Row) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        job=row["job"],
+        started_at=from_db_req(row["started_at"]),
+        finished_at=from_db(row["finished_at"]),
+        status=row["status"],
+        pages=row["pages"],
+        fetched=row["fetched"],
+        inserted=row["inserted"],
+        updated=row["updated"],
+        unchanged=row["unchanged"],
+        deleted=row["deleted"],
+        error=row["error"],
+    )
+
+
+class RunsRepo(Database):
+    async def start_run(self, job: str) -> int:
+        async def fn(conn: aiosqlite.Connection) -> int:
+            async with conn.execute(
+                "INSERT INTO sync_runs (job, started_at, status) VALUES (?, ?, 'running')",
+                (job, to_db(self.clock.now())),
+            ) as cur:
+                assert cur.lastrowid is not None
+                return int(cur.lastrowid)
+
+        return await self.write(fn)
+
+    async def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        pages: int = 0,
+        fetched: int = 0,
+        inserted: int = 0,
+        updated: int = 0,
+        unchanged: int = 0,
+        deleted: int = 0,
+        error: str | None = None,
+    ) -> None:
+        if status not in ("ok", "failed", "cancelled"):
+            raise StoreError(f"finish_run: status must be ok, failed or cancelled, not {status!r}")
+        params = (status, pages, fetched, inserted, updated, unchanged, deleted, error, run_id)
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await execute(
+                conn,
+                "UPDATE sync_runs SET finished_at = ?, status = ?, pages = ?, fetched = ?, "
+                "inserted = ?, updated = ?, unchanged = ?, deleted = ?, error = ? WHERE id = ?",
+                (to_db(self.clock.now()), *params),
+            )
+
+        await self.write(fn)
+
+    async def update_run_progress(
+        self,
+        run_id: int,
+        *,
+        pages: int,
+        fetched: int,
+        inserted: int,
+        updated: int,
+        unchanged: int,
+        deleted: int = 0,
+    ) -> None:
+        """Optional: lets `daemon status` show a long run's counters while it is going."""
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await execute(
+                conn,
+                "UPDATE sync_runs SET pages = ?, fetched = ?, inserted = ?, updated = ?, "
+                "unchanged = ?, deleted = ? WHERE id = ? AND status = 'running'",
+                (pages, fetched, inserted, updated, unchanged, deleted, run_id),
+            )
+
+        await self.write(fn)
+
+    async def mark_stale_runs_failed(self) -> int:
+        """Runs still `running` at startup were cut short by a crash; record that truthfully.
+
+        Call once at startup before any job starts: it cannot tell a crashed run from one a
+        concurrent process is executing right now.
+        """
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            return await execute(
+                conn,
+                "UPDATE sync_runs SET status = 'failed', error = 'interrupted', finished_at = ? "
+                "WHERE status = 'running'",
+                (to_db(self.clock.now()),),
+            )
+
+        return await self.write(fn)
+
+    async def get_run(self, run_id: int) -> RunRow | None:
+        row = await self.fetchone(f"SELECT {_RUN_COLS} FROM sync_runs WHERE id = ?", (run_id,))
+        return None if row is None else _run(row)
+
+    async def last_runs(self, *, finished_only: bool = False) -> list[RunRow]:
+        """The latest run of each job (ordered by job); `finished_only` skips running ones."""
+        where = "WHERE status != 'running'" if finished_only else ""
+        rows = await self.fetchall(
+            f"SELECT {_RUN_COLS} FROM sync_runs WHERE id IN "
+            f"(SELECT MAX(id) FROM sync_runs {where} GROUP BY job) ORDER BY job"
+        )
+        return [_run(r) for r in rows]
+
+    async def list_runs(self, job: str | None = None, *, limit: int = 50) -> list[RunRow]:
+        """Newest first."""
+        where, params = ("WHERE job = ?", [job]) if job is not None else ("", [])
+        rows = await self.fetchall(
+            f"SELECT {_RUN_COLS} FROM sync_runs {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [_run(r) for r in rows]
+
+    async def get_sync_state(self, job: str) -> SyncState | None:
+        row = await self.fetchone(
+            "SELECT job, cursor, last_success_at, last_run_at FROM sync_state WHERE job = ?",
+            (job,),
+        )
+        if row is None:
+            return None
+        return SyncState(
+            job=row["job"],
+            cursor=row["cursor"],
+            last_success_at=from_db(row["last_success_at"]),
+            last_run_at=from_db(row["last_run_at"]),
+        )
+
+    async def set_sync_state(
+        self,
+        job: str,
+        *,
+        cursor: str | _Unset | None = UNSET,
+        last_success_at: datetime | _Unset | None = UNSET,
+    ) -> None:
+        """Update only the fields given (None clears); `last_run_at` is always set to now."""
+        sets = ["last_run_at = excluded.last_run_at"]
+        if cursor is not UNSET:
+            sets.append("cursor = excluded.cursor")
+        if last_success_at is not UNSET:
+            sets.append("last_success_at = excluded.last_success_at")
+        cursor_v = None if isinstance(cursor, _Unset) else cursor
+        success_v = (
+            None
+            if isinstance(last_success_at, _Unset) or last_success_at is None
+            else to_db(last_success_at)
+        )
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            await execute(
+                conn,
+                "INSERT INTO sync_state (job, cursor, last_success_at, last_run_at) "
+                f"VALUES (?, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET {', '.join(sets)}",
+                (job, cursor_v, success_v, to_db(self.clock.now())),
+            )
+
+        await self.write(fn)

@@ -1,0 +1,165 @@
+"""Schema migrations, ordered and driven by `PRAGMA user_version`.
+
+Why `user_version` rather than a `schema_version` table: it lives in the database header, so
+it is read without a query plan and changes atomically with the DDL of the same transaction.
+Each step runs in its own `BEGIN IMMEDIATE` transaction together with the version bump, so a
+crash mid-migration leaves the previous version intact and the step is simply retried.
+
+Record tables (one per sync job) are not created here: they appear on demand through
+`Store.ensure_record_table`, because their names come from the configuration. A future step
+that must change every record table would enumerate them from `sqlite_master`.
+
+Never edit a released step; append a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiosqlite
+import structlog
+
+log = structlog.get_logger(__name__)
+
+MIGRATIONS: Sequence[Sequence[str]] = (
+    # 1: the initial layout of DESIGN §4.
+    (
+        """
+        CREATE TABLE sync_runs (
+            id          INTEGER PRIMARY KEY,
+            job         TEXT NOT NULL,
+            started_at  TEXT NOT NULL,
+            finished_at TEXT,
+            status      TEXT NOT NULL DEFAULT 'running'
+                        CHECK (status IN ('running', 'ok', 'failed', 'cancelled')),
+            pages       INTEGER NOT NULL DEFAULT 0,
+            fetched     INTEGER NOT NULL DEFAULT 0,
+            inserted    INTEGER NOT NULL DEFAULT 0,
+            updated     INTEGER NOT NULL DEFAULT 0,
+            unchanged   INTEGER NOT NULL DEFAULT 0,
+            deleted     INTEGER NOT NULL DEFAULT 0,
+            error       TEXT
+        )
+        """,
+        "CREATE INDEX sync_runs_job ON sync_runs (job, id)",
+        "CREATE INDEX sync_runs_status ON sync_runs (status)",
+        """
+        CREATE TABLE sync_state (
+            job             TEXT PRIMARY KEY,
+            cursor          TEXT,
+            last_success_at TEXT,
+            last_run_at     TEXT
+        )
+        """,
+        """
+        CREATE TABLE contacts (
+            phone      TEXT NOT NULL,
+            table_name TEXT NOT NULL,
+            record_id  TEXT NOT NULL,
+            name       TEXT,
+            PRIMARY KEY (phone, table_name, record_id)
+        )
+        """,
+        "CREATE INDEX contacts_table ON contacts (table_name)",
+        """
+        CREATE TABLE events (
+            id              INTEGER PRIMARY KEY,
+            source          TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            dedupe_key      TEXT NOT NULL UNIQUE,
+            received_at     TEXT NOT NULL,
+            payload         TEXT NOT NULL,
+            status          TEXT NOT NULL DEFAULT 'pending'
+                            CHECK (status IN ('pending', 'done', 'ignored', 'failed', 'dead')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error      TEXT
+        )
+        """,
+        "CREATE INDEX events_due ON events (status, next_attempt_at)",
+        "CREATE INDEX events_source_kind ON events (source, kind, received_at)",
+        """
+        CREATE TABLE actions (
+            id              INTEGER PRIMARY KEY,
+            event_id        INTEGER REFERENCES events (id),
+            rule            TEXT NOT NULL,
+            kind            TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            status          TEXT NOT NULL DEFAULT 'pending'
+                            CHECK (status IN ('pending', 'sent', 'failed', 'dead')),
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            request         TEXT,
+            response        TEXT,
+            created_at      TEXT NOT NULL,
+            done_at         TEXT,
+            upstream_ref    TEXT,
+            next_attempt_at TEXT,
+            last_error      TEXT
+        )
+        """,
+        "CREATE INDEX actions_status ON actions (status, next_attempt_at)",
+        "CREATE INDEX actions_event ON actions (event_id)",
+        "CREATE INDEX actions_rule_created ON actions (rule, created_at)",
+        """
+        CREATE TABLE halo_threads (
+            phone      TEXT NOT NULL,
+            rule       TEXT NOT NULL,
+            ticket_id  TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (phone, rule)
+        )
+        """,
+        """
+        CREATE TABLE subscriptions (
+            id         TEXT PRIMARY KEY,
+            model      TEXT NOT NULL,
+            post_url   TEXT NOT NULL,
+            expires_at TEXT,
+            status     TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """,
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def user_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def migrate(conn: aiosqlite.Connection, path: str) -> tuple[int, int]:
+    """Bring the schema to `SCHEMA_VERSION`; returns (from, to). A no-op when current."""
+    from daemon.errors import StoreError
+
+    start = await user_version(conn)
+    if start > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {start} is newer than this daemon's {SCHEMA_VERSION}; "
+            "refusing to run an older daemon against it"
+        )
+    version = start
+    for number, steps in enumerate(MIGRATIONS[start:], start=start + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if await user_version(conn) >= number:
+                await conn.execute("ROLLBACK")
+                version = number
+                continue
+            for sql in steps:
+                await conn.execute(sql)
+            # PRAGMA takes no parameters; `number` is an int we computed.
+            await conn.execute(f"PRAGMA user_version = {int(number)}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
+        version = number
+    if version != start:
+        log.info("store.migrated", path=path, from_version=start, to_version=version)
+    return start, version

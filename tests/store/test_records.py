@@ -1,0 +1,171 @@
+"""Record tables: upsert by hash, tombstones only after complete full runs, resurrection."""
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.errors import StoreError
+from daemon.store import Store, UpsertResult
+
+
+def _rows(path: Path, table: str) -> dict[str, dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["id"]: dict(r) for r in conn.execute(f'SELECT * FROM "{table}"')}
+    finally:
+        conn.close()
+
+
+async def test_insert_update_unchanged(store: Store, clock: FakeClock, db_path: Path) -> None:
+    await store.ensure_record_table("clients")
+    run1 = clock.now()
+    page = [("1", {"name": "Ann", "n": 1}), ("2", {"name": "Bob"})]
+    assert await store.upsert_page("clients", page, run_started_at=run1) == UpsertResult(2, 0, 0)
+    before = _rows(db_path, "clients")
+    assert before["1"]["first_seen_at"] == "2025-01-02T03:04:05.000000Z"
+
+    clock.advance(60)
+    run2 = clock.now()
+    # Same content with keys in another order is unchanged; a real change is an update.
+    page2 = [("1", {"n": 1, "name": "Ann"}), ("2", {"name": "Bobby"}), ("3", {"name": "Cy"})]
+    assert await store.upsert_page("clients", page2, run_started_at=run2) == UpsertResult(1, 1, 1)
+    after = _rows(db_path, "clients")
+    assert after["1"]["updated_at"] == before["1"]["updated_at"]  # not rewritten
+    assert after["1"]["data"] == before["1"]["data"]
+    assert after["1"]["seen_at"] == "2025-01-02T03:05:05.000000Z"  # but seen
+    assert after["2"]["updated_at"] == "2025-01-02T03:05:05.000000Z"
+    assert after["2"]["first_seen_at"] == before["2"]["first_seen_at"]
+    assert await store.get_record("clients", "2") == {"name": "Bobby"}
+
+
+async def test_unicode_and_hash_is_canonical(store: Store) -> None:
+    await store.ensure_record_table("t")
+    now = store.clock.now()
+    await store.upsert_page("t", [("é", {"name": "Zoë", "a": [1, 2]})], run_started_at=now)
+    again = await store.upsert_page("t", [("é", {"a": [1, 2], "name": "Zoë"})], run_started_at=now)
+    assert again.unchanged == 1
+    assert await store.get_record("t", "é") == {"name": "Zoë", "a": [1, 2]}
+
+
+async def test_tombstone_after_full_run_and_resurrect(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("clients")
+    run1 = clock.now()
+    await store.upsert_page("clients", [("1", {"v": 1}), ("2", {"v": 2})], run_started_at=run1)
+    assert await store.mark_tombstones("clients", run_started_at=run1) == 0
+
+    clock.advance(3600)
+    run2 = clock.now()
+    await store.upsert_page("clients", [("1", {"v": 1})], run_started_at=run2)
+    assert await store.mark_tombstones("clients", run_started_at=run2) == 1
+    assert await store.get_record("clients", "2") is None
+    assert [rid async for rid, _ in store.iter_records("clients")] == ["1"]
+    assert len([x async for x in store.iter_records("clients", include_deleted=True)]) == 2
+    # Already tombstoned rows are not counted again.
+    assert await store.mark_tombstones("clients", run_started_at=run2) == 0
+
+    clock.advance(3600)
+    run3 = clock.now()
+    res = await store.upsert_page(
+        "clients", [("1", {"v": 1}), ("2", {"v": 2})], run_started_at=run3
+    )
+    assert res == UpsertResult(inserted=0, updated=1, unchanged=1)
+    assert await store.get_record("clients", "2") == {"v": 2}
+    assert await store.mark_tombstones("clients", run_started_at=run3) == 0
+
+
+async def test_failed_run_deletes_nothing(store: Store, clock: FakeClock, db_path: Path) -> None:
+    await store.ensure_record_table("clients")
+    run1 = clock.now()
+    await store.upsert_page("clients", [(str(i), {"i": i}) for i in range(10)], run_started_at=run1)
+    clock.advance(600)
+    run2 = clock.now()
+    run_id = await store.start_run("clients")
+    await store.upsert_page("clients", [("0", {"i": 0})], run_started_at=run2)
+    await store.finish_run(run_id, "failed", pages=1, fetched=1, unchanged=1, error="boom")
+    # The caller does not call mark_tombstones after a failed run: nothing is deleted.
+    assert all(r["deleted_at"] is None for r in _rows(db_path, "clients").values())
+
+
+async def test_wall_clock_step_back_does_not_tombstone(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("t")
+    run = clock.now()
+    clock.set_wall(run.replace(year=2024))  # NTP stepped the clock back mid-run
+    await store.upsert_page("t", [("1", {})], run_started_at=run)
+    assert await store.mark_tombstones("t", run_started_at=run) == 0
+
+
+async def test_report_tables_have_period(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("revenue", report=True)
+    t = clock.now()
+    await store.upsert_page(
+        "revenue", [("2025-01:a", {"x": 1})], run_started_at=t, period="2025-01"
+    )
+    await store.upsert_page(
+        "revenue", [("2025-02:a", {"x": 2})], run_started_at=t, period="2025-02"
+    )
+    clock.advance(10)
+    t2 = clock.now()
+    await store.upsert_page(
+        "revenue", [("2025-02:a", {"x": 2})], run_started_at=t2, period="2025-02"
+    )
+    assert await store.mark_tombstones("revenue", run_started_at=t2, period="2025-02") == 0
+    assert await store.mark_tombstones("revenue", run_started_at=t2) == 1  # 2025-01 unseen
+    rows = await store.fetchall('SELECT id, period FROM "revenue" ORDER BY id')
+    assert [(r["id"], r["period"]) for r in rows] == [
+        ("2025-01:a", "2025-01"),
+        ("2025-02:a", "2025-02"),
+    ]
+    with pytest.raises(StoreError, match="period"):
+        await store.ensure_record_table("revenue")
+
+
+async def test_period_on_plain_table_is_refused(store: Store) -> None:
+    await store.ensure_record_table("t")
+    with pytest.raises(StoreError, match="period"):
+        await store.upsert_page("t", [("1", {})], run_started_at=store.clock.now(), period="x")
+
+
+async def test_missing_table_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        await store.upsert_page("nope", [("1", {})], run_started_at=store.clock.now())
+
+
+async def test_insert_only_keeps_existing(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("cdrs")
+    t = clock.now()
+    await store.upsert_page("cdrs", [("1", {"v": 1})], run_started_at=t)
+    res = await store.upsert_page(
+        "cdrs", [("1", {"v": 99}), ("2", {"v": 2})], run_started_at=t, insert_only=True
+    )
+    assert res == UpsertResult(1, 0, 1)
+    assert await store.get_record("cdrs", "1") == {"v": 1}
+
+
+async def test_large_page_crosses_variable_limit(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("big")
+    t = clock.now()
+    page = [(f"{i:06d}", {"i": i}) for i in range(5000)]
+    assert (await store.upsert_page("big", page, run_started_at=t)).inserted == 5000
+    clock.advance(1)
+    t2 = clock.now()
+    page[7] = (page[7][0], {"i": -1})
+    res = await store.upsert_page("big", page, run_started_at=t2)
+    assert res == UpsertResult(0, 1, 4999)
+    assert await store.mark_tombstones("big", run_started_at=t2) == 0
+    count = 0
+    async for _ in store.iter_records("big", batch=700):
+        count += 1
+    assert count == 5000
+
+
+async def test_duplicate_id_in_page_last_wins(store: Store) -> None:
+    await store.ensure_record_table("t")
+    res = await store.upsert_page(
+        "t", [("1", {"v": 1}), ("1", {"v": 2})], run_started_at=store.clock.now()
+    )
+    assert res.inserted == 1
+    assert await store.get_record("t", "1") == {"v": 2}

@@ -1,0 +1,120 @@
+"""Opening, migrations, pragmas, identifiers, read-only mode."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.clock import FakeClock
+from daemon.errors import StoreError
+from daemon.store import SCHEMA_VERSION, Store, validate_table_name
+
+TABLES = {
+    "sync_runs",
+    "sync_state",
+    "contacts",
+    "events",
+    "actions",
+    "halo_threads",
+    "subscriptions",
+}
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {r[0] for r in rows}
+
+
+def _user_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_migrates_from_empty(db_path: Path, clock: FakeClock) -> None:
+    with capture_logs() as logs:
+        async with Store.open(db_path, clock=clock) as store:
+            assert store.stats.commits == 0
+    assert TABLES <= _tables(db_path)
+    assert _user_version(db_path) == SCHEMA_VERSION
+    migrated = [e for e in logs if e["event"] == "store.migrated"]
+    assert migrated and migrated[0]["from_version"] == 0
+    assert migrated[0]["to_version"] == SCHEMA_VERSION
+
+
+async def test_reopen_is_idempotent(db_path: Path, clock: FakeClock) -> None:
+    async with Store.open(db_path, clock=clock) as store:
+        await store.start_run("job")
+    with capture_logs() as logs:
+        async with Store.open(db_path, clock=clock) as store:
+            assert len(await store.last_runs()) == 1
+    assert _user_version(db_path) == SCHEMA_VERSION
+    assert not [e for e in logs if e["event"] == "store.migrated"]
+
+
+async def test_pragmas(store: Store) -> None:
+    row = await store.fetchone("PRAGMA journal_mode")
+    assert row is not None and row[0] == "wal"
+    row = await store.fetchone("PRAGMA foreign_keys")
+    assert row is not None and row[0] == 1
+    row = await store.fetchone("PRAGMA busy_timeout")
+    assert row is not None and row[0] == 5000
+
+
+async def test_newer_schema_is_refused(db_path: Path, clock: FakeClock) -> None:
+    async with Store.open(db_path, clock=clock):
+        pass
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        async with Store.open(db_path, clock=clock):
+            pass
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x; drop table", "X", "1abc", "", "a" * 64, "sqlite_x", "events", "select", "a-b", 'a"b'],
+)
+def test_identifier_validation_rejects(name: str) -> None:
+    with pytest.raises(StoreError):
+        validate_table_name(name)
+
+
+@pytest.mark.parametrize("name", ["blesta_clients", "a", "halo_tickets_2", "a" * 63])
+def test_identifier_validation_accepts(name: str) -> None:
+    assert validate_table_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["x; drop table events", "sqlite_master", "contacts", "order"])
+async def test_ensure_record_table_rejects_before_sql(store: Store, name: str) -> None:
+    with pytest.raises(StoreError):
+        await store.ensure_record_table(name)
+    with pytest.raises(StoreError):
+        await store.upsert_page(name, [("1", {})], run_started_at=store.clock.now())
+    assert store.stats.jobs == 0
+
+
+async def test_read_only_store(db_path: Path, clock: FakeClock) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        async with Store.open(db_path, clock=clock, read_only=True):
+            pass
+    assert not db_path.exists()
+    async with Store.open(db_path, clock=clock) as store:
+        await store.start_run("job")
+    async with Store.open(db_path, clock=clock, read_only=True) as ro:
+        assert [r.job for r in await ro.last_runs()] == ["job"]
+        with pytest.raises(StoreError, match="read-only"):
+            await ro.start_run("other")
+
+
+async def test_close_twice_and_write_after_close(db_path: Path, clock: FakeClock) -> None:
+    store = await Store.connect(db_path, clock=clock)
+    await store.close()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.start_run("job")

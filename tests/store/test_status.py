@@ -1,0 +1,151 @@
+"""`daemon status`: the report, and its exit code as a health check."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.clock import FakeClock
+from daemon.commands.cmd_status import collect_status, render_text
+from daemon.store import NewEvent, Store
+
+needs_config = pytest.mark.skipif(
+    importlib.util.find_spec("daemon.config") is None, reason="daemon.config not written yet"
+)
+
+
+async def _seed(path: Path, clock: FakeClock, *, fail: bool = False, dead: bool = False) -> None:
+    async with Store.open(path, clock=clock) as store:
+        r = await store.start_run("blesta-clients")
+        clock.advance(2)
+        await store.finish_run(r, "ok", pages=1, fetched=3, inserted=3)
+        r = await store.start_run("halo-tickets")
+        await store.finish_run(r, "failed" if fail else "ok", error="boom" if fail else None)
+        await store.start_run("halo-tickets")  # running now: judged by the previous run
+        [ev] = await store.insert_events([NewEvent("ns", "m", "k", "{}", clock.now())])
+        if dead:
+            await store.set_event_status(ev.id, "dead", error="gave up")
+        await store.upsert_subscription(
+            "sub1", "message", "https://x/y", clock.now() + timedelta(hours=1), "active"
+        )
+
+
+async def test_collect_status_healthy(db_path: Path, clock: FakeClock) -> None:
+    await _seed(db_path, clock)
+    report = await collect_status(db_path, clock=clock, jobs=["never-ran"])
+    assert report["healthy"] is True
+    jobs = {j["job"]: j for j in report["jobs"]}
+    assert jobs["blesta-clients"]["fetched"] == 3 and jobs["blesta-clients"]["duration_s"] == 2.0
+    assert jobs["halo-tickets"]["status"] == "running"
+    assert jobs["halo-tickets"]["last_finished_status"] == "ok"
+    assert jobs["never-ran"]["status"] == "never"
+    assert report["events"]["pending"] == 1
+    assert report["subscriptions"][0]["expires_in_s"] == 3600
+    assert "healthy" in render_text(report)
+
+
+async def test_collect_status_unhealthy(db_path: Path, clock: FakeClock) -> None:
+    await _seed(db_path, clock, fail=True, dead=True)
+    report = await collect_status(db_path, clock=clock)
+    assert report["healthy"] is False
+    assert report["dead_letters"] == {"events": 1, "actions": 0}
+    assert any("halo-tickets" in p for p in report["problems"])
+    assert "UNHEALTHY" in render_text(report)
+
+
+def _run_status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "status", *extra, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cfg.parent,
+    )
+
+
+def _config(tmp_path: Path, db: Path) -> Path:
+    cfg = tmp_path / "daemon.toml"
+    cfg.write_text(f'[daemon]\ndatabase = "{db.as_posix()}"\n')
+    cfg.chmod(0o600)
+    return cfg
+
+
+@needs_config
+@pytest.mark.parametrize(
+    ("fail", "dead", "code"), [(False, False, 0), (True, False, 1), (False, True, 1)]
+)
+async def test_status_command_exit_codes(
+    tmp_path: Path, db_path: Path, clock: FakeClock, fail: bool, dead: bool, code: int
+) -> None:
+    await _seed(db_path, clock, fail=fail, dead=dead)
+    cfg = _config(tmp_path, db_path)
+    proc = _run_status(cfg, "--json")
+    assert proc.returncode == code, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["healthy"] is (code == 0)
+    assert {j["job"] for j in report["jobs"]} >= {"blesta-clients", "halo-tickets"}
+    text = _run_status(cfg)
+    assert text.returncode == code
+    assert "blesta-clients" in text.stdout
+
+
+@needs_config
+def test_status_command_missing_database(tmp_path: Path) -> None:
+    db = tmp_path / "missing.db"
+    proc = _run_status(_config(tmp_path, db))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stdout
+    assert not db.exists()  # status never creates the file
+
+
+def test_status_help_documents_exit_codes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "status", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "Exit status" in text and "no dead letters" in text
+
+
+def test_status_handler_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The handler against a stand-in config loader, so it is covered before config.py lands."""
+    import asyncio
+    import types
+    from dataclasses import dataclass
+
+    from daemon.cli import main
+
+    db = tmp_path / "state.db"
+
+    @dataclass
+    class Job:
+        name: str
+
+    def load_settings(path: Path) -> object:
+        daemon = types.SimpleNamespace(database=db)
+        return types.SimpleNamespace(daemon=daemon, sync=[Job("blesta-clients")])
+
+    fake = types.ModuleType("daemon.config")
+    fake.resolve_config_path = lambda explicit: Path(explicit or "x")  # type: ignore[attr-defined]
+    fake.load_settings = load_settings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "daemon.config", fake)
+
+    assert main(["status", "--config", "c.toml"]) == 1
+    assert "does not exist" in capsys.readouterr().out
+    asyncio.run(_seed(db, FakeClock()))
+    capsys.readouterr()  # the seeding's own log lines
+    assert main(["status", "--json", "--config", "c.toml"]) == 0
+    assert json.loads(capsys.readouterr().out)["healthy"] is True
+    asyncio.run(_seed(db, FakeClock(), fail=True))
+    capsys.readouterr()
+    assert main(["status", "--config", "c.toml"]) == 1
+    assert "UNHEALTHY" in capsys.readouterr().out
