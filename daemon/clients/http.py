@@ -14,6 +14,7 @@ A non-idempotent request (POST) is retried only when the upstream cannot have ac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -200,6 +201,7 @@ class UpstreamSession:
         self._rng = rng or random.Random()
         self.budget = RateBudget(options.rate_limit, clock) if options.rate_limit else None
         self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(max(1, options.max_concurrency))
         self.requests_sent = 0
 
     async def __aenter__(self) -> UpstreamSession:
@@ -269,11 +271,16 @@ class UpstreamSession:
             if use_auth and self.auth is not None:
                 sent_auth = await self.auth.headers(self)
                 req_headers.update(sent_auth)
-            if self.budget is not None:
-                await self.budget.acquire()
-            started = self.clock.monotonic()
             try:
-                resp = await self._send(method, url, params, data, json_body, req_headers)
+                # Wait for a slot *before* aiohttp's timeout starts: its `total` also counts
+                # time queued for a pooled connection, which failed healthy requests as timeouts
+                # whenever more than max_concurrency were waiting. The budget is taken inside
+                # the slot so a recorded start is (almost) the moment the request leaves.
+                async with self._slots:
+                    if self.budget is not None:
+                        await self.budget.acquire()
+                    started = self.clock.monotonic()
+                    resp = await self._send(method, url, params, data, json_body, req_headers)
             except UpstreamError as exc:
                 if attempt < retries and (idem or isinstance(exc, ConnectError)):
                     wait = self.backoff(attempt)

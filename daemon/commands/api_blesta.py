@@ -1,0 +1,174 @@
+"""`daemon api blesta MODEL METHOD [key=value ...]`: one raw Blesta call, JSON on stdout.
+
+Arguments are `key=value` with PHP bracket keys (`filters[status]=active`,
+`vars[lines][0][amount]=5`, `ids[]=1 ids[]=2`); a repeated plain key becomes a list. They are
+sent where Blesta reads them for the verb (query for GET/DELETE, form body for POST/PUT).
+`--all` walks every page of a list method (page size learned from the server). On an upstream
+error the error JSON goes to stderr and the exit code is 1 (cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from daemon.clock import SystemClock
+from daemon.errors import ConfigError
+
+ORDER = 10
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "blesta",
+        parents=[common],
+        help="raw Blesta API call",
+        description="Call {api}/MODEL/METHOD.json on the configured Blesta and print the "
+        "`response` value as JSON.",
+    )
+    p.add_argument("model", help="snake_case model, e.g. clients, report_manager")
+    p.add_argument("method", help="camelCase method, e.g. getList")
+    p.add_argument(
+        "params",
+        nargs=argparse.REMAINDER,
+        metavar="KEY=VALUE",
+        help="arguments (bracket keys ok); options may follow them",
+    )
+    add_options(p)
+    p.set_defaults(handler=handle)
+
+
+def add_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """The options, also re-read from after the KEY=VALUE list (argparse cannot intermix)."""
+    flag: dict[str, Any] = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument(
+        "--verb",
+        "--method-verb",
+        dest="verb",
+        choices=["GET", "POST", "PUT", "DELETE"],
+        type=str.upper,
+        default=argparse.SUPPRESS if suppress else "GET",
+        help="HTTP verb (default GET)",
+    )
+    p.add_argument("--all", action="store_true", help="fetch every page of a list method", **flag)
+    p.add_argument(
+        "--show-request", action="store_true", help="print the request sent (to stderr)", **flag
+    )
+    p.add_argument("--upstream", metavar="NAME", help="upstream name (default: first)", **flag)
+    if suppress:
+        p.add_argument("--config", default=argparse.SUPPRESS)
+
+
+def split_params(args: argparse.Namespace, add: Callable[..., None] = add_options) -> list[str]:
+    """Options given after KEY=VALUE land in `params`; move them onto `args`."""
+    tail = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add(tail, suppress=True)
+    try:
+        extra, rest = tail.parse_known_args(args.params)
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"bad option: {exc}") from None
+    for key, value in vars(extra).items():
+        setattr(args, key, value)
+    for item in rest:
+        if "=" not in item or item.startswith("-"):
+            raise ConfigError(f"unexpected argument {item!r} (expected KEY=VALUE)")
+    return rest
+
+
+def parse_kv_args(items: Sequence[str]) -> dict[str, Any]:
+    """`["status=active", "filters[x]=1", "a=1", "a=2"]` → nested args for `encode_php_params`."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"argument {item!r} is not KEY=VALUE")
+        head, bracket, rest = key.partition("[")
+        parts = [head] + (rest.rstrip("]").split("][") if bracket else [])
+        node = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if part == "":  # `key[]`: append
+                part = str(len(node))
+            if last:
+                if part in node and not isinstance(node[part], dict):
+                    prev = node[part]
+                    node[part] = [*prev, value] if isinstance(prev, list) else [prev, value]
+                else:
+                    node[part] = value
+            else:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise ConfigError(f"argument {key!r} conflicts with an earlier plain value")
+                node = child
+    return out
+
+
+def load_upstream(args: argparse.Namespace, kind: str) -> Any:
+    """The `[upstreams.*]` table this command talks to."""
+    from daemon.clients.factory import first_of_kind
+    from daemon.config import load_settings, resolve_config_path
+
+    settings = load_settings(resolve_config_path(args.config))
+    name = first_of_kind(settings, kind, getattr(args, "upstream", None))
+    logs_to_stderr(settings)
+    return settings.upstreams[name]
+
+
+def logs_to_stderr(settings: Any) -> None:
+    """Keep stdout pure JSON for scripts: log lines (retries, warnings) go to stderr."""
+    daemon_cfg = getattr(settings, "daemon", None)
+    try:
+        from daemon.logs import configure_logging
+    except ImportError:  # pragma: no cover - logs.py is optional for this command
+        import logging
+
+        import structlog
+
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        )
+        return
+    secrets = settings.secret_values() if hasattr(settings, "secret_values") else ()
+    configure_logging(
+        getattr(daemon_cfg, "log_level", "warning"), "auto", secrets=secrets, stream=sys.stderr
+    )
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")
+
+
+def handle(args: argparse.Namespace) -> int:
+    from daemon.clients.blesta import BlestaClient
+
+    params = parse_kv_args(split_params(args))
+    upstream = load_upstream(args, "blesta")
+    client = BlestaClient.from_settings(upstream, clock=SystemClock())
+    if args.show_request:
+        from daemon.clients.blesta import encode_php_params
+
+        where = "query" if args.verb in ("GET", "DELETE") or args.all else "form"
+        request = {
+            "verb": "GET" if args.all else args.verb,
+            "url": str(client.session.url(f"{args.model}/{args.method}.json")),
+            where: encode_php_params(params),
+        }
+        print(json.dumps({"request": request}, indent=2), file=sys.stderr)
+    print_json(asyncio.run(_call(client, args, params)))
+    return 0
+
+
+async def _call(client: Any, args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    async with client:
+        if args.all:
+            return await client.get_all(args.model, args.method, params)
+        resp = await client.call(args.verb, args.model, args.method, params)
+        return resp.csv_data if resp.is_csv else resp.data
