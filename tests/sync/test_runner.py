@@ -1,0 +1,230 @@
+"""The job runner end to end: Blesta and Reseller simulators into a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.clients.blesta import BlestaClient
+from daemon.clients.blesta_reseller import ResellerClient
+from daemon.clock import FakeClock
+from daemon.sandbox.blesta_sim import BlestaState
+from daemon.sandbox.blesta_sim import make_app as make_blesta_app
+from daemon.sandbox.reseller_sim import BASE_PATH as RESELLER_PATH
+from daemon.sandbox.reseller_sim import ResellerState
+from daemon.sandbox.reseller_sim import make_app as make_reseller_app
+from daemon.sandbox.server import serve_app
+from daemon.store import Store
+from daemon.sync.runner import JobRunner
+from daemon.sync.strategies import build_fetcher
+from tests.clients.blesta_fixtures import (
+    BLESTA_KEY,
+    BLESTA_USER,
+    RESELLER_PASSWORD,
+    RESELLER_USER,
+    fast_options,
+)
+
+
+def job(**kw: Any) -> SimpleNamespace:
+    values: dict[str, Any] = {
+        "name": "blesta-clients",
+        "table": "blesta_clients",
+        "upstream": "blesta",
+        "resource": "clients",
+        "method": "getList",
+        "params": {},
+        "mode": "full",
+        "cursor_field": None,
+        "phone_fields": [],
+        "report": None,
+        "months": None,
+        "page_size": None,
+    }
+    values.update(kw)
+    return SimpleNamespace(**values)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(autojump=True)
+
+
+@pytest.fixture
+def state() -> BlestaState:
+    return BlestaState.demo(clients=45, seed=11)
+
+
+@pytest.fixture
+async def blesta(state: BlestaState, clock: FakeClock) -> AsyncIterator[BlestaClient]:
+    async with serve_app(make_blesta_app(state)) as url:
+        client = BlestaClient.create(
+            url + "/api", BLESTA_USER, BLESTA_KEY, clock=clock, options=fast_options()
+        )
+        async with client:
+            yield client
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    async with Store.open(tmp_path / "state.db", clock=clock) as s:
+        yield s
+
+
+def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def run(
+    store: Store, clock: FakeClock, j: SimpleNamespace, client: Any, kind: str = "blesta"
+):
+    runner = JobRunner(store, clock=clock, default_region="US")
+    clock.advance(60)  # each run starts later than the last one's writes
+    return await runner.run(j, build_fetcher(j, client, kind, now=clock.now()))
+
+
+async def test_full_sync_then_unchanged_resync_rewrites_nothing(store, blesta, clock, tmp_path):
+    with capture_logs() as logs:
+        first = await run(store, clock, job(), blesta)
+    assert first.status == "ok"
+    assert (first.pages, first.fetched, first.inserted) == (3, 45, 45)  # page size 20, learned
+    db = tmp_path / "state.db"
+    before = rows(db, "SELECT id, updated_at, hash FROM blesta_clients ORDER BY id")
+    second = await run(store, clock, job(), blesta)
+    assert (second.inserted, second.updated, second.unchanged, second.deleted) == (0, 0, 45, 0)
+    assert rows(db, "SELECT id, updated_at, hash FROM blesta_clients ORDER BY id") == before
+    runs = rows(db, "SELECT job, status, fetched, inserted, unchanged FROM sync_runs ORDER BY id")
+    assert runs == [("blesta-clients", "ok", 45, 45, 0), ("blesta-clients", "ok", 45, 0, 45)]
+    events = [e["event"] for e in logs]
+    assert "sync.started" in events and "sync.finished" in events
+    finished = next(e for e in logs if e["event"] == "sync.finished")
+    assert finished["fetched"] == 45 and finished["job"] == "blesta-clients"
+
+
+async def test_tombstone_after_complete_run_and_resurrection(store, blesta, state, clock, tmp_path):
+    await run(store, clock, job(), blesta)
+    gone = state.clients.pop(7)
+    result = await run(store, clock, job(), blesta)
+    assert result.deleted == 1
+    db = tmp_path / "state.db"
+    assert rows(
+        db, f"SELECT deleted_at IS NOT NULL FROM blesta_clients WHERE id = '{gone['id']}'"
+    ) == [(1,)]
+    state.clients.insert(7, gone)
+    back = await run(store, clock, job(), blesta)
+    assert (back.updated, back.deleted) == (1, 0)
+    assert rows(db, f"SELECT deleted_at FROM blesta_clients WHERE id = '{gone['id']}'") == [(None,)]
+
+
+async def test_failed_run_deletes_nothing_and_is_recorded(store, blesta, state, clock, tmp_path):
+    await run(store, clock, job(), blesta)
+    state.clients.pop(0)
+    state.fail_pages = {3}  # the last page answers an error every time
+    with capture_logs() as logs:
+        result = await run(store, clock, job(), blesta)
+    assert result.status == "failed" and result.error_type == "ServerError"
+    db = tmp_path / "state.db"
+    assert rows(db, "SELECT count(*) FROM blesta_clients WHERE deleted_at IS NOT NULL") == [(0,)]
+    last = rows(db, "SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1")[0]
+    assert last[0] == "failed" and last[1]
+    failed = [e for e in logs if e["event"] == "sync.failed"]
+    assert len(failed) == 1 and failed[0]["job"] == "blesta-clients"
+    assert failed[0]["status"] == 500 and failed[0]["upstream"] == blesta.name
+    state.fail_pages = set()
+    healed = await run(store, clock, job(), blesta)
+    assert healed.status == "ok" and healed.deleted == 1
+
+
+async def test_incremental_cursor_advances_only_after_committed_pages(store, blesta, state, clock):
+    j = job(
+        name="blesta-tx", table="blesta_tx", mode="incremental", cursor_field="id_code", params={}
+    )
+    state.fail_pages = {3}
+    failed = await run(store, clock, j, blesta)
+    assert failed.status == "failed" and failed.pages == 2
+    st = await store.get_sync_state("blesta-tx")
+    assert st is not None and st.cursor is not None
+    committed = rows(Path(store.path), "SELECT data FROM blesta_tx")
+    highest = max(json.loads(d)["id_code"] for (d,) in committed)
+    assert st.cursor == highest  # the cursor points at data that is in the database
+    assert st.last_success_at is None
+    state.fail_pages = set()
+    ok = await run(store, clock, j, blesta)
+    assert ok.status == "ok" and ok.deleted == 0  # incremental never tombstones
+    st2 = await store.get_sync_state("blesta-tx")
+    assert st2 is not None and st2.cursor >= st.cursor and st2.last_success_at is not None
+
+
+async def test_contacts_index_from_phone_fields(store, blesta, state, clock):
+    result = await run(store, clock, job(phone_fields=["phone"]), blesta)
+    assert result.status == "ok" and result.contacts > 0
+    client = next(c for c in state.clients if c.get("phone"))
+    from daemon.sync.contacts import to_e164
+
+    phone = to_e164(client["phone"], "US")
+    assert phone is not None
+    contact = await store.lookup_contact(phone)
+    assert contact is not None and contact.table == "blesta_clients"
+    assert contact.data["id"] == client["id"]
+
+
+async def test_report_series_one_period_per_month(store, blesta, clock, tmp_path):
+    j = job(
+        name="blesta-revenue",
+        table="blesta_revenue",
+        resource=None,
+        report="package_revenue",
+        months="2025-01..2025-03",
+    )
+    result = await run(store, clock, j, blesta)
+    assert result.status == "ok" and result.pages == 3
+    periods = rows(tmp_path / "state.db", "SELECT DISTINCT period FROM blesta_revenue ORDER BY 1")
+    assert periods == [("2025-01",), ("2025-02",), ("2025-03",)]
+    again = await run(store, clock, j, blesta)
+    assert again.unchanged == result.fetched and again.deleted == 0
+
+
+async def test_append_mode_keeps_existing_rows(store, blesta, state, clock, tmp_path):
+    j = job(name="blesta-log", table="blesta_log", mode="append")
+    await run(store, clock, j, blesta)
+    state.clients[0]["email"] = "changed@example.com"
+    state.clients.pop(1)
+    result = await run(store, clock, j, blesta)
+    assert (result.updated, result.deleted) == (0, 0)
+    data = rows(
+        tmp_path / "state.db", f"SELECT data FROM blesta_log WHERE id = '{state.clients[0]['id']}'"
+    )
+    assert json.loads(data[0][0])["email"] != "changed@example.com"
+
+
+@pytest.mark.parametrize("resource", ["credit", "packages", "pricing", "licenses"])
+async def test_reseller_resources(store, clock, resource):
+    state = ResellerState.demo(licenses=30, seed=3)
+    async with serve_app(make_reseller_app(state)) as url:
+        client = ResellerClient.create(
+            url + RESELLER_PATH,
+            RESELLER_USER,
+            RESELLER_PASSWORD,
+            clock=clock,
+            options=fast_options(),
+        )
+        async with client:
+            j = job(
+                name=f"reseller-{resource}",
+                table=f"reseller_{resource}",
+                upstream="reseller",
+                resource=resource,
+            )
+            result = await run(store, clock, j, client, kind="blesta_reseller")
+    assert result.status == "ok", result.error
+    assert result.fetched > 0
+    if resource == "licenses":
+        assert result.fetched == 30 and result.pages == 2  # 25 + 5
