@@ -1,0 +1,293 @@
+"""HaloPSA client: OAuth client credentials, array-body writes, Halo's paging quirks.
+
+Facts this module is faithful to (upstream-apis §4):
+
+- the token comes from `POST {tenant_url}/auth/token[?tenant=<name>]` with a form body
+  (`grant_type=client_credentials`, `client_id`, `client_secret`, `scope`); hosted tenants need
+  `?tenant=`, so it is sent whenever one is configured. A bad client answers an OAuth error
+  (`{"error": "invalid_client", "error_description": ...}`), which becomes an `AuthError`;
+- the API lives under `{tenant_url}/api/` and takes `Authorization: Bearer <token>`; the token
+  is refreshed before it expires and once on a 401, single-flight (`TokenAuth`), so a burst of
+  callers holding a stale token causes one token request, and a revoked client fails fast
+  instead of hammering the token endpoint;
+- writes are `POST /api/<Resource>` with a JSON array; resources and their paging quirks live in
+  `halo_resources`;
+- Halo-hosted allows 300 requests per rolling 5 minutes: configure `rate_limit = "300/5m"` and the
+  session's `RateBudget` waits before sending rather than collecting 429s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from daemon.clients.auth import TokenAuth
+from daemon.clients.halo_resources import (
+    RESOURCES,
+    AgentResource,
+    HaloPage,
+    HaloResource,
+    ResourceSpec,
+    find_spec,
+)
+from daemon.clients.http import HttpOptions, Response, UpstreamSession
+from daemon.clients.ratelimit import RateLimit
+from daemon.clock import Clock
+from daemon.errors import AuthError, RateLimited, UpstreamError, ValidationError, redact_excerpt
+
+__all__ = ["RESOURCES", "HaloClient", "HaloPage", "HaloResource", "ResourceSpec"]
+
+TOKEN_PATH = "auth/token"  # noqa: S105 - a path, not a secret
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(value: Any, default: float) -> float:
+    """A settings duration (seconds, timedelta or "5m") as seconds."""
+    if value is None:
+        return default
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r}")
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    return float(value)
+
+
+def secret_value(value: Any) -> str:
+    """A pydantic SecretStr (or a plain string, or None) as text."""
+    if value is None:
+        return ""
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if callable(getter) else value)
+
+
+def http_options(cfg: Any, **overrides: Any) -> HttpOptions:
+    """The common `[upstreams.*]` transport fields as `HttpOptions`; missing fields default."""
+    rl = getattr(cfg, "rate_limit", None)
+    rate: RateLimit | None = None
+    if isinstance(rl, str):
+        count, _, per = rl.partition("/")
+        rate = RateLimit(int(count), duration_seconds(per or "1s", 1.0))
+    elif rl is not None:
+        rate = RateLimit(int(rl.count), duration_seconds(rl.per, 1.0))
+    values: dict[str, Any] = {
+        "timeout": duration_seconds(getattr(cfg, "timeout", None), 30.0),
+        "max_retries": int(getattr(cfg, "max_retries", None) or 4),
+        "max_concurrency": int(getattr(cfg, "max_concurrency", None) or 4),
+        "rate_limit": rate,
+    }
+    values.update(overrides)
+    return HttpOptions(**values)
+
+
+def _json_or_none(resp: Response) -> Any:
+    if not resp.body.strip():
+        return None
+    try:
+        return resp.json()
+    except UpstreamError:
+        return None
+
+
+def _message(resp: Response, default: str) -> str:
+    """The human part of an error body (JSON `message`/`error_description`, else text)."""
+    body = _json_or_none(resp)
+    text = ""
+    if isinstance(body, dict):
+        for key in ("error_description", "message", "Message", "error", "title"):
+            if isinstance(body.get(key), str) and body[key]:
+                text = body[key]
+                break
+    elif isinstance(body, str):
+        text = body
+    elif body is None and resp.body.strip():
+        text = resp.text()
+    return redact_excerpt(text, resp.secrets, limit=200) if text else default
+
+
+def halo_error(resp: Response) -> UpstreamError | None:
+    """Refine the core's status mapping with Halo's bodies (OAuth errors, 400 text, 429)."""
+    kw: dict[str, Any] = {
+        "upstream": resp.upstream,
+        "status": resp.status,
+        "method": resp.method,
+        "path": resp.url.path,
+        "excerpt": resp.excerpt(),
+    }
+    if resp.url.path.rstrip("/").lower().endswith("/auth/token") and resp.status in (400, 401):
+        body = _json_or_none(resp)
+        code = body.get("error") if isinstance(body, dict) else None
+        desc = body.get("error_description") if isinstance(body, dict) else None
+        what = f"token request refused: {code or 'HTTP ' + str(resp.status)}"
+        if isinstance(desc, str) and desc:
+            what += f" ({redact_excerpt(desc, resp.secrets, limit=200)})"
+        return AuthError(what, **kw)
+    if resp.status == 400:
+        return ValidationError(_message(resp, "request rejected"), **kw)
+    if resp.status == 429:
+        return RateLimited(_message(resp, "rate limit reached"), **kw)
+    return None
+
+
+class HaloAuth(TokenAuth):
+    """Client-credentials grant against `{tenant_url}/auth/token`."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        scope: str = "all",
+        tenant: str | None = None,
+        leeway: float = 60.0,
+        failure_backoff: float = 60.0,
+    ):
+        super().__init__(leeway=leeway, failure_backoff=failure_backoff)
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope or "all"
+        self.tenant = tenant or None
+
+    async def obtain(self, session: UpstreamSession) -> Mapping[str, Any]:
+        resp = await session.request(
+            "POST",
+            TOKEN_PATH,
+            params={"tenant": self.tenant} if self.tenant else None,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self._client_secret,
+                "scope": self.scope,
+            },
+            use_auth=False,
+            idempotent=True,  # asking for a token twice is harmless
+        )
+        payload = resp.json()
+        if not isinstance(payload, dict):
+            raise AuthError(
+                "token endpoint answered a non-object", upstream=session.name, status=resp.status
+            )
+        return payload
+
+
+class HaloClient:
+    """HaloPSA over one `UpstreamSession`; use as `async with HaloClient.from_settings(...)`.
+
+    Each resource is an attribute (`client.tickets.list_all(open_only=True)`), also reachable by
+    name with `resource("kb-articles")`; `request()` is the raw escape hatch.
+    """
+
+    kind = "halo"
+
+    def __init__(self, session: UpstreamSession, *, page_concurrency: int | None = None):
+        self.session = session
+        self.name = session.name
+        self.page_concurrency = page_concurrency or session.options.max_concurrency
+
+        def res(name: str) -> HaloResource:
+            return HaloResource(self, RESOURCES[name])
+
+        self.tickets = res("tickets")
+        self.actions = res("actions")
+        self.clients = res("clients")
+        self.users = res("users")
+        self.agents = AgentResource(self, RESOURCES["agents"])
+        self.assets = res("assets")
+        self.sites = res("sites")
+        self.invoices = res("invoices")
+        self.contracts = res("contracts")
+        self.opportunities = res("opportunities")
+        self.projects = res("projects")
+        self.appointments = res("appointments")
+        self.items = res("items")
+        self.kb_articles = res("kb_articles")
+        self.suppliers = res("suppliers")
+        self.attachments = res("attachments")
+        self.statuses = res("statuses")
+        self.teams = res("teams")
+        self.categories = res("categories")
+        self.priorities = res("priorities")
+        self.slas = res("slas")
+        self.ticket_types = res("ticket_types")
+        self.top_levels = res("top_levels")
+        self.expenses = res("expenses")
+        self.timesheets = res("timesheets")
+        self.releases = res("releases")
+        self.reports = res("reports")
+        self.webhooks = res("webhooks")
+        self.workdays = res("workdays")
+        self.software_licences = res("software_licences")
+        self.crm_notes = res("crm_notes")
+        self.quotations = res("quotations")
+
+    @classmethod
+    def from_settings(cls, cfg: Any, *, clock: Clock) -> HaloClient:
+        """Build from an `[upstreams.<name>]` table of kind halo (unopened)."""
+        secret = secret_value(cfg.client_secret)
+        auth = HaloAuth(
+            str(cfg.client_id),
+            secret,
+            scope=str(getattr(cfg, "scope", None) or "all"),
+            tenant=getattr(cfg, "tenant", None) or None,
+        )
+        session = UpstreamSession(
+            str(cfg.name),
+            str(cfg.tenant_url),
+            http_options(cfg),
+            clock=clock,
+            auth=auth,
+            secrets=[secret],
+            error_mapper=halo_error,
+            default_headers={"Accept": "application/json"},
+        )
+        return cls(session)
+
+    async def __aenter__(self) -> HaloClient:
+        await self.session.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    @property
+    def auth(self) -> HaloAuth | None:
+        auth = self.session.auth
+        return auth if isinstance(auth, HaloAuth) else None
+
+    def resource(self, name: str) -> HaloResource:
+        """A resource by attribute name, dashed/spaced name or Halo path; `KeyError` if none."""
+        spec = find_spec(name)
+        found = getattr(self, spec.name)
+        assert isinstance(found, HaloResource)
+        return found
+
+    @staticmethod
+    def api_path(path: str) -> str:
+        """`/Tickets`, `Tickets` and `api/Tickets` all mean `{tenant_url}/api/Tickets`."""
+        trimmed = path.lstrip("/")
+        if trimmed.lower().startswith(("api/", "auth/")) or trimmed.lower() in ("api", "auth"):
+            return trimmed
+        return "api/" + trimmed
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """Send one authenticated request; returns the parsed JSON (None for an empty body)."""
+        resp = await self.session.request(
+            method, self.api_path(path), params=params, json_body=json
+        )
+        if not resp.body.strip():
+            return None
+        return resp.json()
