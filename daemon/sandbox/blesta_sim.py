@@ -60,6 +60,7 @@ class BlestaState:
     calls: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    _high_water: dict[int, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def demo(cls, clients: int = 30, seed: int = 0, **kw: Any) -> BlestaState:
@@ -70,7 +71,15 @@ class BlestaState:
         return state
 
     def next_id(self, rows: list[dict[str, Any]]) -> int:
-        return max((int(r["id"]) for r in rows), default=0) + 1
+        """Never reuses an id, like an auto-increment column; O(1), so big demos build fast."""
+        key = id(rows)
+        high = self._high_water.get(key)
+        if high is None:
+            high = max((int(r["id"]) for r in rows), default=0)
+        if rows:
+            high = max(high, int(rows[-1]["id"]))
+        self._high_water[key] = high + 1
+        return high + 1
 
     def add_client(self, **fields: Any) -> dict[str, Any]:
         """Insert a client as if created in Blesta's UI; returns the stored row."""
