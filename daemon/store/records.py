@@ -27,9 +27,9 @@ from daemon.errors import StoreError
 from daemon.store.db import Database, execute, query
 from daemon.store.util import (
     chunked,
+    encode_record,
     placeholders,
     quote_ident,
-    record_hash,
     to_db,
     validate_table_name,
 )
@@ -114,7 +114,7 @@ class RecordsRepo(Database):
         # Serialise and hash here, in the caller's task, to keep the writer's turn short.
         prepared: dict[str, tuple[str, str]] = {}
         for rid, data in records:
-            prepared[str(rid)] = (json.dumps(data, ensure_ascii=False), record_hash(data))
+            prepared[str(rid)] = encode_record(data)
         if not prepared:
             return UpsertResult()
         q = quote_ident(table)

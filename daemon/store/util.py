@@ -96,7 +96,14 @@ def canonical_json(data: Mapping[str, Any]) -> str:
 
 
 def record_hash(data: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()
+    return encode_record(data)[1]
+
+
+def encode_record(data: Mapping[str, Any]) -> tuple[str, str]:
+    """`(text, hash)`: the stored text *is* the canonical form the hash is over (same values,
+    keys sorted), so a record is encoded once per page write, not twice."""
+    text = canonical_json(data)
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def chunked(items: Sequence[T], size: int = MAX_VARIABLES) -> Iterator[Sequence[T]]:
