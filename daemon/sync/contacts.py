@@ -1,8 +1,8 @@
 """Phone numbers out of synced records, for the rules' caller lookup.
 
 Pure functions: which fields hold phones is the job's `phone_fields` (dotted paths into the
-record, lists walked), numbers are normalised to E.164 with the configured default region so a
-webhook's `from` matches however the upstream wrote it.
+record, lists walked); numbers go through `daemon.phones.to_e164`, the same normaliser the
+webhook path uses, so a caller's `from` matches however the upstream wrote the number.
 """
 
 from __future__ import annotations
@@ -10,29 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import phonenumbers
+from daemon.phones import to_e164
 
 NAME_FIELDS = (("first_name", "last_name"), ("firstname", "surname"), ("name",), ("company",))
-
-
-def to_e164(raw: object, region: str) -> str | None:
-    """E.164 for a human-written number; None when it is not a plausible phone number."""
-    if not isinstance(raw, str | int) or isinstance(raw, bool):
-        return None
-    text = str(raw).strip()
-    if not text or sum(c.isdigit() for c in text) < 7:
-        return None
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    elif text.isdigit() and len(text) == 11 and text.startswith("1") and region in ("US", "CA"):
-        text = "+" + text  # NANP numbers written with the country code but no plus
-    try:
-        num = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(num):
-        return None
-    return str(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164))
 
 
 def _walk(value: Any, parts: Sequence[str]) -> Iterator[Any]:

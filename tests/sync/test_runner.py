@@ -167,7 +167,7 @@ async def test_contacts_index_from_phone_fields(store, blesta, state, clock):
     result = await run(store, clock, job(phone_fields=["phone"]), blesta)
     assert result.status == "ok" and result.contacts > 0
     client = next(c for c in state.clients if c.get("phone"))
-    from daemon.sync.contacts import to_e164
+    from daemon.phones import to_e164
 
     phone = to_e164(client["phone"], "US")
     assert phone is not None

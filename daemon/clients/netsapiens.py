@@ -1,0 +1,575 @@
+"""NetSapiens API v2 client: password grant with refresh, messaging, CDRs, event subscriptions.
+
+Facts this module is faithful to (upstream-apis §5):
+
+- base `{api_url}/ns-api/v2`; `~` in a path means the token's own domain/user;
+- tokens come from `POST /tokens` with a JSON body: the password grant, or the refresh grant
+  while we hold a refresh token. Whether a spent or revoked refresh token answers 400 or 401 is
+  unknown, so any refused refresh (4xx) falls back to the password grant; a refused password
+  grant is an `AuthError` and `TokenAuth` marks the upstream unhealthy and fails fast;
+- an expired access token answers 401 "The access token provided has expired": the core session
+  refreshes once and retries (single-flight, so a burst of callers causes one token request);
+- writes answer 202 `{"code":202,"message":"Accepted"}` without the resource, or 200 with it;
+  any 2xx is success (a naive port that accepts only 200 treats every sent SMS as failed);
+- a message session id is caller-chosen: 32+ characters of `[A-Za-z0-9_]`, checked here before
+  any request so a bad id never reaches the PBX;
+- lists are bare arrays paged with `start` (0-based offset) and `limit`; we page until a short
+  page;
+- subscriptions without `subscription-expires-datetime` die with the creating token (≈1 h), so
+  `create` always sends an explicit expiry; a duplicate answers 409, raised as
+  `SubscriptionExists` so the keeper can re-list and adopt;
+- datetimes arrive as `2024-12-09T21:27:11+00:00` or `2023-10-09 17:16:36` (UTC): both parse.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+
+from daemon.clients.auth import TokenAuth
+from daemon.clients.http import HttpOptions, Response, UpstreamSession
+from daemon.clients.ratelimit import RateLimit
+from daemon.clock import Clock
+from daemon.errors import (
+    AuthError,
+    ForbiddenError,
+    MalformedResponse,
+    NotFoundError,
+    RateLimited,
+    UpstreamError,
+    UpstreamResponseError,
+    ValidationError,
+    redact_excerpt,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "NetsapiensAuth",
+    "NetsapiensClient",
+    "Subscription",
+    "SubscriptionExists",
+    "SubscriptionsApi",
+    "format_ns_datetime",
+    "netsapiens_error",
+    "parse_ns_datetime",
+    "validate_session_id",
+]
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/ns-api/v2"
+TOKEN_PATH = "tokens"  # noqa: S105 - a path, not a secret
+MESSAGE_TYPES = frozenset({"sms", "mms", "chat", "chat-media"})
+SESSION_ID = re.compile(r"^[A-Za-z0-9_]{32,}$")
+NS_DATETIME = "%Y-%m-%d %H:%M:%S"
+DEFAULT_PAGE = 500
+
+
+class SubscriptionExists(UpstreamResponseError):
+    """409 on `POST /subscriptions`: one with the same model, post-url and domain exists."""
+
+
+def parse_ns_datetime(value: Any) -> datetime | None:
+    """A NetSapiens datetime in either form as aware UTC; None for empty/zero/unparseable.
+
+    `2023-10-09 17:16:36` carries no zone and is UTC; `0000-00-00 00:00:00` means "never"."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or text.startswith("0000-00-00"):
+        return None
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def format_ns_datetime(value: datetime) -> str:
+    """`YYYY-MM-DD HH:MM:SS` in UTC, the form the subscription and CDR filters take."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: NetSapiens times are sent as UTC")
+    return value.astimezone(UTC).strftime(NS_DATETIME)
+
+
+def validate_session_id(session_id: str) -> str:
+    """The id unchanged, or `ValueError`: ≥32 characters of `[A-Za-z0-9_]` (upstream-apis §5)."""
+    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+        raise ValueError("message session id must be at least 32 characters of [A-Za-z0-9_]")
+    return session_id
+
+
+def _seconds(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    if hasattr(value, "total_seconds"):
+        return float(value.total_seconds())
+    return float(value)
+
+
+def _secret(value: Any) -> str:
+    """A pydantic SecretStr, a plain string or None, as text."""
+    if value is None:
+        return ""
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if callable(getter) else value)
+
+
+def http_options(cfg: Any) -> HttpOptions:
+    rate = getattr(cfg, "rate_limit", None)
+    return HttpOptions(
+        timeout=_seconds(getattr(cfg, "timeout", None), 30.0),
+        max_retries=int(getattr(cfg, "max_retries", None) or 4),
+        max_concurrency=int(getattr(cfg, "max_concurrency", None) or 4),
+        rate_limit=(
+            RateLimit(int(rate.count), _seconds(rate.per, 1.0)) if rate is not None else None
+        ),
+    )
+
+
+def _message(resp: Response) -> str:
+    """The `message` of an `{"code","message"}` error body, else a short text excerpt."""
+    try:
+        body = resp.json() if resp.body.strip() else None
+    except UpstreamError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        return redact_excerpt(body["message"], resp.secrets, limit=200)
+    return ""
+
+
+def netsapiens_error(resp: Response) -> UpstreamError | None:
+    """Refine the core mapping: token refusals are `AuthError`, 409 is `SubscriptionExists`,
+    and messages come from NetSapiens' `{"code", "message"}` bodies."""
+    kw: dict[str, Any] = {
+        "upstream": resp.upstream,
+        "status": resp.status,
+        "method": resp.method,
+        "path": resp.url.path,
+        "excerpt": resp.excerpt(),
+    }
+    text = _message(resp)
+    s = resp.status
+    if resp.url.path.rstrip("/").endswith(f"{API_PREFIX}/{TOKEN_PATH}") and 400 <= s < 500:
+        if s != 429:
+            return AuthError(f"token request refused: {text or f'HTTP {s}'}", **kw)
+    if s == 409 and resp.url.path.rstrip("/").endswith("/subscriptions"):
+        return SubscriptionExists(text or "subscription already exists", **kw)
+    if s == 401:
+        return AuthError(text or "credentials refused", **kw)
+    if s == 403:
+        return ForbiddenError(text or "access forbidden", **kw)
+    if s == 404:
+        return NotFoundError(text or "not found", **kw)
+    if s in (400, 422):
+        return ValidationError(text or "request rejected", **kw)
+    if s == 429:
+        return RateLimited(text or "rate limited", **kw)
+    if s == 409:
+        return UpstreamResponseError(text or "conflict", **kw)
+    return None
+
+
+class NetsapiensAuth(TokenAuth):
+    """Password grant, then refresh grants with the (rotating) refresh token we hold."""
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        username: str,
+        password: str,
+        *,
+        clock: Clock,
+        leeway: float = 60.0,
+        failure_backoff: float = 60.0,
+    ):
+        super().__init__(leeway=leeway, failure_backoff=failure_backoff)
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.username = username
+        self._password = password
+        self._clock = clock
+        self.obtained_at: datetime | None = None  # wall time of the last token, for token_info
+
+    async def obtain(self, session: UpstreamSession) -> Mapping[str, Any]:
+        if self.state.refresh_token:
+            try:
+                payload = await self._grant(
+                    session,
+                    {"grant_type": "refresh_token", "refresh_token": self.state.refresh_token},
+                )
+            except UpstreamError as exc:
+                if exc.transient or exc.status is None or not 400 <= exc.status < 500:
+                    raise
+                # A spent, rotated or revoked refresh token: start over with the password.
+                log.info("auth.refresh_refused", upstream=session.name, status=exc.status)
+                self.state.refresh_token = None
+            else:
+                self.obtained_at = self._clock.now()
+                return payload
+        payload = await self._grant(
+            session,
+            {"grant_type": "password", "username": self.username, "password": self._password},
+        )
+        self.obtained_at = self._clock.now()
+        return payload
+
+    async def _grant(self, session: UpstreamSession, grant: dict[str, str]) -> dict[str, Any]:
+        body = {"client_id": self.client_id, "client_secret": self._client_secret, **grant}
+        resp = await session.request(
+            "POST", TOKEN_PATH, json_body=body, use_auth=False, idempotent=True
+        )
+        payload = resp.json()
+        if not isinstance(payload, dict):
+            raise AuthError(
+                "token endpoint answered a non-object", upstream=session.name, status=resp.status
+            )
+        return payload
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The fields of a subscription object the keeper reasons about; `raw` keeps the rest."""
+
+    id: str
+    model: str
+    post_url: str
+    domain: str
+    user: str
+    status: str
+    expires_at: datetime | None
+    error_count: int
+    posts_count: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Subscription:
+        def num(key: str) -> int:
+            try:
+                return int(obj.get(key) or 0)
+            except (TypeError, ValueError):
+                return 0
+
+        return cls(
+            id=str(obj.get("id") or ""),
+            model=str(obj.get("model") or ""),
+            post_url=str(obj.get("post-url") or ""),
+            domain=str(obj.get("domain") or "*"),
+            user=str(obj.get("user") or "*"),
+            status=str(obj.get("status") or "").lower(),
+            expires_at=parse_ns_datetime(obj.get("subscription-expires-datetime")),
+            error_count=num("error-count"),
+            posts_count=num("posts-count"),
+            raw=dict(obj),
+        )
+
+
+_FIELD_NAMES = {
+    "post_url": "post-url",
+    "geo_support": "subscription-geo-support",
+    "expires_at": "subscription-expires-datetime",
+    "preferred_server": "preferred-server",
+    "error_count": "error-count",
+    "posts_count": "posts-count",
+}
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, datetime):
+        return format_ns_datetime(value)
+    return value
+
+
+class SubscriptionsApi:
+    """`/subscriptions` CRUD; reached as `client.subscriptions`."""
+
+    def __init__(self, client: NetsapiensClient):
+        self._client = client
+
+    async def create(
+        self,
+        model: str,
+        post_url: str,
+        *,
+        expires_at: datetime,
+        domain: str = "*",
+        user: str = "*",
+        reseller: str | None = None,
+        geo_support: bool = True,
+        preferred_server: str | None = None,
+    ) -> dict[str, Any]:
+        """Create one; raises `SubscriptionExists` on 409. The expiry is mandatory because the
+        upstream default is "dies with the token that created it"."""
+        body: dict[str, Any] = {
+            "model": model,
+            "post-url": post_url,
+            "domain": domain,
+            "user": user,
+            "subscription-geo-support": _wire_value(geo_support),
+            "subscription-expires-datetime": format_ns_datetime(expires_at),
+        }
+        if reseller is not None:
+            body["reseller"] = reseller
+        if preferred_server is not None:
+            body["preferred-server"] = preferred_server
+        result = await self._client.request("POST", "subscriptions", json=body)
+        if isinstance(result, dict) and result.get("id"):
+            return result
+        # Accepted without the object: find what was made.
+        for sub in await self.list():
+            if sub.get("post-url") == post_url and sub.get("model") == model:
+                return sub
+        raise MalformedResponse(
+            "subscription created but not returned or listed", upstream=self._client.name
+        )
+
+    async def get(self, subscription_id: str) -> dict[str, Any]:
+        result = await self._client.request("GET", f"subscriptions/{quote(subscription_id)}")
+        if isinstance(result, list) and len(result) == 1:  # some builds wrap it in an array
+            result = result[0]
+        if not isinstance(result, dict):
+            raise MalformedResponse("subscription is not an object", upstream=self._client.name)
+        return result
+
+    async def list(self, *, limit: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
+        return [s async for s in self._client.paged("subscriptions", limit=limit)]
+
+    async def update(self, subscription_id: str, **fields: Any) -> Any:
+        """Partial update (`expires_at=datetime`, `post_url=...`); 202 answers carry no object."""
+        body = {_FIELD_NAMES.get(k, k.replace("_", "-")): _wire_value(v) for k, v in fields.items()}
+        return await self._client.request(
+            "PUT", f"subscriptions/{quote(subscription_id)}", json=body
+        )
+
+    async def delete(self, subscription_id: str) -> Any:
+        return await self._client.request("DELETE", f"subscriptions/{quote(subscription_id)}")
+
+
+def _seg(value: str) -> str:
+    """A path segment; `~` (my domain/user) and `*` stay literal."""
+    return quote(value, safe="~*@")
+
+
+class NetsapiensClient:
+    """NetSapiens v2 over one `UpstreamSession`; use as `async with NetsapiensClient...`."""
+
+    kind = "netsapiens"
+
+    def __init__(self, session: UpstreamSession, auth: NetsapiensAuth, *, api_url: str = ""):
+        self.session = session
+        self.name = session.name
+        self.auth = auth
+        self.api_url = api_url
+        self.subscriptions = SubscriptionsApi(self)
+
+    @classmethod
+    def from_settings(cls, cfg: Any, *, clock: Clock) -> NetsapiensClient:
+        """Build from an `[upstreams.<name>]` table of kind netsapiens (unopened)."""
+        api_url = str(cfg.api_url).rstrip("/")
+        client_secret, password = _secret(cfg.client_secret), _secret(cfg.password)
+        auth = NetsapiensAuth(
+            str(cfg.client_id), client_secret, str(cfg.username), password, clock=clock
+        )
+        session = UpstreamSession(
+            str(cfg.name),
+            api_url + API_PREFIX,
+            http_options(cfg),
+            clock=clock,
+            auth=auth,
+            secrets=[client_secret, password],
+            error_mapper=netsapiens_error,
+            default_headers={"Accept": "application/json"},
+        )
+        return cls(session, auth, api_url=api_url)
+
+    async def __aenter__(self) -> NetsapiensClient:
+        await self.session.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.auth.healthy
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """Send one call; returns the parsed JSON body (None when empty). Any 2xx is success."""
+        resp = await self.session.request(
+            method, path, params=params, json_body=json, idempotent=idempotent
+        )
+        if not resp.body.strip():
+            return None
+        return resp.json()
+
+    async def paged(
+        self, path: str, *, params: Mapping[str, Any] | None = None, limit: int = DEFAULT_PAGE
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every object of a bare-array list, `start` (0-based) + `limit` until a short page."""
+        start = 0
+        while True:
+            page = await self.request(
+                "GET", path, params={**(params or {}), "start": start, "limit": limit}
+            )
+            if page is None:
+                return
+            if not isinstance(page, list):
+                raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
+            for item in page:
+                if isinstance(item, dict):
+                    yield item
+            if len(page) < limit:
+                return
+            start += len(page)
+
+    async def token_info(self) -> dict[str, Any]:
+        """Who the token belongs to and until when (never the token itself)."""
+        await self.auth.headers(self.session)
+        info = dict(self.auth.state.info or {})
+        expires_at = None
+        if self.auth.obtained_at is not None and self.auth.state.expires_at is not None:
+            lifetime = float(info.get("expires_in") or 0)
+            expires_at = (self.auth.obtained_at + timedelta(seconds=lifetime)).isoformat()
+        return {
+            "user": info.get("user") or info.get("username"),
+            "domain": info.get("domain"),
+            "territory": info.get("territory"),
+            "scope": info.get("scope"),
+            "expires_at": expires_at,
+            "api_url": self.api_url + API_PREFIX,
+            "apiversion": info.get("apiversion"),
+        }
+
+    @staticmethod
+    def new_session_id() -> str:
+        """A fresh message session id: 32 random hex characters, as the API wants."""
+        return secrets.token_hex(16)
+
+    async def send_message(
+        self,
+        domain: str = "~",
+        user: str = "~",
+        *,
+        message: str,
+        destination: str | Sequence[str],
+        from_number: str | None = None,
+        type: str = "sms",
+        session_id: str | None = None,
+        data: bytes | str | None = None,
+        mime_type: str | None = None,
+        size: int | None = None,
+    ) -> dict[str, Any]:
+        """Send a message: a new session when `session_id` is None, else into that session.
+
+        Returns the upstream's answer (the Message object, or `{"code":202,...}`); any 2xx is
+        success. `data` for media may be raw bytes (encoded here) or base64 text."""
+        if type not in MESSAGE_TYPES:
+            raise ValueError(f"message type must be one of {sorted(MESSAGE_TYPES)}")
+        if session_id is not None:
+            validate_session_id(session_id)
+        if type in ("sms", "mms") and not from_number:
+            raise ValueError(f"{type} needs a from_number (the sending DID)")
+        body: dict[str, Any] = {
+            "type": type,
+            "message": message,
+            "destination": destination if isinstance(destination, str) else list(destination),
+        }
+        if from_number:
+            body["from-number"] = from_number
+        if data is not None:
+            if isinstance(data, bytes):
+                size = len(data) if size is None else size
+                data = base64.b64encode(data).decode("ascii")
+            body["data"] = data
+            if mime_type:
+                body["mime-type"] = mime_type
+            if size is not None:
+                body["size"] = size
+        base = f"domains/{_seg(domain)}/users/{_seg(user)}"
+        path = (
+            f"{base}/messages"
+            if session_id is None
+            else (f"{base}/messagesessions/{session_id}/messages")
+        )
+        result = await self.request("POST", path, json=body)
+        return result if isinstance(result, dict) else {"result": result}
+
+    async def get_messages(
+        self,
+        domain: str = "~",
+        user: str | None = None,
+        session_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Message sessions (domain-wide, or one user's), or one session's messages."""
+        if session_id is not None:
+            validate_session_id(session_id)
+            path = (
+                f"domains/{_seg(domain)}/users/{_seg(user or '~')}"
+                f"/messagesessions/{session_id}/messages"
+            )
+        elif user is None:
+            path = f"domains/{_seg(domain)}/messagesessions"
+        else:
+            path = f"domains/{_seg(domain)}/users/{_seg(user)}/messagesessions"
+        result = await self.request("GET", path, params={"limit": max(1, min(limit, 1000))})
+        if result is None:
+            return []
+        if not isinstance(result, list):
+            raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
+        return [r for r in result if isinstance(r, dict)]
+
+    async def list_cdrs(
+        self,
+        domain: str = "~",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = DEFAULT_PAGE,
+        offset: int = 0,
+        *,
+        user: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """CDRs between `start` and `end`, every page from `offset`."""
+        params: dict[str, Any] = {}
+        if start is not None:
+            params["datetime-start"] = format_ns_datetime(start)
+        if end is not None:
+            params["datetime-end"] = format_ns_datetime(end)
+        path = f"domains/{_seg(domain)}" + (f"/users/{_seg(user)}" if user else "") + "/cdrs"
+        out: list[dict[str, Any]] = []
+        while True:
+            page = await self.request(
+                "GET", path, params={**params, "start": offset, "limit": limit}
+            )
+            if page is None:
+                break
+            if not isinstance(page, list):
+                raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
+            out.extend(p for p in page if isinstance(p, dict))
+            if len(page) < limit:
+                break
+            offset += len(page)
+        return out

@@ -1,0 +1,142 @@
+"""`daemon subscriptions list|sync|delete ID`: the NetSapiens event subscriptions.
+
+- `list` shows what NetSapiens has (upstream) beside what the daemon recorded (local), post urls
+  redacted because they carry the webhook secret;
+- `sync` runs one SubscriptionKeeper pass (create, adopt, renew, replace, clean duplicates) now;
+- `delete ID` deletes one upstream and from the local table.
+
+Uses `[webhooks.netsapiens]` (public_url, secret, subscribe, domain, renew_before) and its
+`upstream` (default: the first netsapiens upstream). Upstream errors exit 1 with the error JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from daemon.clock import Clock, SystemClock
+from daemon.errors import ConfigError, NotFoundError
+
+ORDER = 60
+EXIT_OK = 0
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "subscriptions",
+        parents=[common],
+        help="NetSapiens event subscriptions: list | sync | delete ID",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ops = p.add_subparsers(dest="sub_command", metavar="COMMAND")
+    ops.required = True
+    ops.add_parser("list", parents=[common], help="upstream and local subscriptions")
+    ops.add_parser("sync", parents=[common], help="run one keeper pass now")
+    delete = ops.add_parser("delete", parents=[common], help="delete one subscription")
+    delete.add_argument("id", metavar="ID")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from daemon.config import load_settings, resolve_config_path
+
+    settings = load_settings(resolve_config_path(args.config))
+    result = asyncio.run(run(settings, args.sub_command, getattr(args, "id", None)))
+    print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _seconds(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
+
+
+def _secret(value: Any) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if callable(getter) else (value or ""))
+
+
+def webhook_settings(settings: Any) -> Any:
+    hooks = getattr(getattr(settings, "webhooks", None), "netsapiens", None)
+    if hooks is None:
+        raise ConfigError("[webhooks.netsapiens] is not configured")
+    return hooks
+
+
+async def run(
+    settings: Any, command: str, sub_id: str | None, *, clock: Clock | None = None
+) -> Any:
+    """The work of each subcommand, given loaded settings (tests call this directly)."""
+    from daemon.clients.factory import first_of_kind
+    from daemon.clients.netsapiens import NetsapiensClient
+    from daemon.store import Store
+    from daemon.sync.subscriptions import SubscriptionKeeper, redact_url
+
+    clock = clock or SystemClock()
+    hooks = webhook_settings(settings)
+    secret = _secret(hooks.secret)
+    upstream = settings.upstreams[
+        first_of_kind(settings, "netsapiens", getattr(hooks, "upstream", None))
+    ]
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            NetsapiensClient.from_settings(upstream, clock=clock)
+        )
+        store = await stack.enter_async_context(
+            Store.open(Path(settings.daemon.database), clock=clock)
+        )
+        if command == "list":
+            remote = await client.subscriptions.list()
+            local = await store.list_subscriptions()
+            return {
+                "upstream": [
+                    {**s, "post-url": redact_url(str(s.get("post-url", "")), secret)}
+                    for s in remote
+                ],
+                "local": [
+                    {
+                        "id": r.id,
+                        "model": r.model,
+                        "post_url": redact_url(r.post_url, secret),
+                        "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+                        "status": r.status,
+                    }
+                    for r in local
+                ],
+            }
+        if command == "sync":
+            keeper = SubscriptionKeeper(
+                client,
+                store,
+                clock=clock,
+                public_url=str(hooks.public_url),
+                secret=secret,
+                models=list(hooks.subscribe),
+                domain=str(getattr(hooks, "domain", None) or "*"),
+                renew_before=timedelta(seconds=_seconds(getattr(hooks, "renew_before", None), 900)),
+            )
+            report = await keeper.sync_once()
+            return report.as_dict()
+        if command == "delete":
+            assert sub_id is not None
+            try:
+                await client.subscriptions.delete(sub_id)
+                upstream_deleted = True
+            except NotFoundError:
+                upstream_deleted = False
+            local_deleted = await store.delete_subscription(sub_id)
+            return {
+                "id": sub_id,
+                "upstream_deleted": upstream_deleted,
+                "local_deleted": local_deleted,
+            }
+        raise ConfigError(f"unknown subscriptions command {command!r}")

@@ -1,0 +1,402 @@
+"""NetSapiens payloads → normalised `Event`s. Pure: no I/O, no clock.
+
+NetSapiens posts untyped JSON arrays; the model is known only from the URL the subscription was
+given (upstream-apis §5). Both the webhook listener and the backfiller (which reads the same
+objects through the API) go through `parse_payload`, so a message seen both ways gets the same
+`dedupe_key` and the inbox keeps it once.
+
+Shape tolerance is deliberate: one bad element is reported in `ParseResult.rejected` and the rest
+of the batch is kept, CDRs are read in both the v1 underscore form and the v2 `call-*` form, and
+an unknown model becomes `netsapiens.<model>` rather than an error. Only a body that is not JSON
+(or is JSON but neither an object nor an array) raises `PayloadError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from daemon.clients.netsapiens import parse_ns_datetime
+from daemon.phones import to_e164
+
+SOURCE = "netsapiens"
+
+__all__ = [
+    "SOURCE",
+    "Event",
+    "ParseResult",
+    "PayloadError",
+    "Rejected",
+    "canonical_json",
+    "parse_payload",
+]
+
+
+class PayloadError(ValueError):
+    """The whole body is unusable (not JSON, or JSON that is neither object nor array)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened at the PBX, in the form rules and the inbox use."""
+
+    source: str
+    kind: str
+    from_number: str | None
+    to_number: str | None
+    body: str | None
+    direction: str | None  # 'inbound' | 'outbound' | None
+    session_id: str | None
+    domain: str | None
+    user: str | None
+    occurred_at: datetime | None
+    duration: int | None
+    dedupe_key: str
+    raw: dict[str, Any] = field(compare=False)
+
+    def as_context(self) -> dict[str, Any]:
+        """The `event` object of rule templates and `match` (DESIGN §3)."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "from": self.from_number,
+            "to": self.to_number,
+            "body": self.body,
+            "direction": self.direction,
+            "session_id": self.session_id,
+            "domain": self.domain,
+            "user": self.user,
+            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
+            "duration": self.duration,
+            "dedupe_key": self.dedupe_key,
+            "raw": self.raw,
+        }
+
+    def to_json(self) -> str:
+        """What the inbox stores as `payload`: the normalised event, so the dispatcher need
+        not know which model or default region produced it."""
+        return json.dumps(self.as_context(), sort_keys=True, ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        """Inverse of `to_json` (for the dispatcher and `events show`)."""
+        d = json.loads(text)
+        duration = d.get("duration")
+        return cls(
+            source=d.get("source") or SOURCE,
+            kind=d["kind"],
+            from_number=d.get("from"),
+            to_number=d.get("to"),
+            body=d.get("body"),
+            direction=d.get("direction"),
+            session_id=d.get("session_id"),
+            domain=d.get("domain"),
+            user=d.get("user"),
+            occurred_at=parse_ns_datetime(d.get("occurred_at")),
+            duration=int(duration) if duration is not None else None,
+            dedupe_key=d["dedupe_key"],
+            raw=dict(d.get("raw") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An element of the batch that could not become an event, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    events: list[Event]
+    rejected: list[Rejected]
+
+
+class _Reject(Exception):
+    """Internal: this element is unusable; the message is the reason."""
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _hash_key(model: str, obj: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+    return f"{SOURCE}:{model}:sha256:{digest}"
+
+
+def _text(obj: Mapping[str, Any], *keys: str) -> str | None:
+    """The first present, non-empty value among `keys`, as text."""
+    for key in keys:
+        value = obj.get(key)
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        text = str(value).strip()
+        if text:
+            return text
+    return None
+
+
+def _int(obj: Mapping[str, Any], *keys: str) -> int | None:
+    text = _text(obj, *keys)
+    if text is None:
+        return None
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def _when(obj: Mapping[str, Any], *keys: str) -> datetime | None:
+    for key in keys:
+        parsed = parse_ns_datetime(obj.get(key))
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def _number(value: str | None, region: str) -> str | None:
+    return to_e164(value, region) if value else None
+
+
+class _Ctx:
+    """What every model parser needs besides the object."""
+
+    def __init__(self, model: str, region: str):
+        self.model = model
+        self.region = region
+
+    def key(self, obj: Mapping[str, Any], ident: str | None) -> str:
+        return f"{SOURCE}:{self.model}:{ident}" if ident else _hash_key(self.model, obj)
+
+    def event(self, obj: Mapping[str, Any], kind: str, ident: str | None, **kw: Any) -> Event:
+        values: dict[str, Any] = {
+            "from_number": None,
+            "to_number": None,
+            "body": None,
+            "direction": None,
+            "session_id": None,
+            "domain": _text(obj, "domain"),
+            "user": _text(obj, "user"),
+            "occurred_at": None,
+            "duration": None,
+        }
+        values.update(kw)
+        return Event(
+            source=SOURCE, kind=kind, dedupe_key=self.key(obj, ident), raw=dict(obj), **values
+        )
+
+
+_DIRECTIONS = {"orig": "inbound", "term": "outbound"}
+
+
+def _message(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    raw_direction = (_text(obj, "direction") or "").lower()
+    if not raw_direction:
+        raise _Reject("message has no direction")
+    if raw_direction not in _DIRECTIONS:
+        raise _Reject(f"message direction {raw_direction!r} is neither 'orig' nor 'term'")
+    sender = _text(obj, "from-number", "from-user-id")
+    if sender is None:
+        raise _Reject("message has no from-number")
+    direction = _DIRECTIONS[raw_direction]
+    inbound = direction == "inbound"
+    return ctx.event(
+        obj,
+        "message.received" if inbound else "message.sent",
+        _text(obj, "id"),
+        from_number=_number(_text(obj, "from-number"), ctx.region),
+        to_number=_number(_text(obj, "dialed", "terminating-number", "destination"), ctx.region),
+        body=obj.get("text") if isinstance(obj.get("text"), str) else _text(obj, "text"),
+        direction=direction,
+        session_id=_text(obj, "messagesession-id"),
+        user=_text(obj, "terminating-user-id", "user")
+        if inbound
+        else _text(obj, "from-user-id", "user"),
+        occurred_at=_when(obj, "timestamp", "datetime"),
+    )
+
+
+_MISSED_WORDS = ("miss", "no answer", "noanswer", "not answered", "unanswered", "cancel")
+
+
+def _cdr(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    # v2 hyphenated keys first, then the v1 underscore keys of the PBX README example.
+    orig_callid = _text(obj, "call-orig-call-id", "orig_callid")
+    term_callid = _text(obj, "call-term-call-id", "term_callid")
+    # The call-id pair names one call leg in both the v1 and v2 shapes, so a CDR posted in one
+    # shape and read back through the API in the other still gets the same dedupe key.
+    if orig_callid or term_callid:
+        ident: str | None = f"{orig_callid or ''}+{term_callid or ''}"
+    else:
+        ident = _text(obj, "cdr-id", "id", "call-id", "cdr_id")
+    caller = _text(
+        obj, "call-orig-caller-id", "call-orig-from-user", "orig_from_user", "orig_from_uri"
+    )
+    callee = _text(
+        obj,
+        "call-dialed-number",
+        "call-orig-to-user",
+        "call-term-user",
+        "orig_to_user",
+        "term_to_user",
+        "orig_req_user",
+    )
+    if caller is None and callee is None:
+        raise _Reject("cdr has neither a caller nor a callee")
+    talk = _int(obj, "call-talking-duration-seconds", "call-total-duration-seconds", "duration")
+    disposition = _text(obj, "call-disposition", "release_text", "call-disposition-reason") or ""
+    answer_keys = ("call-answer-datetime", "time_answer", "answer_time")
+    answer_known = any(k in obj for k in answer_keys)
+    answered_at = _when(obj, *answer_keys)
+    missed = (
+        any(w in disposition.lower() for w in _MISSED_WORDS)
+        or (answer_known and answered_at is None)
+        or talk == 0
+    )
+    raw_direction = (_text(obj, "call-direction", "direction") or "").lower()
+    direction = (
+        "inbound"
+        if raw_direction.startswith(("in", "received"))
+        else "outbound"
+        if raw_direction.startswith("out")
+        else None
+    )
+    return ctx.event(
+        obj,
+        "call.missed" if missed else "call.completed",
+        ident,
+        from_number=_number(caller, ctx.region),
+        to_number=_number(callee, ctx.region),
+        direction=direction,
+        session_id=orig_callid,
+        domain=_text(
+            obj, "domain", "call-orig-domain", "call-term-domain", "term_domain", "orig_domain"
+        ),
+        user=_text(obj, "call-term-user", "call-orig-user", "term_user", "orig_user", "user"),
+        occurred_at=_when(
+            obj, "call-start-datetime", "batch_tim_beg", "time_start", "call-batch-start-datetime"
+        ),
+        duration=talk,
+    )
+
+
+def _call(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    call_id = _text(obj, "call-orig-call-id", "call-session-id", "orig_callid", "call-id")
+    if call_id is None:
+        raise _Reject("call has no call-orig-call-id or call-session-id")
+    if (_text(obj, "remove") or "").lower() in ("yes", "true", "1"):
+        kind, state = "call.ended", "ended"
+    elif _when(obj, "call-answer-datetime") is not None:
+        kind, state = "call.answered", "answered"
+    else:
+        kind, state = "call.ringing", "ringing"
+    return ctx.event(
+        obj,
+        kind,
+        f"{call_id}:{state}",
+        from_number=_number(
+            _text(obj, "caller-id-number", "call-orig-caller-id", "call-orig-user"), ctx.region
+        ),
+        to_number=_number(_text(obj, "call-dialed-number", "call-term-user"), ctx.region),
+        session_id=call_id,
+        domain=_text(obj, "call-orig-domain", "call-term-domain", "domain"),
+        user=_text(obj, "call-term-user", "call-orig-user", "user"),
+        occurred_at=_when(obj, "call-answer-datetime", "call-start-datetime"),
+    )
+
+
+def _voicemail(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    filename = _text(obj, "filename", "id")
+    if filename is None:
+        raise _Reject("voicemail has no filename")
+    domain, user = _text(obj, "domain"), _text(obj, "user")
+    ident = ":".join(p for p in (domain, user, filename) if p)
+    transcription = obj.get("transcription")
+    return ctx.event(
+        obj,
+        "voicemail.received",
+        ident,
+        from_number=_number(
+            _text(obj, "voicemail-from-caller-id-number", "voicemail-from-user"), ctx.region
+        ),
+        to_number=None,
+        body=transcription if isinstance(transcription, str) and transcription else None,
+        direction="inbound",
+        occurred_at=_when(obj, "recorded-datetime", "created-datetime"),
+        duration=_int(obj, "file-duration-seconds"),
+    )
+
+
+def _messagesession(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    sid = _text(obj, "messagesession-id")
+    if sid is None:
+        raise _Reject("messagesession has no messagesession-id")
+    last = _text(obj, "messagesession-last-datetime")
+    return ctx.event(
+        obj,
+        "messagesession.updated",
+        f"{sid}:{last}" if last else None,
+        from_number=_number(_text(obj, "messagesession-last-sender"), ctx.region),
+        to_number=_number(_text(obj, "messagesession-sms-number"), ctx.region),
+        body=_text(obj, "messagesession-last-message"),
+        session_id=sid,
+        occurred_at=_when(obj, "messagesession-last-datetime"),
+    )
+
+
+def _other(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
+    return ctx.event(obj, f"{SOURCE}.{ctx.model}", _text(obj, "id"))
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
+    "message": _message,
+    "cdr": _cdr,
+    "call": _call,
+    "voicemail": _voicemail,
+    "messagesession": _messagesession,
+}
+
+
+def _load(body: Any) -> list[Any]:
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("body is not UTF-8 text") from exc
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError as exc:
+            raise PayloadError(f"body is not JSON: {exc}") from exc
+    if isinstance(body, dict):
+        return [body]
+    if isinstance(body, list):
+        return body
+    raise PayloadError(f"body is JSON {type(body).__name__}, not an object or an array")
+
+
+def parse_payload(model: str, body: Any, *, default_region: str = "US") -> ParseResult:
+    """Events from one delivery (or one API page) of `model` objects.
+
+    `body` is raw bytes/text or already-decoded JSON: an array of objects or one object."""
+    items = _load(body)
+    name = (model or "").strip().lower()
+    ctx = _Ctx(name, default_region)
+    parser = _PARSERS.get(name, _other)
+    events: list[Event] = []
+    rejected: list[Rejected] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            rejected.append(Rejected(index, f"element is {type(item).__name__}, not an object"))
+            continue
+        try:
+            events.append(parser(item, ctx))
+        except _Reject as exc:
+            rejected.append(Rejected(index, str(exc)))
+    return ParseResult(events, rejected)
