@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
+
 
 class StaticHeaders:
     """Fixed credential headers (Blesta API key headers, Billomat keys)."""
@@ -80,7 +82,9 @@ class TokenState:
             expires_in = 3600.0
         self.expires_at = now + max(0.0, expires_in)
         self.generation += 1
-        self.info = dict(payload)
+        # Keep what the endpoint said about the token (user, domain, scope...), never the
+        # tokens themselves: `info` is shown by `daemon api ... token` and may be logged.
+        self.info = {k: v for k, v in payload.items() if k not in TOKEN_FIELDS}
 
     def invalidate(self) -> None:
         self.access_token = None

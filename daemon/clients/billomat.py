@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from daemon.clients.auth import StaticHeaders
-from daemon.clients.halo import duration_seconds, http_options, secret_value
 from daemon.clients.http import Response, UpstreamSession
 from daemon.clients.paging import ordered_pages
+from daemon.clients.settings import options_from_settings, seconds, secret_value
 from daemon.clock import Clock
 from daemon.errors import (
     AuthError,
@@ -332,7 +332,7 @@ class BillomatClient:
         headers = {"X-BillomatApiKey": api_key}
         if app_id and app_secret:
             headers.update({"X-AppId": str(app_id), "X-AppSecret": app_secret})
-        max_wait = duration_seconds(getattr(cfg, "max_rate_wait", None), 60.0)
+        max_wait = seconds(getattr(cfg, "max_rate_wait", None), 60.0)
         client: BillomatClient
 
         def mapper(resp: Response) -> UpstreamError | None:
@@ -344,7 +344,7 @@ class BillomatClient:
         session = UpstreamSession(
             str(cfg.name),
             base_url(cfg),
-            http_options(cfg, retry_after_cap=max_wait),
+            options_from_settings(cfg, retry_after_cap=max_wait),
             clock=clock,
             auth=StaticHeaders(headers),
             secrets=[api_key, app_secret],

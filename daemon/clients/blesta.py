@@ -42,7 +42,7 @@ from daemon.clients.blesta_wire import (
 )
 from daemon.clients.http import HttpOptions, UpstreamSession
 from daemon.clients.paging import ordered_pages
-from daemon.clients.ratelimit import RateLimit
+from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import AuthError, MalformedResponse, UpstreamError
 
@@ -51,7 +51,6 @@ __all__ = [
     "BlestaResponse",
     "blesta_error",
     "encode_php_params",
-    "options_from_settings",
     "parse_csv",
 ]
 
@@ -60,24 +59,6 @@ log = structlog.get_logger(__name__)
 Verb = Literal["GET", "POST", "PUT", "DELETE"]
 Target = tuple[str, str, Mapping[str, Any] | None]
 PAGING_ARGS = ("page", "order_by", "order")
-
-
-def options_from_settings(cfg: Any) -> HttpOptions:
-    """HttpOptions from an `[upstreams.*]` table (timeout, retries, concurrency, rate limit)."""
-    rate = getattr(cfg, "rate_limit", None)
-    timeout = getattr(cfg, "timeout", 30.0)
-    if hasattr(timeout, "total_seconds"):
-        timeout = timeout.total_seconds()
-    return HttpOptions(
-        timeout=float(timeout),
-        max_retries=int(getattr(cfg, "max_retries", 4)),
-        max_concurrency=int(getattr(cfg, "max_concurrency", 4)),
-        rate_limit=RateLimit(int(rate.count), _seconds(rate.per)) if rate is not None else None,
-    )
-
-
-def _seconds(value: Any) -> float:
-    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
 
 
 def make_auth(mode: str, user: str, key: str) -> BasicAuth | StaticHeaders:
@@ -125,7 +106,7 @@ class BlestaClient:
         return cls.create(
             str(cfg.url),
             str(cfg.user),
-            cfg.key.get_secret_value(),
+            secret_value(cfg.key),
             clock=clock,
             name=str(cfg.name),
             auth=str(getattr(cfg, "auth", "basic") or "basic"),

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from daemon.clients.auth import BasicAuth
-from daemon.clients.blesta import options_from_settings
 from daemon.clients.blesta_wire import (
     FORM_CONTENT_TYPE,
     BlestaResponse,
@@ -29,6 +28,7 @@ from daemon.clients.blesta_wire import (
 )
 from daemon.clients.blesta_wire import parse_response as _parse
 from daemon.clients.http import HttpOptions, UpstreamSession
+from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import MalformedResponse
 
@@ -74,7 +74,7 @@ class ResellerClient:
         return cls.create(
             str(cfg.url),
             str(cfg.user),
-            cfg.password.get_secret_value(),
+            secret_value(cfg.password),
             clock=clock,
             name=str(cfg.name),
             options=options_from_settings(cfg),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from daemon.clients.auth import TokenAuth
@@ -32,8 +31,8 @@ from daemon.clients.halo_resources import (
     ResourceSpec,
     find_spec,
 )
-from daemon.clients.http import HttpOptions, Response, UpstreamSession
-from daemon.clients.ratelimit import RateLimit
+from daemon.clients.http import Response, UpstreamSession
+from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import AuthError, RateLimited, UpstreamError, ValidationError, redact_excerpt
 
@@ -42,47 +41,6 @@ __all__ = ["RESOURCES", "HaloClient", "HaloPage", "HaloResource", "ResourceSpec"
 TOKEN_PATH = "auth/token"  # noqa: S105 - a path, not a secret
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def duration_seconds(value: Any, default: float) -> float:
-    """A settings duration (seconds, timedelta or "5m") as seconds."""
-    if value is None:
-        return default
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"not a duration: {value!r}")
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    return float(value)
-
-
-def secret_value(value: Any) -> str:
-    """A pydantic SecretStr (or a plain string, or None) as text."""
-    if value is None:
-        return ""
-    getter = getattr(value, "get_secret_value", None)
-    return str(getter() if callable(getter) else value)
-
-
-def http_options(cfg: Any, **overrides: Any) -> HttpOptions:
-    """The common `[upstreams.*]` transport fields as `HttpOptions`; missing fields default."""
-    rl = getattr(cfg, "rate_limit", None)
-    rate: RateLimit | None = None
-    if isinstance(rl, str):
-        count, _, per = rl.partition("/")
-        rate = RateLimit(int(count), duration_seconds(per or "1s", 1.0))
-    elif rl is not None:
-        rate = RateLimit(int(rl.count), duration_seconds(rl.per, 1.0))
-    values: dict[str, Any] = {
-        "timeout": duration_seconds(getattr(cfg, "timeout", None), 30.0),
-        "max_retries": int(getattr(cfg, "max_retries", None) or 4),
-        "max_concurrency": int(getattr(cfg, "max_concurrency", None) or 4),
-        "rate_limit": rate,
-    }
-    values.update(overrides)
-    return HttpOptions(**values)
 
 
 def _json_or_none(resp: Response) -> Any:
@@ -238,7 +196,7 @@ class HaloClient:
         session = UpstreamSession(
             str(cfg.name),
             str(cfg.tenant_url),
-            http_options(cfg),
+            options_from_settings(cfg),
             clock=clock,
             auth=auth,
             secrets=[secret],

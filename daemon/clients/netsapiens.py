@@ -35,8 +35,8 @@ from urllib.parse import quote
 import structlog
 
 from daemon.clients.auth import TokenAuth
-from daemon.clients.http import HttpOptions, Response, UpstreamSession
-from daemon.clients.ratelimit import RateLimit
+from daemon.clients.http import Response, UpstreamSession
+from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import (
     AuthError,
@@ -109,34 +109,6 @@ def validate_session_id(session_id: str) -> str:
     if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
         raise ValueError("message session id must be at least 32 characters of [A-Za-z0-9_]")
     return session_id
-
-
-def _seconds(value: Any, default: float) -> float:
-    if value is None:
-        return default
-    if hasattr(value, "total_seconds"):
-        return float(value.total_seconds())
-    return float(value)
-
-
-def _secret(value: Any) -> str:
-    """A pydantic SecretStr, a plain string or None, as text."""
-    if value is None:
-        return ""
-    getter = getattr(value, "get_secret_value", None)
-    return str(getter() if callable(getter) else value)
-
-
-def http_options(cfg: Any) -> HttpOptions:
-    rate = getattr(cfg, "rate_limit", None)
-    return HttpOptions(
-        timeout=_seconds(getattr(cfg, "timeout", None), 30.0),
-        max_retries=int(getattr(cfg, "max_retries", None) or 4),
-        max_concurrency=int(getattr(cfg, "max_concurrency", None) or 4),
-        rate_limit=(
-            RateLimit(int(rate.count), _seconds(rate.per, 1.0)) if rate is not None else None
-        ),
-    )
 
 
 def _message(resp: Response) -> str:
@@ -381,14 +353,14 @@ class NetsapiensClient:
     def from_settings(cls, cfg: Any, *, clock: Clock) -> NetsapiensClient:
         """Build from an `[upstreams.<name>]` table of kind netsapiens (unopened)."""
         api_url = str(cfg.api_url).rstrip("/")
-        client_secret, password = _secret(cfg.client_secret), _secret(cfg.password)
+        client_secret, password = secret_value(cfg.client_secret), secret_value(cfg.password)
         auth = NetsapiensAuth(
             str(cfg.client_id), client_secret, str(cfg.username), password, clock=clock
         )
         session = UpstreamSession(
             str(cfg.name),
             api_url + API_PREFIX,
-            http_options(cfg),
+            options_from_settings(cfg),
             clock=clock,
             auth=auth,
             secrets=[client_secret, password],

@@ -25,10 +25,15 @@ class RateLimit:
 class RateBudget:
     """Grants at most `limit.count` starts in any window of `limit.per` seconds, in FIFO order."""
 
-    def __init__(self, limit: RateLimit, clock: Clock):
+    def __init__(self, limit: RateLimit, clock: Clock, *, margin: float = 0.02):
+        """`margin` widens the window we count over (2% by default): the upstream counts a
+        request when it arrives, we count it when it leaves, so at a window's edge a request
+        delayed in transit would otherwise be counted in the next window by us and in this
+        one by the upstream, and be answered 429."""
         if limit.count < 1 or limit.per <= 0:
             raise ValueError("rate limit needs a positive count and window")
         self.limit = limit
+        self.window = limit.per * (1 + max(0.0, margin))
         self._clock = clock
         self._starts: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -36,11 +41,11 @@ class RateBudget:
 
     def _wait_needed(self) -> float:
         now = self._clock.monotonic()
-        while self._starts and now - self._starts[0] >= self.limit.per:
+        while self._starts and now - self._starts[0] >= self.window:
             self._starts.popleft()
         if len(self._starts) < self.limit.count:
             return 0.0
-        return self.limit.per - (now - self._starts[0])
+        return self.window - (now - self._starts[0])
 
     async def acquire(self) -> None:
         """Wait until a request may start, then record it."""
@@ -53,6 +58,6 @@ class RateBudget:
     def penalise(self, seconds: float) -> None:
         """After a 429 despite the budget, hold everyone back: fill the window from now on."""
         now = self._clock.monotonic()
-        start = now + seconds - self.limit.per
+        start = now + seconds - self.window
         self._starts.clear()
         self._starts.extend([start] * self.limit.count)

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from daemon.clients.settings import seconds, secret_value
 from daemon.clock import Clock, SystemClock
 from daemon.errors import ConfigError, NotFoundError
 
@@ -54,17 +55,6 @@ def handle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _seconds(value: Any, default: float) -> float:
-    if value is None:
-        return default
-    return float(value.total_seconds() if hasattr(value, "total_seconds") else value)
-
-
-def _secret(value: Any) -> str:
-    getter = getattr(value, "get_secret_value", None)
-    return str(getter() if callable(getter) else (value or ""))
-
-
 def webhook_settings(settings: Any) -> Any:
     hooks = getattr(getattr(settings, "webhooks", None), "netsapiens", None)
     if hooks is None:
@@ -83,7 +73,7 @@ async def run(
 
     clock = clock or SystemClock()
     hooks = webhook_settings(settings)
-    secret = _secret(hooks.secret)
+    secret = secret_value(hooks.secret)
     upstream = settings.upstreams[
         first_of_kind(settings, "netsapiens", getattr(hooks, "upstream", None))
     ]
@@ -122,7 +112,7 @@ async def run(
                 secret=secret,
                 models=list(hooks.subscribe),
                 domain=str(getattr(hooks, "domain", None) or "*"),
-                renew_before=timedelta(seconds=_seconds(getattr(hooks, "renew_before", None), 900)),
+                renew_before=timedelta(seconds=seconds(getattr(hooks, "renew_before", None), 900)),
             )
             report = await keeper.sync_once()
             return report.as_dict()
