@@ -1,0 +1,234 @@
+"""Turning validation failures into key-path problems, and the checks that span sections.
+
+Split from `load` so the reading order there stays: find, resolve, validate, cross-check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ValidationError
+
+from daemon.config.models import (
+    RESELLER_RESOURCES,
+    Rule,
+    SyncJob,
+    UpstreamSettings,
+    WebhooksSettings,
+)
+from daemon.config.secrets import join
+from daemon.errors import ConfigProblem
+
+M = TypeVar("M", bound=BaseModel)
+_UNION_TAG = re.compile(
+    r"^(str|int|float|bool|list\[.*\]|dict\[.*\]|"
+    r"(function-(after|before|wrap|plain)|lax-or-strict|json-or-python|is-instance|union|"
+    r"tagged-union|nullable|constrained-\w+)(\[.*\])?)$"
+)
+
+
+class Collector:
+    """Gathers problems; drops those at paths whose reference already failed."""
+
+    def __init__(self, failed: set[str]) -> None:
+        self.failed = failed
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, path: str, message: str) -> None:
+        if path in self.failed:
+            return
+        if not any(p.path == path and p.message == message for p in self.problems):
+            self.problems.append(ConfigProblem(path, message))
+
+    def validate(self, model: type[M], data: Any, path: str, ctx: dict[str, Any]) -> M | None:
+        try:
+            return model.model_validate(data, context=ctx)
+        except ValidationError as exc:
+            for err_path, message in _problems(exc, path):
+                self.add(err_path, message)
+            return None
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    """pydantic errors → (dotted key path, readable message)."""
+    out: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        path = prefix
+        for part in err["loc"]:
+            if isinstance(part, str) and _UNION_TAG.match(part):
+                continue
+            path = join(path, part)
+        ctx = err.get("ctx") or {}
+        if err["type"] == "config_field":
+            path = join(path, ctx["field"])
+        message = _message(err["type"], err["msg"])
+        out.setdefault(path, [])
+        if message not in out[path]:
+            out[path].append(message)
+    # A union field reports one error per alternative; one line saying "either" reads better.
+    return [(p, _either(msgs)) for p, msgs in out.items()]
+
+
+def _either(messages: list[str]) -> str:
+    head, *rest = messages
+    return " or ".join([head, *(m.removeprefix("Input should be ") for m in rest)])
+
+
+def _message(kind: str, msg: str) -> str:
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def _kind_of(
+    c: Collector,
+    upstreams: Mapping[str, UpstreamSettings],
+    known: set[str],
+    name: str,
+    path: str,
+    kinds: Iterable[str],
+) -> str | None:
+    """The kind of upstream `name`, reporting at `path` when it is missing or of a wrong kind."""
+    kinds = tuple(kinds)
+    if name not in known:
+        c.add(path, f"no upstream named {name!r} (defined: {', '.join(sorted(known)) or 'none'})")
+        return None
+    up = upstreams.get(name)
+    if up is None:
+        return None  # its own table is invalid and already reported
+    if kinds and up.kind not in kinds:
+        c.add(path, f"upstream {name!r} is of kind {up.kind!r}; expected {' or '.join(kinds)}")
+        return None
+    return up.kind
+
+
+def _first_of(upstreams: Mapping[str, UpstreamSettings], kind: str) -> str | None:
+    return next((n for n, u in upstreams.items() if u.kind == kind), None)
+
+
+def check_upstream_refs(
+    c: Collector,
+    upstreams: Mapping[str, UpstreamSettings],
+    known: set[str],
+    webhooks: WebhooksSettings | None,
+    jobs: list[SyncJob | None],
+    rules: list[Rule | None],
+) -> None:
+    if webhooks is not None and webhooks.netsapiens is not None:
+        _kind_of(
+            c,
+            upstreams,
+            known,
+            webhooks.netsapiens.upstream,
+            "webhooks.netsapiens.upstream",
+            ["netsapiens"],
+        )
+    for i, job in enumerate(jobs):
+        if job is None:
+            continue
+        p = f"sync[{i}]"
+        kind = _kind_of(c, upstreams, known, job.upstream, f"{p}.upstream", [])
+        if kind is None:
+            continue
+        if job.report is not None and kind != "blesta":
+            c.add(
+                f"{p}.report",
+                f"reports are a Blesta feature; upstream {job.upstream!r} is {kind!r}",
+            )
+        if kind == "blesta_reseller" and job.resource not in (None, *RESELLER_RESOURCES):
+            c.add(
+                f"{p}.resource",
+                f"unknown reseller resource {job.resource!r}; expected one "
+                f"of: {', '.join(RESELLER_RESOURCES)}",
+            )
+    needs = {
+        "sms_reply": ("sms_upstream", "netsapiens"),
+        "halo_ticket": ("halo_upstream", "halo"),
+        "halo_note": ("halo_upstream", "halo"),
+    }
+    for i, rule in enumerate(rules):
+        if rule is None:
+            continue
+        for field_name, kind in (("sms_upstream", "netsapiens"), ("halo_upstream", "halo")):
+            name = getattr(rule, field_name)
+            if name is not None:
+                _kind_of(c, upstreams, known, name, f"rules[{i}].{field_name}", [kind])
+        if rule.action in needs and rule.enabled:
+            field_name, kind = needs[rule.action]
+            if getattr(rule, field_name) is None and _first_of(upstreams, kind) is None:
+                if not any(u not in upstreams for u in known):
+                    c.add(
+                        f"rules[{i}].action",
+                        f"action {rule.action!r} needs a {kind} upstream, and none is configured",
+                    )
+
+
+def check_unique(c: Collector, jobs: list[SyncJob | None], rules: list[Rule | None]) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for section, field_name, items in (
+        ("sync", "name", jobs),
+        ("sync", "table", jobs),
+        ("rules", "name", rules),
+    ):
+        for i, item in enumerate(items):
+            if item is None:
+                continue
+            value = getattr(item, field_name)
+            key = (f"{section}.{field_name}", value)
+            if key in seen:
+                c.add(
+                    f"{section}[{i}].{field_name}",
+                    f"duplicate {field_name} {value!r} (also {section}[{seen[key]}])",
+                )
+            else:
+                seen[key] = i
+
+
+def check_rule_syntax(c: Collector, path: str, rule: Rule) -> None:
+    """Compile every regex and template now, so a typo fails the load, not the first event.
+
+    Templates are parsed, not compiled: parsing finds syntax errors without needing the filters
+    that `daemon.rules` registers on its own environment.
+    """
+    for key, patterns in rule.match.items():
+        for j, pattern in enumerate([patterns] if isinstance(patterns, str) else patterns):
+            where = join(path, f"match.{key}") + (f"[{j}]" if not isinstance(patterns, str) else "")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                c.add(where, f"invalid regular expression {pattern!r}: {exc}")
+    env = SandboxedEnvironment()
+    if rule.when is not None:
+        source = rule.when if "{{" in rule.when or "{%" in rule.when else f"{{{{ {rule.when} }}}}"
+        _parse_template(c, env, f"{path}.when", source)
+    if rule.text is not None:
+        _parse_template(c, env, f"{path}.text", rule.text)
+    if rule.ticket is not None:
+        _walk_templates(c, env, f"{path}.ticket", rule.ticket)
+
+
+def _walk_templates(c: Collector, env: jinja2.Environment, path: str, node: Any) -> None:
+    if isinstance(node, str):
+        _parse_template(c, env, path, node)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _walk_templates(c, env, join(path, k), v)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _walk_templates(c, env, join(path, i), v)
+
+
+def _parse_template(c: Collector, env: jinja2.Environment, path: str, source: str) -> None:
+    try:
+        env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        c.add(path, f"invalid template: {exc.message} (line {exc.lineno})")

@@ -1,0 +1,219 @@
+"""Reading `daemon.toml`: find it, resolve references, validate, cross-check.
+
+Every problem is collected and raised together as one `ConfigError`, each naming its key path
+(`sync[2].every`), because an operator fixing a file wants the whole list, not one error per
+attempt. Sections are validated one by one for the same reason: an invalid `[http]` must not
+hide a bad `[[rules]]` entry.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.config.checks import (
+    Collector,
+    check_rule_syntax,
+    check_unique,
+    check_upstream_refs,
+)
+from daemon.config.models import (
+    UPSTREAM_KINDS,
+    DaemonSettings,
+    HttpSettings,
+    Rule,
+    Settings,
+    SyncJob,
+    UpstreamSettings,
+    WebhooksSettings,
+)
+from daemon.config.secrets import insecure_mode, join, resolve_references
+from daemon.config.values import format_duration
+from daemon.errors import ConfigError, ConfigProblem
+
+SYSTEM_CONFIG = Path("/etc/integration-daemon/daemon.toml")
+SECTIONS = ("daemon", "http", "upstreams", "webhooks", "sync", "rules")
+
+
+def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """DESIGN §2's search order: `--config`, `$DAEMON_CONFIG`, `./daemon.toml`, `/etc/...`."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"configuration file {str(path)!r} (from --config) does not exist")
+        return path
+    from_env = env.get("DAEMON_CONFIG")
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"configuration file {str(path)!r} (from $DAEMON_CONFIG) does not exist"
+            )
+        return path
+    for candidate in (Path("daemon.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no configuration file: pass --config, set $DAEMON_CONFIG, or create ./daemon.toml "
+        f"or {SYSTEM_CONFIG}"
+    )
+
+
+def load_settings(
+    path: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    credentials_dir: str | None = None,
+) -> Settings:
+    """Read, resolve and validate one file; raises `ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    if credentials_dir is None:
+        credentials_dir = env.get("CREDENTIALS_DIRECTORY")
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"TOML syntax error: {exc}")], source=str(path)
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"cannot read {str(path)!r}: {exc.strerror or exc}")],
+            source=str(path),
+        ) from None
+    try:
+        return _parse(
+            data,
+            env=env,
+            credentials_dir=credentials_dir,
+            base_dir=path.resolve().parent,
+            file=path,
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=str(path)) from None
+
+
+def parse_settings(
+    data: dict[str, Any],
+    *,
+    env: Mapping[str, str],
+    credentials_dir: str | None,
+    base_dir: Path,
+) -> Settings:
+    """Validate already-parsed TOML data (no file-permission check: there is no file)."""
+    return _parse(data, env=env, credentials_dir=credentials_dir, base_dir=base_dir, file=None)
+
+
+def _parse(
+    data: dict[str, Any],
+    *,
+    env: Mapping[str, str],
+    credentials_dir: str | None,
+    base_dir: Path,
+    file: Path | None,
+) -> Settings:
+    resolved = resolve_references(data, env=env, credentials_dir=credentials_dir, base_dir=base_dir)
+    c = Collector(resolved.failed)
+    c.problems.extend(resolved.problems)
+    raw = resolved.data
+    for key in raw:
+        if key not in SECTIONS:
+            c.add(key, f"unknown section (expected one of: {', '.join(SECTIONS)})")
+
+    daemon_raw = dict(_table(c, raw, "daemon"))
+    if "database" not in daemon_raw:
+        state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
+        daemon_raw["database"] = str(Path(state_dir) / "state.db") if state_dir else "state.db"
+    ctx: dict[str, Any] = {"base_dir": base_dir}
+    daemon = c.validate(DaemonSettings, daemon_raw, "daemon", ctx) or DaemonSettings()
+    ctx["default_region"] = daemon.default_region
+    http = c.validate(HttpSettings, _table(c, raw, "http"), "http", ctx)
+
+    upstreams: dict[str, UpstreamSettings] = {}
+    for name, table in _table(c, raw, "upstreams").items():
+        up = _upstream(c, name, table, ctx)
+        if up is not None:
+            upstreams[name] = up
+    known_upstreams = set(_table(c, raw, "upstreams"))
+
+    webhooks = c.validate(WebhooksSettings, _table(c, raw, "webhooks"), "webhooks", ctx)
+    jobs = [c.validate(SyncJob, t, p, ctx) for p, t in _array(c, raw, "sync")]
+    rules = [c.validate(Rule, t, p, ctx) for p, t in _array(c, raw, "rules")]
+
+    check_upstream_refs(c, upstreams, known_upstreams, webhooks, jobs, rules)
+    check_unique(c, jobs, rules)
+    for i, rule in enumerate(rules):
+        if rule is not None:
+            check_rule_syntax(c, f"rules[{i}]", rule)
+    if file is not None and resolved.literal_secrets:
+        allowed = daemon_raw.get("allow_insecure_config") is True
+        why = None if allowed else insecure_mode(file)
+        for p in resolved.literal_secrets if why else ():
+            c.add(
+                p,
+                f"literal secret in a file readable by group or others ({why}): chmod 600 "
+                "the file, or use a ${ENV}, {file=...} or {credential=...} reference, or set "
+                "daemon.allow_insecure_config = true",
+            )
+    if c.problems or http is None or webhooks is None:
+        raise ConfigError(c.problems)
+    settings = Settings(
+        daemon=daemon,
+        http=http,
+        upstreams=upstreams,
+        webhooks=webhooks,
+        sync=[j for j in jobs if j is not None],
+        rules=[r for r in rules if r is not None],
+    )
+    settings._extra_secrets = tuple(resolved.secrets)
+    return settings
+
+
+def _table(c: Collector, raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        c.add(key, f"must be a table ([{key}]), not {type(value).__name__}")
+        return {}
+    return value
+
+
+def _array(c: Collector, raw: Mapping[str, Any], key: str) -> list[tuple[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        c.add(key, f"must be an array of tables ([[{key}]])")
+        return []
+    return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _upstream(c: Collector, name: str, table: Any, ctx: dict[str, Any]) -> UpstreamSettings | None:
+    path = join("upstreams", name)
+    if not isinstance(table, dict):
+        c.add(path, "must be a table ([upstreams.<name>])")
+        return None
+    if "name" in table:
+        c.add(join(path, "name"), "unknown key (the name is the table's key)")
+        return None
+    kind = table.get("kind", name)
+    model = UPSTREAM_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        where = join(path, "kind") if "kind" in table else path
+        hint = "" if "kind" in table else " (set `kind`: the table name is not a known kind)"
+        c.add(
+            where,
+            f"unknown upstream kind {kind!r}{hint}; expected one of: {', '.join(UPSTREAM_KINDS)}",
+        )
+        return None
+    validated = c.validate(model, {**table, "name": name, "kind": kind}, path, ctx)
+    return validated  # type: ignore[return-value]
+
+
+def schedule_description(job: SyncJob) -> str:
+    """`every 15m, jitter 30s` / `cron */15 * * * * (UTC), jitter 30s`, for summaries."""
+    when = (
+        f"every {format_duration(job.every)}" if job.every is not None else f"cron {job.cron} (UTC)"
+    )
+    return f"{when}, jitter {format_duration(job.jitter)}" if job.jitter else when

@@ -1,0 +1,421 @@
+"""The validated, frozen shape of `daemon.toml` (DESIGN §3).
+
+Field names are the TOML keys, so an error path such as `upstreams.halo.client_secret` points
+at the line to fix. Checks that need more than one section (does `sync[2].upstream` exist, is
+it the right kind) live in `daemon.config.load`, which sees everything at once.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import phonenumbers
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from daemon.config.values import (
+    Duration,
+    RateLimitValue,
+    check_cron,
+    check_http_url,
+    check_listen,
+    check_network,
+    parse_duration,
+    parse_months,
+)
+from daemon.phones import to_e164
+
+Secret = SecretStr
+HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+Network = Annotated[str, AfterValidator(check_network)]
+
+DEFAULT_RESELLER_URL = "https://account.blesta.com/plugin/blesta_reseller/v2/index"
+NetsapiensModel = Literal[
+    "agent",
+    "auditlog",
+    "auditlog_lite",
+    "call",
+    "call_origid",
+    "cdr",
+    "message",
+    "messagesession",
+    "subscriber",
+    "presence",
+    "voicemail",
+    "contacts",
+]
+NETSAPIENS_MODELS: tuple[str, ...] = get_args(NetsapiensModel)
+RESERVED_TABLES = frozenset(
+    {"sync_runs", "sync_state", "contacts", "events", "actions", "halo_threads", "subscriptions"}
+)
+RESELLER_RESOURCES = ("credit", "packages", "pricing", "licenses")
+JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_DEFAULT_JITTER = 30.0
+_CRON_REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """An error from a model-level check that still names its key (`sync[0].cron`).
+
+    Model validators have no loc of their own; `load._problems` appends `ctx['field']`.
+    """
+    return PydanticCustomError("config_field", "{message}", {"field": field, "message": message})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DaemonSettings(_Model):
+    """`[daemon]`: process-wide settings."""
+
+    database: Path = Path("state.db")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    timezone: str = "UTC"
+    default_region: str = "US"
+    shutdown_timeout: Duration = 30.0
+    retention: Duration = 90 * 86400.0
+    allow_insecure_config: bool = False
+
+    @field_validator("database")
+    @classmethod
+    def _relative_to_config(cls, value: Path, info: ValidationInfo) -> Path:
+        # Relative to the file, not the cwd: `daemon run-once` from another directory must open
+        # the same database as the service.
+        base = (info.context or {}).get("base_dir")
+        value = value.expanduser()
+        return value if value.is_absolute() or base is None else Path(base) / value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {value!r}: expected an ISO 3166 code such as 'US'")
+        return region
+
+    @field_validator("shutdown_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class HttpSettings(_Model):
+    """`[http]`: the webhook / health listener."""
+
+    listen: Annotated[str, AfterValidator(check_listen)] = "127.0.0.1:8780"
+    max_body_bytes: int = Field(default=1048576, gt=0)
+    trusted_proxies: list[Network] = []
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class _Upstream(_Model):
+    """Fields every `[upstreams.<name>]` table shares; `name` is the table's key."""
+
+    name: str
+    timeout: Duration = 30.0
+    max_retries: int = Field(default=4, ge=0, le=10)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    rate_limit: RateLimitValue = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+class BlestaUpstream(_Upstream):
+    kind: Literal["blesta"] = "blesta"
+    url: HttpUrl
+    user: str
+    key: Secret
+    auth: Literal["basic", "header"] = "basic"
+
+
+class ResellerUpstream(_Upstream):
+    kind: Literal["blesta_reseller"] = "blesta_reseller"
+    url: HttpUrl = DEFAULT_RESELLER_URL
+    user: str
+    password: Secret
+
+
+class BillomatUpstream(_Upstream):
+    kind: Literal["billomat"] = "billomat"
+    billomat_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")]
+    api_key: Secret
+    app_id: str | None = None
+    app_secret: Secret | None = None
+    url: HttpUrl | None = None
+    max_rate_wait: Duration = 900.0
+
+    @model_validator(mode="after")
+    def _app_pair(self) -> BillomatUpstream:
+        if (self.app_id is None) != (self.app_secret is None):
+            missing = "app_secret" if self.app_secret is None else "app_id"
+            raise field_error(missing, "app_id and app_secret go together: set both or neither")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The API root: the `url` override (sandbox, proxies) or the account's own host."""
+        return (self.url or f"https://{self.billomat_id}.billomat.net/api").rstrip("/")
+
+
+class HaloUpstream(_Upstream):
+    kind: Literal["halo"] = "halo"
+    tenant_url: HttpUrl
+    client_id: str
+    client_secret: Secret
+    scope: str = "all"
+    tenant: str = ""
+
+
+class NetsapiensUpstream(_Upstream):
+    kind: Literal["netsapiens"] = "netsapiens"
+    api_url: HttpUrl
+    client_id: str
+    client_secret: Secret
+    username: str
+    password: Secret
+
+
+UpstreamSettings = (
+    BlestaUpstream | ResellerUpstream | BillomatUpstream | HaloUpstream | NetsapiensUpstream
+)
+UPSTREAM_KINDS: dict[str, type[_Upstream]] = {
+    "blesta": BlestaUpstream,
+    "blesta_reseller": ResellerUpstream,
+    "billomat": BillomatUpstream,
+    "halo": HaloUpstream,
+    "netsapiens": NetsapiensUpstream,
+}
+
+
+def _e164(raw: str, info: ValidationInfo) -> str:
+    """Stored as E.164 so the loop guard compares numbers, not spellings."""
+    region = (info.context or {}).get("default_region", "US")
+    number = to_e164(raw, region)
+    if number is None:
+        raise ValueError(f"{raw!r} is not a phone number (default region {region})")
+    return number
+
+
+PhoneNumber = Annotated[str, AfterValidator(_e164)]
+
+
+class NetsapiensWebhookSettings(_Model):
+    """`[webhooks.netsapiens]`: the listener, the subscriptions it keeps, and the loop guard."""
+
+    secret: Secret
+    public_url: HttpUrl
+    subscribe: list[NetsapiensModel] = ["message"]
+    domain: str = "*"
+    renew_before: Duration = 900.0
+    backfill: bool = True
+    allow_from: list[Network] = []
+    own_numbers: list[PhoneNumber] = []
+    upstream: str = "netsapiens"
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr) -> SecretStr:
+        # The secret is the only thing authenticating a webhook, and it travels in the URL.
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters long")
+        return value
+
+
+class WebhooksSettings(_Model):
+    netsapiens: NetsapiensWebhookSettings | None = None
+
+
+def _default_jitter(every: Any, cron: Any) -> float:
+    """10 % of the interval, at most 30 s: spreads jobs that share a schedule without making a
+    5-minute job drift noticeably. Cron jobs use the gap between their first two ticks."""
+    try:
+        if every is not None:
+            interval = parse_duration(every)
+        elif isinstance(cron, str) and croniter.is_valid(cron):
+            it = croniter(cron, _CRON_REFERENCE)
+            first, second = it.get_next(datetime), it.get_next(datetime)
+            interval = (second - first).total_seconds()
+        else:
+            return 0.0
+    except ValueError:
+        return 0.0
+    return min(MAX_DEFAULT_JITTER, interval * 0.1)
+
+
+class SyncJob(_Model):
+    """One `[[sync]]` entry: what to copy, into which table, how often."""
+
+    name: str
+    table: str
+    upstream: str
+    resource: str | None = None
+    method: str = "getList"
+    params: dict[str, Any] = {}
+    every: Duration | None = None
+    cron: Annotated[str, AfterValidator(check_cron)] | None = None
+    jitter: Duration = 0.0
+    mode: Literal["full", "incremental", "append"] = "full"
+    cursor_field: str | None = None
+    phone_fields: list[str] = []
+    report: str | None = None
+    months: str | None = None
+    page_size: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "table" not in data and isinstance(data.get("name"), str):
+            data["table"] = data["name"].replace("-", "_")
+        if "jitter" not in data:
+            data["jitter"] = _default_jitter(data.get("every"), data.get("cron"))
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not JOB_NAME.match(value):
+            raise ValueError(f"invalid job name {value!r}: use [a-z0-9][a-z0-9_-]*")
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not TABLE_NAME.match(value):
+            raise ValueError(f"unsafe table name {value!r}: must match ^[a-z][a-z0-9_]{{0,62}}$")
+        if value in RESERVED_TABLES or value.startswith("sqlite_"):
+            raise ValueError(f"table name {value!r} is reserved for the daemon's own tables")
+        return value
+
+    @field_validator("months")
+    @classmethod
+    def _months(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_months(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyncJob:
+        if self.every is None and self.cron is None:
+            raise field_error("every", "a job needs a schedule: set `every` or `cron`")
+        if self.every is not None and self.cron is not None:
+            raise field_error("cron", "set `every` or `cron`, not both")
+        if self.every is not None and self.every <= 0:
+            raise field_error("every", "must be positive")
+        if self.resource is None and self.report is None:
+            raise field_error("resource", "a job needs `resource` (or `report` for Blesta)")
+        if self.resource is not None and self.report is not None:
+            raise field_error("report", "set `resource` or `report`, not both")
+        if self.months is not None and self.report is None:
+            raise field_error("months", "`months` only applies to a `report` job")
+        if self.mode == "incremental" and not self.cursor_field:
+            raise field_error("cursor_field", "required when mode = 'incremental'")
+        return self
+
+
+class Rule(_Model):
+    """One `[[rules]]` entry; matching and acting live in `daemon.rules`."""
+
+    name: str
+    on: str = Field(min_length=1)
+    match: dict[str, str | list[str]] = {}
+    when: str | None = None
+    action: Literal["sms_reply", "halo_ticket", "halo_note", "ignore"]
+    text: str | None = None
+    ticket: dict[str, Any] | None = None
+    thread: bool = False
+    cooldown: Duration | None = None
+    continue_: bool = Field(default=False, alias="continue")
+    enabled: bool = True
+    sms_upstream: str | None = None
+    halo_upstream: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not RULE_NAME.match(value):
+            raise ValueError(f"invalid rule name {value!r}: use letters, digits, '_', '-', '.'")
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> Rule:
+        if self.action == "sms_reply" and not self.text:
+            raise field_error("text", "required for action = 'sms_reply'")
+        if self.action == "halo_ticket" and not self.ticket:
+            raise field_error("ticket", "required for action = 'halo_ticket'")
+        return self
+
+
+class Settings(_Model):
+    """The whole file, validated. Built by `load_settings`/`parse_settings`."""
+
+    daemon: DaemonSettings = DaemonSettings()
+    http: HttpSettings = HttpSettings()
+    upstreams: dict[str, UpstreamSettings] = {}
+    webhooks: WebhooksSettings = WebhooksSettings()
+    sync: list[SyncJob] = []
+    rules: list[Rule] = []
+    _extra_secrets: tuple[str, ...] = PrivateAttr(default=())
+
+    def upstream(self, name: str) -> UpstreamSettings:
+        try:
+            return self.upstreams[name]
+        except KeyError:
+            raise KeyError(f"no upstream named {name!r}") from None
+
+    def secret_values(self) -> list[str]:
+        """Every secret string the file resolved to, for the log redactor."""
+        found: list[str] = list(self._extra_secrets)
+        sections: list[BaseModel] = list(self.upstreams.values())
+        if self.webhooks.netsapiens is not None:
+            sections.append(self.webhooks.netsapiens)
+        for section in sections:
+            for field_name in type(section).model_fields:
+                value = getattr(section, field_name)
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+        return [s for s in dict.fromkeys(found) if s]

@@ -1,0 +1,169 @@
+"""`daemon check-config` end to end, in a subprocess as an operator runs it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+
+from daemon.commands.cmd_check_config import next_runs, summarize
+from daemon.config import load_settings
+from daemon.logs import clear_secrets, configure_logging, log
+from tests.test_config import EXAMPLE, EXAMPLE_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in EXAMPLE_ENV and k != "DAEMON_CONFIG"}
+    path = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", *args],
+        env={**clean, "PYTHONPATH": path, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def assert_no_secrets(*texts: str) -> None:
+    for text in texts:
+        for secret in EXAMPLE_ENV.values():
+            assert secret not in text
+
+
+def test_example_config_exit_0_and_redacted() -> None:
+    proc = run("--config", str(EXAMPLE), env=EXAMPLE_ENV)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert str(EXAMPLE) in out
+    assert "/var/lib/integration-daemon/state.db" in out and "127.0.0.1:8780" in out
+    assert "blesta [blesta] https://billing.example.com/api" in out
+    assert "key=[set]" in out and "client_secret=[set]" in out
+    assert "blesta-clients" in out and "every 15m" in out and "cron 30 2 * * *" in out
+    assert "1. balance: on message.received → sms_reply" in out
+    assert "hooks.example.com/webhooks/netsapiens/<model>/[secret]" in out
+    assert_no_secrets(proc.stdout, proc.stderr)
+
+
+def test_json_output() -> None:
+    proc = run("--config", str(EXAMPLE), "--json", env=EXAMPLE_ENV)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["valid"] is True
+    assert [u["name"] for u in data["upstreams"]] == [
+        "blesta",
+        "reseller",
+        "billomat",
+        "halo",
+        "netsapiens",
+    ]
+    assert data["upstreams"][0]["auth"] == {"user": "[set]", "key": "[set]"}
+    assert all(len(job["next_runs"]) == 3 for job in data["sync"])
+    assert [r["name"] for r in data["rules"]][:2] == ["balance", "after-hours"]
+    assert_no_secrets(proc.stdout, proc.stderr)
+
+
+def test_config_from_environment_variable() -> None:
+    proc = run(env={**EXAMPLE_ENV, "DAEMON_CONFIG": str(EXAMPLE)})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_invalid_config_exit_2_names_every_key(tmp_path: Path) -> None:
+    bad = EXAMPLE.read_text().replace('every = "1h"', 'every = "hourly"', 1)
+    bad = bad.replace('log_level = "info"', 'log_level = "loud"')
+    path = tmp_path / "daemon.toml"
+    path.write_text(bad)
+    env = {k: v for k, v in EXAMPLE_ENV.items() if k != "HALO_CLIENT_SECRET"}
+    proc = run("--config", str(path), env=env)
+    assert proc.returncode == 2
+    assert "sync[1].every: invalid duration 'hourly'" in proc.stderr
+    assert "daemon.log_level" in proc.stderr
+    assert "upstreams.halo.client_secret: environment variable HALO_CLIENT_SECRET" in proc.stderr
+    assert proc.stdout == ""
+    assert_no_secrets(proc.stdout, proc.stderr)
+
+
+def test_literal_secret_in_readable_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    literal = "literal-blesta-key-123"
+    path = tmp_path / "daemon.toml"
+    path.write_text(EXAMPLE.read_text().replace('"${BLESTA_API_KEY}"', f'"{literal}"'))
+    path.chmod(0o644)
+    proc = run("--config", str(path), env=EXAMPLE_ENV)
+    assert proc.returncode == 2
+    assert "upstreams.blesta.key" in proc.stderr and "0644" in proc.stderr
+    assert literal not in proc.stderr + proc.stdout
+    path.chmod(0o600)
+    proc = run("--config", str(path), env=EXAMPLE_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert literal not in proc.stdout + proc.stderr
+
+
+def test_missing_config_exit_2(tmp_path: Path) -> None:
+    proc = run("--config", str(tmp_path / "nope.toml"))
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_toml_syntax_error_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text("[daemon\n")
+    proc = run("--config", str(path))
+    assert proc.returncode == 2
+    assert "TOML syntax error" in proc.stderr and "line 1" in proc.stderr
+
+
+def test_next_runs_every_and_cron() -> None:
+    settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
+    now = datetime(2025, 3, 1, 12, 0, 5, tzinfo=UTC)
+    jobs = {j.name: j for j in settings.sync}
+    assert next_runs(jobs["halo-tickets"], now)[2] == datetime(2025, 3, 1, 12, 15, 5, tzinfo=UTC)
+    assert next_runs(jobs["blesta-revenue"], now) == [
+        datetime(2025, 3, d, 2, 30, tzinfo=UTC) for d in (2, 3, 4)
+    ]
+    summary = summarize(settings, EXAMPLE, now=now)
+    assert summary["sync"][2]["next_runs"][0] == "2025-03-02T02:30:00Z"
+
+
+@pytest.fixture
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
+    structlog.reset_defaults()
+    clear_secrets()
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_config_secrets_never_reach_the_log() -> None:
+    settings = load_settings(EXAMPLE, env=EXAMPLE_ENV)
+    out = io.StringIO()
+    configure_logging("debug", "json", secrets=settings.secret_values(), stream=out)
+    log.info("config.loaded", settings=repr(settings.model_dump()))
+    try:
+        halo = settings.upstream("halo")
+        raise RuntimeError(f"token request with {halo.client_secret.get_secret_value()} refused")  # type: ignore[union-attr]
+    except RuntimeError:
+        log.exception("auth.failed", upstream="halo")
+    logging.getLogger("aiohttp.access").info(
+        "POST /webhooks/netsapiens/message/%s 200", EXAMPLE_ENV["NS_WEBHOOK_SECRET"]
+    )
+    text = out.getvalue()
+    assert text.count("\n") == 3
+    assert_no_secrets(text)
+    assert "[REDACTED]" in text
