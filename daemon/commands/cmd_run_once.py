@@ -57,50 +57,62 @@ class TtyProgress:
 
 def handle(args: argparse.Namespace) -> int:
     from daemon.config import load_settings, resolve_config_path
-    from daemon.logs import configure_logging
-    from daemon.sync.batch import select_jobs
 
     settings = load_settings(resolve_config_path(args.config))
-    jobs = select_jobs(settings.sync, args.jobs)
+    setup_logging(settings)
+    results = asyncio.run(run_once(settings, args.jobs, parallel=args.parallel, tty=not args.json))
+    print_summary(results, as_json=args.json)
+    return exit_code(results)
+
+
+def setup_logging(settings: Any) -> None:
+    """Logs go to stderr so stdout carries only the summary (or its JSON)."""
+    from daemon.logs import configure_logging
+
     configure_logging(
         settings.daemon.log_level,
-        "json" if settings.daemon.log_format == "json" else "auto",
+        settings.daemon.log_format,
         secrets=settings.secret_values(),
         stream=sys.stderr,
     )
-    results = asyncio.run(_run(settings, jobs, args))
-    _print_summary(results, as_json=args.json)
+
+
+def exit_code(results: list[Any]) -> int:
     return 0 if all(r.status == "ok" for r in results) else 1
 
 
-async def _run(settings: Any, jobs: list[Any], args: argparse.Namespace) -> list[Any]:
+async def run_once(
+    settings: Any, names: list[str], *, parallel: int = 4, tty: bool = True
+) -> list[Any]:
+    """Run the named jobs (all when empty) once against `settings`; results in config order."""
     from daemon.clients.factory import open_clients
     from daemon.store import Store
-    from daemon.sync.batch import run_jobs
+    from daemon.sync.batch import run_jobs, select_jobs
     from daemon.sync.runner import JobRunner
     from daemon.sync.strategies import build_fetcher
 
+    jobs = select_jobs(settings.sync, names)
     clock = SystemClock()
-    progress = TtyProgress(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    progress = TtyProgress(sys.stderr) if tty and sys.stderr.isatty() else None
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
         clients = await open_clients(settings, [j.upstream for j in jobs], clock=clock, stack=stack)
         runner = JobRunner(store, clock=clock, default_region=settings.daemon.default_region)
 
         def make_fetcher(job: Any) -> Any:
-            up = settings.upstreams[job.upstream]
-            return build_fetcher(job, clients[job.upstream], up.kind, now=clock.now())
+            kind = settings.upstreams[job.upstream].kind
+            return build_fetcher(job, clients[job.upstream], kind, now=clock.now())
 
         try:
             return await run_jobs(
-                jobs, runner, make_fetcher, parallel_upstreams=args.parallel, progress=progress
+                jobs, runner, make_fetcher, parallel_upstreams=parallel, progress=progress
             )
         finally:
             if progress is not None:
                 progress.done()
 
 
-def _print_summary(results: list[Any], *, as_json: bool) -> None:
+def print_summary(results: list[Any], *, as_json: bool) -> None:
     if as_json:
         out = [
             {

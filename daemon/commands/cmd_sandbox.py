@@ -1,0 +1,95 @@
+"""`daemon sandbox [--run-once] [--port P] [--dir D]`: the embedded default.
+
+Starts simulated Blesta, Reseller, Billomat, Halo and NetSapiens servers on loopback with demo
+data, writes `D/sandbox.toml` pointing at them, and prints `config: <path>` first so other
+commands can use it while the sandbox runs. With `--run-once` it runs every sync job once
+against them, prints the summary and exits (0 when every job succeeded). Without it the
+simulators stay up until Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from daemon.clock import SystemClock
+
+ORDER = 90
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "sandbox",
+        parents=[common],
+        help="simulated upstreams on loopback plus a config that points at them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--run-once", action="store_true", help="sync every job once, then exit")
+    p.add_argument(
+        "--port", type=int, default=0, metavar="P", help="first of five ports (default: free)"
+    )
+    p.add_argument("--dir", type=Path, default=None, metavar="D", help="where to write files")
+    p.add_argument("--json", action="store_true", help="with --run-once: summary as JSON")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="integration-daemon-sandbox-"))
+    return asyncio.run(_main(directory.resolve(), args))
+
+
+async def _main(directory: Path, args: argparse.Namespace) -> int:
+    from daemon.commands.cmd_run_once import exit_code, print_summary, run_once, setup_logging
+    from daemon.config import load_settings
+    from daemon.sandbox.orchestra import run_sandbox
+
+    async with run_sandbox(directory, port=args.port, now=SystemClock().now()) as sandbox:
+        print(f"config: {sandbox.config_path}", flush=True)
+        settings = load_settings(sandbox.config_path)
+        setup_logging(settings)
+        if args.run_once:
+            results = await run_once(settings, [], tty=not args.json)
+            print_summary(results, as_json=args.json)
+            if not args.json:
+                print(f"database: {settings.daemon.database}")
+            return exit_code(results)
+        _print_guide(sandbox)
+        await _until_stopped()
+    return 0
+
+
+def _print_guide(sandbox: Any) -> None:
+    cfg = sandbox.config_path
+    for name, url in sandbox.urls.items():
+        print(f"  {name:<11} {url}")
+    print(
+        "\nThe simulators run until Ctrl-C. In another terminal:\n"
+        f"  daemon --config {cfg} run-once\n"
+        f"  daemon --config {cfg} status\n"
+        f"  daemon --config {cfg} api blesta clients getList status=active\n"
+        f"  daemon --config {cfg} api halo tickets list\n"
+        "Send a test SMS through the simulated PBX (it is kept in the simulator):\n"
+        f"  daemon --config {cfg} api netsapiens send-sms --from 15559870000 "
+        "--to 15551230000 'hello'",
+        flush=True,
+    )
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    await stop.wait()
+    print("sandbox stopped", file=sys.stderr)
