@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from daemon import __version__
 from daemon.commands import API_MODULES, COMMAND_MODULES
 from daemon.errors import ConfigError, DaemonError, UpstreamError
+from daemon.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -69,8 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:  # pragma: no cover - argparse enforces a subcommand
         parser.print_help()
         return EXIT_USAGE
+    # Until a command loads its config, log warnings and worse to stderr: stdout is the answer.
+    configure_logging("warning", "auto", stream=sys.stderr)
     try:
         return int(handler(args))
+    except BrokenPipeError:
+        # The reader went away (`daemon api ... | head`): stop quietly, as Python's docs advise.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE

@@ -197,3 +197,28 @@ def test_run_once_exit_codes(sandbox) -> None:  # type: ignore[no-untyped-def]
     assert jobs["blesta-clients"]["status"] == "failed"
     assert jobs["blesta-clients"]["error_type"] == "ServerError"
     assert jobs["reseller-credit"]["status"] == "ok"  # one failed job does not stop the rest
+
+
+def test_api_stdout_is_pure_json_and_a_closed_pipe_is_quiet(sandbox) -> None:  # type: ignore[no-untyped-def]
+    config, _ = sandbox
+    for args in (
+        ["api", "netsapiens", "token"],
+        ["subscriptions", "sync"],
+        ["api", "halo", "tickets", "list", "page_size=2"],
+    ):
+        result = run("--config", str(config), *args)
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)  # no log line mixed into the answer
+        assert "demo-password" not in result.stdout + result.stderr
+    proc = subprocess.Popen(
+        [*DAEMON, "--config", str(config), "api", "blesta", "clients", "getList"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the answer is written: EPIPE for sure
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err

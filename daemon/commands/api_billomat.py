@@ -25,15 +25,13 @@ from daemon.commands.api_halo import (
     EXIT_USAGE,
     UsageError,
     add_common_arguments,
-    emit,
-    load_upstream,
     number,
     parse_data,
     parse_tail,
-    quiet_logs,
     record_id,
     split_params,
 )
+from daemon.commands.common import emit_json, load_upstream
 
 ORDER = 41
 INVOICE_ACTIONS = ("complete", "cancel", "email", "pdf")
@@ -56,12 +54,11 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    quiet_logs()
     try:
         params, extras = split_params(parse_tail(args))
         data = parse_data(args.data)
-        cfg = load_upstream(args, "billomat")
-        emit(asyncio.run(run(cfg, args, params, extras, data)))
+        cfg = load_upstream(args.config, "billomat", args.upstream)
+        emit_json(asyncio.run(run(cfg, args, params, extras, data)))
     except UsageError as exc:
         print(f"daemon api billomat: {exc}", file=sys.stderr)
         return EXIT_USAGE

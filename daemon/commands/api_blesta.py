@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from daemon.clock import SystemClock
+from daemon.commands.common import emit_json, load_upstream
 from daemon.errors import ConfigError
 
 ORDER = 10
@@ -109,48 +110,11 @@ def parse_kv_args(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_upstream(args: argparse.Namespace, kind: str) -> Any:
-    """The `[upstreams.*]` table this command talks to."""
-    from daemon.clients.factory import first_of_kind
-    from daemon.config import load_settings, resolve_config_path
-
-    settings = load_settings(resolve_config_path(args.config))
-    name = first_of_kind(settings, kind, getattr(args, "upstream", None))
-    logs_to_stderr(settings)
-    return settings.upstreams[name]
-
-
-def logs_to_stderr(settings: Any) -> None:
-    """Keep stdout pure JSON for scripts: log lines (retries, warnings) go to stderr."""
-    daemon_cfg = getattr(settings, "daemon", None)
-    try:
-        from daemon.logs import configure_logging
-    except ImportError:  # pragma: no cover - logs.py is optional for this command
-        import logging
-
-        import structlog
-
-        structlog.configure(
-            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        )
-        return
-    secrets = settings.secret_values() if hasattr(settings, "secret_values") else ()
-    configure_logging(
-        getattr(daemon_cfg, "log_level", "warning"), "auto", secrets=secrets, stream=sys.stderr
-    )
-
-
-def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False, default=str)
-    sys.stdout.write("\n")
-
-
 def handle(args: argparse.Namespace) -> int:
     from daemon.clients.blesta import BlestaClient
 
     params = parse_kv_args(split_params(args))
-    upstream = load_upstream(args, "blesta")
+    upstream = load_upstream(args.config, "blesta", args.upstream)
     client = BlestaClient.from_settings(upstream, clock=SystemClock())
     if args.show_request:
         from daemon.clients.blesta import encode_php_params
@@ -162,7 +126,7 @@ def handle(args: argparse.Namespace) -> int:
             where: encode_php_params(params),
         }
         print(json.dumps({"request": request}, indent=2), file=sys.stderr)
-    print_json(asyncio.run(_call(client, args, params)))
+    emit_json(asyncio.run(_call(client, args, params)))
     return 0
 
 

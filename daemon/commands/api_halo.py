@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daemon.clock import SystemClock
+from daemon.commands.common import emit_json, load_upstream
 
 ORDER = 40
 HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
@@ -72,19 +73,6 @@ def record_id(args: argparse.Namespace, extras: list[str], action: str) -> str:
     return str(rid)
 
 
-def load_upstream(args: argparse.Namespace, kind: str) -> Any:
-    """The settings table of the upstream this command talks to."""
-    from daemon.clients.factory import first_of_kind
-    from daemon.config import load_settings, resolve_config_path
-
-    settings = load_settings(resolve_config_path(args.config))
-    return settings.upstreams[first_of_kind(settings, kind, args.upstream)]
-
-
-def emit(result: Any) -> None:
-    print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
-
-
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """Options of every `daemon api <upstream>` command, and the key=value tail.
 
@@ -115,21 +103,6 @@ def parse_tail(args: argparse.Namespace) -> list[str]:
     return list(ns.words)
 
 
-def quiet_logs() -> None:
-    """Keep stdout for the JSON answer: log warnings and worse to stderr only (unless logging
-    was configured already, e.g. by a caller embedding the CLI)."""
-    import logging
-
-    import structlog
-
-    if structlog.is_configured():
-        return
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -147,12 +120,11 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    quiet_logs()
     try:
         params, extras = split_params(parse_tail(args))
         data = parse_data(args.data)
-        cfg = load_upstream(args, "halo")
-        emit(asyncio.run(run(cfg, args, params, extras, data)))
+        cfg = load_upstream(args.config, "halo", args.upstream)
+        emit_json(asyncio.run(run(cfg, args, params, extras, data)))
     except UsageError as exc:
         print(f"daemon api halo: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,28 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import Any
 
 from daemon.clock import SystemClock
+from daemon.commands.common import emit_json, load_upstream
 
 ORDER = 50
 EXIT_OK = 0
 EXIT_USAGE = 2
-
-
-def load_upstream(config: str | None, upstream: str | None) -> Any:
-    """The `[upstreams.<name>]` table this command talks to."""
-    from daemon.clients.factory import first_of_kind
-    from daemon.config import load_settings, resolve_config_path
-
-    settings = load_settings(resolve_config_path(config))
-    return settings.upstreams[first_of_kind(settings, "netsapiens", upstream)]
-
-
-def emit(result: Any) -> None:
-    print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
 
 
 def register(
@@ -72,9 +59,9 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    cfg = load_upstream(args.config, getattr(args, "upstream", None))
+    cfg = load_upstream(args.config, "netsapiens", getattr(args, "upstream", None))
     try:
-        emit(asyncio.run(run(cfg, args)))
+        emit_json(asyncio.run(run(cfg, args)))
     except ValueError as exc:
         print(f"daemon api netsapiens: {exc}", file=sys.stderr)
         return EXIT_USAGE

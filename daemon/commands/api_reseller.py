@@ -13,7 +13,8 @@ import asyncio
 from typing import Any
 
 from daemon.clock import SystemClock
-from daemon.commands.api_blesta import load_upstream, parse_kv_args, print_json, split_params
+from daemon.commands.api_blesta import parse_kv_args, split_params
+from daemon.commands.common import emit_json, load_upstream
 from daemon.errors import ConfigError
 
 ORDER = 11
@@ -70,9 +71,9 @@ def handle(args: argparse.Namespace) -> int:
     from daemon.clients.blesta_reseller import ResellerClient
 
     params = _flatten_vars(parse_kv_args(split_params(args, add_options)))
-    upstream = load_upstream(args, "blesta_reseller")
+    upstream = load_upstream(args.config, "blesta_reseller", args.upstream)
     client = ResellerClient.from_settings(upstream, clock=SystemClock())
-    print_json(asyncio.run(_call(client, args.method, params)))
+    emit_json(asyncio.run(_call(client, args.method, params)))
     return 0
 
 

@@ -56,25 +56,12 @@ class TtyProgress:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from daemon.config import load_settings, resolve_config_path
+    from daemon.commands.common import load_cli_settings
 
-    settings = load_settings(resolve_config_path(args.config))
-    setup_logging(settings)
+    settings = load_cli_settings(args.config)
     results = asyncio.run(run_once(settings, args.jobs, parallel=args.parallel, tty=not args.json))
     print_summary(results, as_json=args.json)
     return exit_code(results)
-
-
-def setup_logging(settings: Any) -> None:
-    """Logs go to stderr so stdout carries only the summary (or its JSON)."""
-    from daemon.logs import configure_logging
-
-    configure_logging(
-        settings.daemon.log_level,
-        settings.daemon.log_format,
-        secrets=settings.secret_values(),
-        stream=sys.stderr,
-    )
 
 
 def exit_code(results: list[Any]) -> int:

@@ -47,14 +47,13 @@ def handle(args: argparse.Namespace) -> int:
 
 
 async def _main(directory: Path, args: argparse.Namespace) -> int:
-    from daemon.commands.cmd_run_once import exit_code, print_summary, run_once, setup_logging
-    from daemon.config import load_settings
+    from daemon.commands.cmd_run_once import exit_code, print_summary, run_once
+    from daemon.commands.common import load_cli_settings
     from daemon.sandbox.orchestra import run_sandbox
 
     async with run_sandbox(directory, port=args.port, now=SystemClock().now()) as sandbox:
         print(f"config: {sandbox.config_path}", flush=True)
-        settings = load_settings(sandbox.config_path)
-        setup_logging(settings)
+        settings = load_cli_settings(str(sandbox.config_path))
         if args.run_once:
             results = await run_once(settings, [], tty=not args.json)
             print_summary(results, as_json=args.json)

@@ -42,9 +42,9 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    from daemon.config import load_settings, resolve_config_path
+    from daemon.commands.common import load_cli_settings
 
-    settings = load_settings(resolve_config_path(args.config))
+    settings = load_cli_settings(args.config, log_level="warning")
     database = Path(settings.daemon.database)
     configured = [str(job.name) for job in getattr(settings, "sync", None) or []]
     if not database.exists():

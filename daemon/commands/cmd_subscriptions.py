@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -47,11 +46,10 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    from daemon.config import load_settings, resolve_config_path
+    from daemon.commands.common import emit_json, load_cli_settings
 
-    settings = load_settings(resolve_config_path(args.config))
-    result = asyncio.run(run(settings, args.sub_command, getattr(args, "id", None)))
-    print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    settings = load_cli_settings(args.config)
+    emit_json(asyncio.run(run(settings, args.sub_command, getattr(args, "id", None))))
     return EXIT_OK
 
 

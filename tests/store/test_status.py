@@ -114,38 +114,3 @@ def test_status_help_documents_exit_codes() -> None:
     assert "Exit status" in text and "no dead letters" in text
 
 
-def test_status_handler_in_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The handler against a stand-in config loader, so it is covered before config.py lands."""
-    import asyncio
-    import types
-    from dataclasses import dataclass
-
-    from daemon.cli import main
-
-    db = tmp_path / "state.db"
-
-    @dataclass
-    class Job:
-        name: str
-
-    def load_settings(path: Path) -> object:
-        daemon = types.SimpleNamespace(database=db)
-        return types.SimpleNamespace(daemon=daemon, sync=[Job("blesta-clients")])
-
-    fake = types.ModuleType("daemon.config")
-    fake.resolve_config_path = lambda explicit: Path(explicit or "x")  # type: ignore[attr-defined]
-    fake.load_settings = load_settings  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "daemon.config", fake)
-
-    assert main(["status", "--config", "c.toml"]) == 1
-    assert "does not exist" in capsys.readouterr().out
-    asyncio.run(_seed(db, FakeClock()))
-    capsys.readouterr()  # the seeding's own log lines
-    assert main(["status", "--json", "--config", "c.toml"]) == 0
-    assert json.loads(capsys.readouterr().out)["healthy"] is True
-    asyncio.run(_seed(db, FakeClock(), fail=True))
-    capsys.readouterr()
-    assert main(["status", "--config", "c.toml"]) == 1
-    assert "UNHEALTHY" in capsys.readouterr().out
