@@ -228,3 +228,36 @@ async def test_reseller_resources(store, clock, resource):
     assert result.fetched > 0
     if resource == "licenses":
         assert result.fetched == 30 and result.pages == 2  # 25 + 5
+
+
+async def test_cancelled_run_is_recorded_and_deletes_nothing(store, blesta, state, clock, tmp_path):
+    import anyio
+
+    await run(store, clock, job(), blesta)
+    state.clients.pop(0)
+    reached = anyio.Event()
+    release = anyio.Event()
+
+    def pause(name: str, page: int) -> None:
+        if page == 2:
+            reached.set()
+
+    state.after_page = pause
+    runner = JobRunner(store, clock=clock, default_region="US")
+    clock.advance(60)
+    j = job()
+    async with anyio.create_task_group() as tg:
+
+        async def go() -> None:
+            await runner.run(j, build_fetcher(j, blesta, "blesta", now=clock.now()))
+            release.set()
+
+        tg.start_soon(go)
+        with anyio.fail_after(10):
+            await reached.wait()
+        tg.cancel_scope.cancel()  # shutdown while pages are in flight
+    assert not release.is_set()
+    db = tmp_path / "state.db"
+    last = rows(db, "SELECT status, error FROM sync_runs ORDER BY id DESC LIMIT 1")[0]
+    assert last == ("cancelled", "cancelled")
+    assert rows(db, "SELECT count(*) FROM blesta_clients WHERE deleted_at IS NOT NULL") == [(0,)]
