@@ -15,23 +15,16 @@ Upstream errors propagate so `cli.py` prints the error JSON and exits 1; usage e
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from typing import Any
 
 from daemon.clock import SystemClock
 from daemon.commands.api_halo import (
-    EXIT_OK,
-    EXIT_USAGE,
     UsageError,
     add_common_arguments,
+    dispatch,
     number,
-    parse_data,
-    parse_tail,
     record_id,
-    split_params,
 )
-from daemon.commands.common import emit_json, load_upstream
 
 ORDER = 41
 INVOICE_ACTIONS = ("complete", "cancel", "email", "pdf")
@@ -54,15 +47,7 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
-    try:
-        params, extras = split_params(parse_tail(args))
-        data = parse_data(args.data)
-        cfg = load_upstream(args.config, "billomat", args.upstream)
-        emit_json(asyncio.run(run(cfg, args, params, extras, data)))
-    except UsageError as exc:
-        print(f"daemon api billomat: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    return dispatch(args, "billomat", run)
 
 
 async def run(

@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from daemon.clock import SystemClock
@@ -120,13 +120,24 @@ def register(
 
 
 def handle(args: argparse.Namespace) -> int:
+    return dispatch(args, "halo", run)
+
+
+Runner = Callable[
+    [Any, argparse.Namespace, dict[str, str], list[str], Any], Coroutine[Any, Any, Any]
+]
+
+
+def dispatch(args: argparse.Namespace, kind: str, runner: Runner) -> int:
+    """Parse the `key=value` tail and `--data`, call `runner` against the configured upstream
+    of `kind`, print its JSON. Shared by `daemon api halo` and `daemon api billomat`."""
     try:
         params, extras = split_params(parse_tail(args))
         data = parse_data(args.data)
-        cfg = load_upstream(args.config, "halo", args.upstream)
-        emit_json(asyncio.run(run(cfg, args, params, extras, data)))
+        cfg = load_upstream(args.config, kind, args.upstream)
+        emit_json(asyncio.run(runner(cfg, args, params, extras, data)))
     except UsageError as exc:
-        print(f"daemon api halo: {exc}", file=sys.stderr)
+        print(f"daemon api {kind}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

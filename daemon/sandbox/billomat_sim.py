@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
+from daemon.clients.billomat import RESOURCES
 from daemon.sandbox.faults import Faults, SimStats, fault_middleware
 from daemon.sandbox.server import serve_app
 
@@ -30,25 +31,7 @@ Record = dict[str, Any]
 WINDOW = 900  # seconds: xx:00, xx:15, xx:30, xx:45
 MAX_PER_PAGE = 1000
 
-RESOURCE_NAMES = (
-    "clients",
-    "contacts",
-    "invoices",
-    "invoice-items",
-    "invoice-payments",
-    "articles",
-    "units",
-    "suppliers",
-    "recurrings",
-    "incomings",
-    "offers",
-    "credit-notes",
-    "confirmations",
-    "reminders",
-    "delivery-notes",
-    "letters",
-    "templates",
-)
+RESOURCE_NAMES = tuple(RESOURCES)  # the resources the client knows, and their item keys
 _CONTROL = {"page", "per_page", "order_by", "format", "api_key"}
 
 

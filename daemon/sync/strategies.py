@@ -113,51 +113,68 @@ class ResellerFetcher:
         return record_id(row, "license")
 
 
-class BillomatFetcher:
+class ResourceFetcher:
+    """Billomat and Halo: a named resource whose client pages it (concurrently once the total
+    is known). Subclasses say how the API spells "in cursor order" and "modified since"."""
+
+    upstream_label = ""
+    default_page_size = 50
+
     def __init__(self, job: Any, client: Any):
         self.job, self.client = job, client
+
+    def incremental_params(self, params: dict[str, Any], cursor: str | None) -> None:
+        """Add the API's ordering / since filter for an incremental job (in place)."""
+
+    def page_records(self, page: Any) -> list[Any]:
+        raise NotImplementedError  # each subclass names its client's page field
 
     async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
         job = self.job
         try:
             resource = self.client.resource(job.resource)
         except KeyError:
-            raise ConfigError(f"sync job {job.name!r}: Billomat has no {job.resource!r}") from None
+            raise ConfigError(
+                f"sync job {job.name!r}: {self.upstream_label} has no {job.resource!r}"
+            ) from None
         params = dict(job.params)
         if job.mode == "incremental" and job.cursor_field:
-            params.setdefault("order_by", f"{job.cursor_field} ASC")
-        walk = resource.iter_pages(job.page_size or 1000, **params)
+            self.incremental_params(params, cursor)
+        walk = resource.iter_pages(job.page_size or self.default_page_size, **params)
         async with aclosing(walk) as stream:
             async for page in stream:
-                if page.items:
-                    yield Page(as_pairs(page.items))
+                records = self.page_records(page)
+                if records:
+                    yield Page(as_pairs(records))
+
+
+class BillomatFetcher(ResourceFetcher):
+    upstream_label = "Billomat"
+    default_page_size = 1000  # Billomat's maximum
+
+    def incremental_params(self, params: dict[str, Any], cursor: str | None) -> None:
+        params.setdefault("order_by", f"{self.job.cursor_field} ASC")
+
+    def page_records(self, page: Any) -> list[Any]:
+        return list(page.items)
 
 
 # Halo list filters that mean "modified since" (upstream-apis.md §4 names only this one).
 HALO_SINCE_FILTERS = {"assets": "lastupdatefromdate"}
 
 
-class HaloFetcher:
-    def __init__(self, job: Any, client: Any):
-        self.job, self.client = job, client
+class HaloFetcher(ResourceFetcher):
+    upstream_label = "Halo"
+    default_page_size = 50  # safe across Halo versions (upstream-apis.md §4)
 
-    async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
-        job = self.job
-        try:
-            resource = self.client.resource(job.resource)
-        except KeyError:
-            raise ConfigError(f"sync job {job.name!r}: Halo has no {job.resource!r}") from None
-        params = dict(job.params)
-        if job.mode == "incremental" and job.cursor_field:
-            params.setdefault("order", job.cursor_field)
-            since = HALO_SINCE_FILTERS.get(job.resource)
-            if since and cursor:
-                params.setdefault(since, cursor)
-        walk = resource.iter_pages(job.page_size or 50, **params)
-        async with aclosing(walk) as stream:
-            async for page in stream:
-                if page.records:
-                    yield Page(as_pairs(page.records))
+    def incremental_params(self, params: dict[str, Any], cursor: str | None) -> None:
+        params.setdefault("order", self.job.cursor_field)
+        since = HALO_SINCE_FILTERS.get(self.job.resource)
+        if since and cursor:
+            params.setdefault(since, cursor)
+
+    def page_records(self, page: Any) -> list[Any]:
+        return list(page.records)
 
 
 FETCHERS: dict[str, type[BlestaFetcher | ResellerFetcher | BillomatFetcher | HaloFetcher]] = {
