@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 from datetime import datetime
@@ -113,7 +114,7 @@ class ResellerFetcher:
         return record_id(row, "license")
 
 
-class ResourceFetcher:
+class ResourceFetcher(ABC):
     """Billomat and Halo: a named resource whose client pages it (concurrently once the total
     is known). Subclasses say how the API spells "in cursor order" and "modified since"."""
 
@@ -126,8 +127,9 @@ class ResourceFetcher:
     def incremental_params(self, params: dict[str, Any], cursor: str | None) -> None:
         """Add the API's ordering / since filter for an incremental job (in place)."""
 
+    @abstractmethod
     def page_records(self, page: Any) -> list[Any]:
-        raise NotImplementedError  # each subclass names its client's page field
+        """The records of one client page (each client names the field differently)."""
 
     async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
         job = self.job
