@@ -124,6 +124,7 @@ class ResourceFetcher(ABC):
     def __init__(self, job: Any, client: Any):
         self.job, self.client = job, client
 
+    @abstractmethod
     def incremental_params(self, params: dict[str, Any], cursor: str | None) -> None:
         """Add the API's ordering / since filter for an incremental job (in place)."""
 
