@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from daemon.config import NETSAPIENS_MODELS
 from daemon.sandbox.faults import Faults, Handler, SimStats, fault_middleware
 from daemon.sandbox.server import serve_app
 
@@ -36,22 +37,7 @@ Record = dict[str, Any]
 PREFIX = "/ns-api/v2"
 SIM_INBOUND_PATH = "/sandbox/inbound-sms"  # simulator control, outside the API (no token)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_]{32,}$")
-MODELS = frozenset(
-    {
-        "agent",
-        "auditlog",
-        "auditlog_lite",
-        "call",
-        "call_origid",
-        "cdr",
-        "message",
-        "messagesession",
-        "subscriber",
-        "presence",
-        "voicemail",
-        "contacts",
-    }
-)
+MODELS = frozenset(NETSAPIENS_MODELS)  # the subscribable models (upstream-apis.md §5)
 MESSAGE_TYPES = frozenset({"sms", "mms", "chat", "chat-media"})
 
 
