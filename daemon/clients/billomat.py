@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from daemon.clients.auth import StaticHeaders
-from daemon.clients.http import Response, UpstreamSession
+from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.paging import ordered_pages
 from daemon.clients.settings import options_from_settings, seconds, secret_value
 from daemon.clock import Clock
@@ -295,7 +295,7 @@ def base_url(cfg: Any) -> str:
     return str(explicit) if explicit else f"https://{cfg.billomat_id}.billomat.net/api"
 
 
-class BillomatClient:
+class BillomatClient(UpstreamClient):
     """Billomat over one `UpstreamSession`; use as `async with BillomatClient.from_settings(...)`.
 
     Resources are reached with `client.resource("credit-notes")` or as attributes with
@@ -312,7 +312,7 @@ class BillomatClient:
         page_concurrency: int | None = None,
     ):
         self.session = session
-        self.name = session.name
+
         self.clock = session.clock
         self.max_rate_wait = max_rate_wait
         self.page_concurrency = page_concurrency or session.options.max_concurrency
@@ -354,16 +354,6 @@ class BillomatClient:
         )
         client = cls(session, max_rate_wait=max_wait)
         return client
-
-    async def __aenter__(self) -> BillomatClient:
-        await self.session.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def close(self) -> None:
-        await self.session.close()
 
     def __getattr__(self, attr: str) -> BillomatResource:
         resources = self.__dict__.get("_resources", {})

@@ -40,7 +40,7 @@ from daemon.clients.blesta_wire import (
     parse_csv,
     parse_response,
 )
-from daemon.clients.http import HttpOptions, UpstreamSession
+from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
 from daemon.clients.paging import ordered_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
@@ -70,7 +70,7 @@ def make_auth(mode: str, user: str, key: str) -> BasicAuth | StaticHeaders:
     raise ValueError(f"unknown Blesta auth mode {mode!r} (basic or header)")
 
 
-class BlestaClient:
+class BlestaClient(UpstreamClient):
     """Calls one Blesta installation. Owns its session: use `async with`."""
 
     def __init__(self, session: UpstreamSession):
@@ -112,17 +112,6 @@ class BlestaClient:
             auth=str(getattr(cfg, "auth", "basic") or "basic"),
             options=options_from_settings(cfg),
         )
-
-    async def __aenter__(self) -> BlestaClient:
-        await self.session.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    @property
-    def name(self) -> str:
-        return self.session.name
 
     # -- single calls -------------------------------------------------------------------------
 

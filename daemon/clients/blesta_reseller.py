@@ -27,7 +27,7 @@ from daemon.clients.blesta_wire import (
     form_body,
 )
 from daemon.clients.blesta_wire import parse_response as _parse
-from daemon.clients.http import HttpOptions, UpstreamSession
+from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import MalformedResponse
@@ -41,7 +41,7 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-class ResellerClient:
+class ResellerClient(UpstreamClient):
     """Calls the Blesta Reseller API for one account. Owns its session: use `async with`."""
 
     def __init__(self, session: UpstreamSession):
@@ -79,17 +79,6 @@ class ResellerClient:
             name=str(cfg.name),
             options=options_from_settings(cfg),
         )
-
-    async def __aenter__(self) -> ResellerClient:
-        await self.session.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    @property
-    def name(self) -> str:
-        return self.session.name
 
     async def call(
         self, verb: str, method: str, args: Mapping[str, Any] | None = None

@@ -31,7 +31,7 @@ from daemon.clients.halo_resources import (
     ResourceSpec,
     find_spec,
 )
-from daemon.clients.http import Response, UpstreamSession
+from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import AuthError, RateLimited, UpstreamError, ValidationError, redact_excerpt
@@ -133,7 +133,7 @@ class HaloAuth(TokenAuth):
         return payload
 
 
-class HaloClient:
+class HaloClient(UpstreamClient):
     """HaloPSA over one `UpstreamSession`; use as `async with HaloClient.from_settings(...)`.
 
     Each resource is an attribute (`client.tickets.list_all(open_only=True)`), also reachable by
@@ -144,7 +144,7 @@ class HaloClient:
 
     def __init__(self, session: UpstreamSession, *, page_concurrency: int | None = None):
         self.session = session
-        self.name = session.name
+
         self.page_concurrency = page_concurrency or session.options.max_concurrency
 
         def res(name: str) -> HaloResource:
@@ -204,16 +204,6 @@ class HaloClient:
             default_headers={"Accept": "application/json"},
         )
         return cls(session)
-
-    async def __aenter__(self) -> HaloClient:
-        await self.session.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
-
-    async def close(self) -> None:
-        await self.session.close()
 
     @property
     def auth(self) -> HaloAuth | None:

@@ -133,8 +133,10 @@ def find_spec(name: str) -> ResourceSpec:
 class Requester(Protocol):
     """What a resource needs from its client (kept abstract to avoid an import cycle)."""
 
-    name: str
     page_concurrency: int
+
+    @property
+    def name(self) -> str: ...
 
     async def request(
         self,

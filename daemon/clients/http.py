@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import aiohttp
 import structlog
@@ -417,3 +417,24 @@ class UpstreamSession:
             error=type(exc).__name__,
             attempts=attempt + 1,
         )
+
+
+class UpstreamClient:
+    """Base of every upstream client: the client owns its session, so `async with client:`
+    opens and closes exactly one connection pool, and the client's name is its session's."""
+
+    session: UpstreamSession
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    async def __aenter__(self) -> Self:
+        await self.session.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def close(self) -> None:
+        await self.session.close()

@@ -35,7 +35,7 @@ from urllib.parse import quote
 import structlog
 
 from daemon.clients.auth import TokenAuth
-from daemon.clients.http import Response, UpstreamSession
+from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import (
@@ -337,14 +337,14 @@ def _seg(value: str) -> str:
     return quote(value, safe="~*@")
 
 
-class NetsapiensClient:
+class NetsapiensClient(UpstreamClient):
     """NetSapiens v2 over one `UpstreamSession`; use as `async with NetsapiensClient...`."""
 
     kind = "netsapiens"
 
     def __init__(self, session: UpstreamSession, auth: NetsapiensAuth, *, api_url: str = ""):
         self.session = session
-        self.name = session.name
+
         self.auth = auth
         self.api_url = api_url
         self.subscriptions = SubscriptionsApi(self)
@@ -368,13 +368,6 @@ class NetsapiensClient:
             default_headers={"Accept": "application/json"},
         )
         return cls(session, auth, api_url=api_url)
-
-    async def __aenter__(self) -> NetsapiensClient:
-        await self.session.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.session.close()
 
     @property
     def healthy(self) -> bool:
