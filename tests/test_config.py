@@ -148,7 +148,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert job.jitter == 30.0
     assert schedule_description(job) == "every 15m, jitter 30s"
     blesta = s.upstream("blesta")
-    assert (blesta.timeout, blesta.max_retries, blesta.max_concurrency) == (30.0, 4, 4)
+    assert (blesta.timeout, blesta.max_retries, blesta.max_concurrency) == (30.0, 4, 8)
     assert s.webhooks.netsapiens is None
 
 

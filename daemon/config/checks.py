@@ -14,6 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ValidationError
 
 from daemon.config.models import (
+    RESELLER_ALIASES,
     RESELLER_RESOURCES,
     Rule,
     SyncJob,
@@ -144,11 +145,16 @@ def check_upstream_refs(
                 f"{p}.report",
                 f"reports are a Blesta feature; upstream {job.upstream!r} is {kind!r}",
             )
-        if kind == "blesta_reseller" and job.resource not in (None, *RESELLER_RESOURCES):
+        if kind == "blesta_reseller" and job.resource not in (
+            None,
+            *RESELLER_RESOURCES,
+            *RESELLER_ALIASES,
+        ):
             c.add(
                 f"{p}.resource",
                 f"unknown reseller resource {job.resource!r}; expected one "
-                f"of: {', '.join(RESELLER_RESOURCES)}",
+                f"of: {', '.join(RESELLER_RESOURCES)} (or the aliases "
+                f"{', '.join(RESELLER_ALIASES)})",
             )
     needs = {
         "sms_reply": ("sms_upstream", "netsapiens"),

@@ -63,7 +63,19 @@ NETSAPIENS_MODELS: tuple[str, ...] = get_args(NetsapiensModel)
 RESERVED_TABLES = frozenset(
     {"sync_runs", "sync_state", "contacts", "events", "actions", "halo_threads", "subscriptions"}
 )
-RESELLER_RESOURCES = ("credit", "packages", "pricing", "licenses")
+# A Reseller job's `resource` is the API method it reads (DESIGN §3); the short names of the
+# first release stay accepted as aliases and are normalised to the method name.
+RESELLER_RESOURCES = ("getcredit", "getpackages", "getpackagepricing", "search")
+RESELLER_ALIASES = {
+    "credit": "getcredit",
+    "packages": "getpackages",
+    "pricing": "getpackagepricing",
+    "licenses": "search",
+}
+DEFAULT_MAX_PAGES = 100_000
+DEFAULT_MAX_DURATION = 2 * 3600.0
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_RETRY_WAIT = 600.0
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -153,6 +165,10 @@ class _Upstream(_Model):
     max_retries: int = Field(default=4, ge=0, le=10)
     max_concurrency: int = Field(default=4, ge=1, le=64)
     rate_limit: RateLimitValue = None
+    # Every answer is read into memory up to this size (after decompression) and no further.
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    # All the waiting one request may do between its tries (backoff and Retry-After together).
+    max_retry_wait: Duration = DEFAULT_MAX_RETRY_WAIT
 
     @field_validator("timeout")
     @classmethod
@@ -163,6 +179,7 @@ class _Upstream(_Model):
 
 
 class BlestaUpstream(_Upstream):
+    max_concurrency: int = Field(default=8, ge=1, le=64)
     kind: Literal["blesta"] = "blesta"
     url: HttpUrl
     user: str
@@ -178,6 +195,7 @@ class ResellerUpstream(_Upstream):
 
 
 class BillomatUpstream(_Upstream):
+    max_concurrency: int = Field(default=8, ge=1, le=64)
     kind: Literal["billomat"] = "billomat"
     billomat_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")]
     api_key: Secret
@@ -200,6 +218,7 @@ class BillomatUpstream(_Upstream):
 
 
 class HaloUpstream(_Upstream):
+    max_concurrency: int = Field(default=8, ge=1, le=64)
     kind: Literal["halo"] = "halo"
     tenant_url: HttpUrl
     client_id: str
@@ -302,6 +321,10 @@ class SyncJob(_Model):
     report: str | None = None
     months: str | None = None
     page_size: int | None = Field(default=None, gt=0)
+    # Every run ends, and no run erases most of a table on one bad answer (docs/database.md).
+    max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1)
+    max_duration: Duration = DEFAULT_MAX_DURATION
+    max_tombstone_fraction: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -352,6 +375,8 @@ class SyncJob(_Model):
             raise field_error("report", "set `resource` or `report`, not both")
         if self.months is not None and self.report is None:
             raise field_error("months", "`months` only applies to a `report` job")
+        if self.max_duration <= 0:
+            raise field_error("max_duration", "must be positive")
         if self.mode == "incremental" and not self.cursor_field:
             raise field_error("cursor_field", "required when mode = 'incremental'")
         return self

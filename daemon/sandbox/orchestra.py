@@ -162,13 +162,13 @@ every = "1d"
 [[sync]]
 name = "reseller-licenses"
 upstream = "reseller"
-resource = "licenses"
+resource = "search"
 every = "1h"
 
 [[sync]]
 name = "reseller-credit"
 upstream = "reseller"
-resource = "credit"
+resource = "getcredit"
 every = "1h"
 
 [[sync]]

@@ -23,6 +23,7 @@ from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
+from daemon.config.models import RESELLER_ALIASES, RESELLER_RESOURCES
 from daemon.errors import ConfigError
 from daemon.sync.fetch import Fetcher, Page
 
@@ -85,17 +86,17 @@ class ResellerFetcher:
         self.job, self.client = job, client
 
     async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
-        resource = self.job.resource
-        if resource == "credit":
+        resource = RESELLER_ALIASES.get(self.job.resource, self.job.resource)
+        if resource == "getcredit":
             yield Page([("credit", {"credit": await self.client.getcredit()})])
-        elif resource == "packages":
+        elif resource == "getpackages":
             yield Page(as_pairs(await self.client.getpackages()))
-        elif resource == "pricing":
+        elif resource == "getpackagepricing":
             for package in await self.client.getpackages():
                 pid = package.get("id")
                 rows = await self.client.getpackagepricing(pid)
                 yield Page(as_pairs([{**r, "package_id": pid} for r in rows]))
-        elif resource == "licenses":
+        elif resource == "search":
             term = str(self.job.params.get("search", ""))
             async with aclosing(self.client.search_pages(term)) as stream:
                 async for _, rows in stream:
@@ -103,7 +104,7 @@ class ResellerFetcher:
         else:
             raise ConfigError(
                 f"sync job {self.job.name!r}: reseller resource must be one of "
-                "credit, packages, pricing, licenses"
+                f"{', '.join(RESELLER_RESOURCES)}"
             )
 
     @staticmethod

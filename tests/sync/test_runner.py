@@ -205,7 +205,10 @@ async def test_append_mode_keeps_existing_rows(store, blesta, state, clock, tmp_
     assert json.loads(data[0][0])["email"] != "changed@example.com"
 
 
-@pytest.mark.parametrize("resource", ["credit", "packages", "pricing", "licenses"])
+@pytest.mark.parametrize(
+    "resource",
+    ["getcredit", "getpackages", "getpackagepricing", "search", "credit", "licenses"],
+)
 async def test_reseller_resources(store, clock, resource):
     state = ResellerState.demo(licenses=30, seed=3)
     async with serve_app(make_reseller_app(state)) as url:
@@ -226,7 +229,7 @@ async def test_reseller_resources(store, clock, resource):
             result = await run(store, clock, j, client, kind="blesta_reseller")
     assert result.status == "ok", result.error
     assert result.fetched > 0
-    if resource == "licenses":
+    if resource in ("search", "licenses"):
         assert result.fetched == 30 and result.pages == 2  # 25 + 5
 
 
