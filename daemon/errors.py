@@ -16,7 +16,9 @@ Callers decide behaviour by type, never by message text::
     │       ├── ForbiddenError      403
     │       ├── NotFoundError       404 (also LookupError)
     │       ├── ValidationError     400/422 with per-field errors
-    │       └── MalformedResponse   a 2xx body we cannot parse
+    │       ├── ResponseTooLarge    an answer over max_response_bytes (after decompression)
+    │       └── MalformedResponse   a 2xx body we cannot parse, or one that carries an error
+    ├── LimitExceeded               a sync run hit max_pages or max_duration
     ├── StoreError                  the database refused or is unusable
     └── RuleError                   a rule or template failed while acting
 
@@ -182,6 +184,16 @@ class ValidationError(UpstreamResponseError):
 
 class MalformedResponse(UpstreamResponseError):
     """A success status whose body is not what the API promises (not JSON, wrong shape)."""
+
+
+class ResponseTooLarge(UpstreamResponseError):
+    """The answer (after decompression) is larger than the upstream's `max_response_bytes`;
+    reading stopped at the limit, so memory stays bounded whatever the upstream sends."""
+
+
+class LimitExceeded(DaemonError):
+    """A sync run reached its `max_pages` or `max_duration`: it stops, is recorded `failed`,
+    and tombstones nothing. Pages already committed stay."""
 
 
 class StoreError(DaemonError):

@@ -20,27 +20,22 @@ Facts this module is faithful to (upstream-apis §3):
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from daemon.clients.auth import StaticHeaders
+from daemon.clients.errormap import ErrorDetail
 from daemon.clients.http import Response, UpstreamClient, UpstreamSession
-from daemon.clients.paging import ordered_pages
+from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, seconds, secret_value
 from daemon.clock import Clock
 from daemon.errors import (
-    AuthError,
-    ForbiddenError,
     MalformedResponse,
-    NotFoundError,
     RateLimited,
-    ServerError,
     UpstreamError,
-    ValidationError,
     redact_excerpt,
 )
 
@@ -84,15 +79,14 @@ def _to_int(value: Any) -> int | None:
         return None
 
 
-def error_messages(resp: Response) -> list[str]:
+def error_messages(resp: Response, body: Any = None) -> list[str]:
     """The texts of a Billomat error body (JSON or XML), redacted and shortened."""
     texts: list[str] = []
-    body: Any = None
-    if resp.body.strip():
+    if body is None and resp.body.strip():
         try:
-            body = resp.json()
+            body = resp.parse_json()
         except UpstreamError:
-            texts = _XML_ERROR.findall(resp.text())
+            texts = _XML_ERROR.findall(resp.body[:65536].decode("utf-8", errors="replace"))
     if isinstance(body, dict):
         errors = body.get("errors")
         inner = errors.get("error") if isinstance(errors, dict) else errors
@@ -119,6 +113,28 @@ class RateState:
             self.reset = float(reset)
 
 
+class BillomatErrors:
+    """How Billomat says what went wrong (`{"errors": {"error": ...}}`, or the XML form), and
+    a 200 that carries such a body instead of data. Every answer also updates the quota."""
+
+    def __init__(self, rate: RateState):
+        self.rate = rate
+
+    def detail(self, resp: Response) -> ErrorDetail | None:
+        self.rate.observe(resp)
+        texts = error_messages(resp)
+        if resp.status in (400, 422):
+            return ErrorDetail("; ".join(texts), {"": texts})
+        if resp.status == 404 and not texts:
+            return ErrorDetail("not found (unknown record or account)")
+        return ErrorDetail("; ".join(texts))
+
+    def failure_in_success(self, resp: Response, body: Any) -> ErrorDetail | None:
+        if isinstance(body, dict) and "errors" in body:
+            return ErrorDetail("; ".join(error_messages(resp, body)) or "error body")
+        return None
+
+
 @dataclass
 class BillomatPage:
     """One list page, normalised: `items` is always a list, the metadata ints."""
@@ -136,11 +152,20 @@ class BillomatPage:
         return self.page * self.per_page >= self.total
 
 
+def _meta(value: Any, name: str, upstream: str) -> int | None:
+    if value is None:
+        return None
+    number = _to_int(value)
+    if number is None or number < 0:
+        raise MalformedResponse(f"{name} {value!r} is not a number", upstream=upstream)
+    return number
+
+
 def parse_list(body: Any, resource: str, page: int, per_page: int, upstream: str) -> BillomatPage:
-    """A list answer with its quirks: single hit = object, zero hits = key absent."""
+    """A list answer with its documented quirks: one hit = an object, zero hits = the item key
+    absent. Anything else (no list root, an item key holding a string) is a
+    `MalformedResponse`, never "no records"."""
     root = body.get(resource) if isinstance(body, dict) else None
-    if root is None and isinstance(body, dict) and len(body) == 1:
-        root = next(iter(body.values()))
     if not isinstance(root, dict):
         raise MalformedResponse(
             f"{resource}: list answer without a {resource!r} root", upstream=upstream
@@ -150,15 +175,15 @@ def parse_list(body: Any, resource: str, page: int, per_page: int, upstream: str
         items: Records = []
     elif isinstance(raw_items, dict):
         items = [raw_items]
-    elif isinstance(raw_items, list):
-        items = [i for i in raw_items if isinstance(i, dict)]
+    elif isinstance(raw_items, list) and all(isinstance(i, dict) for i in raw_items):
+        items = raw_items
     else:
         raise MalformedResponse(f"{resource}: unexpected item shape", upstream=upstream)
     return BillomatPage(
         items,
-        _to_int(root.get("@page")) or page,
-        _to_int(root.get("@per_page")) or per_page,
-        _to_int(root.get("@total")),
+        _meta(root.get("@page"), "@page", upstream) or page,
+        _meta(root.get("@per_page"), "@per_page", upstream) or per_page,
+        _meta(root.get("@total"), "@total", upstream),
         body,
     )
 
@@ -180,6 +205,38 @@ def _query(values: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+@dataclass
+class BillomatList:
+    """A resource's list for the page walker: `@total` and `@per_page` on every page."""
+
+    resource: BillomatResource
+    first_page_size: int | None
+    filters: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.resource.name
+
+    @property
+    def upstream(self) -> str:
+        return self.resource._client.name
+
+    async def fetch(self, page_no: int, size: int | None) -> BillomatPage:
+        return await self.resource.list(page_no, size or MAX_PER_PAGE, **self.filters)
+
+    def records(self, page: BillomatPage) -> Records:
+        return page.items
+
+    def announced_total(self, page: BillomatPage) -> int | None:
+        return page.total
+
+    def announced_size(self, page: BillomatPage) -> int | None:
+        return page.per_page
+
+    async def count(self) -> int | None:
+        return None
+
+
 class BillomatResource:
     """One Billomat resource (`clients`, `credit-notes`, ...)."""
 
@@ -198,33 +255,24 @@ class BillomatResource:
         return parse_list(body, self.name, page, per_page, self._client.name)
 
     async def iter_pages(
-        self, per_page: int = MAX_PER_PAGE, **filters: Any
+        self,
+        per_page: int = MAX_PER_PAGE,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        report: WalkReport | None = None,
+        **filters: Any,
     ) -> AsyncGenerator[BillomatPage, None]:
-        """Every page in order; concurrent once `@total` is known, sequential otherwise."""
-        first = await self.list(1, per_page, **filters)
-        yield first
-        if first.is_last or not first.items:
-            return
-        size = first.per_page  # learned from the server, not assumed
-        if first.total is not None:
-
-            async def fetch(n: int) -> BillomatPage:
-                return await self.list(n, size, **filters)
-
-            pages = range(2, math.ceil(first.total / size) + 1)
-            window = max(1, self._client.page_concurrency)
-            walk = cast(
-                AsyncGenerator[tuple[int, BillomatPage], None],
-                ordered_pages(fetch, pages, window=window),
-            )
-            async with aclosing(walk) as stream:
-                async for _, page in stream:
-                    yield page
-            return
-        page = first
-        while not page.is_last and page.items:
-            page = await self.list(page.page + 1, size, **filters)
-            yield page
+        """Every page in order (`daemon.clients.paging`): concurrent once `@total` is known,
+        pages 2..N already on the wire while page 1 is consumed; sequential otherwise."""
+        walk = walk_pages(
+            BillomatList(self, per_page, filters),
+            window=max(1, self._client.page_concurrency),
+            max_pages=max_pages,
+            report=report,
+        )
+        async with aclosing(walk) as stream:
+            async for page in stream:
+                yield page
 
     async def iter_all(
         self, per_page: int = MAX_PER_PAGE, **filters: Any
@@ -310,13 +358,14 @@ class BillomatClient(UpstreamClient):
         *,
         max_rate_wait: float = 60.0,
         page_concurrency: int | None = None,
+        rate: RateState | None = None,
     ):
         self.session = session
 
         self.clock = session.clock
         self.max_rate_wait = max_rate_wait
         self.page_concurrency = page_concurrency or session.options.max_concurrency
-        self.rate = RateState()
+        self.rate = rate or RateState()
         self.invoices = InvoiceResource(self, "invoices")
         self._resources: dict[str, BillomatResource] = {
             name: self.invoices if name == "invoices" else BillomatResource(self, name)
@@ -333,10 +382,11 @@ class BillomatClient(UpstreamClient):
         if app_id and app_secret:
             headers.update({"X-AppId": str(app_id), "X-AppSecret": app_secret})
         max_wait = seconds(getattr(cfg, "max_rate_wait", None), 60.0)
+        options = options_from_settings(cfg, retry_after_cap=max_wait)
+        # Waiting for the next quota window is one wait of up to max_rate_wait: allow it.
+        options = replace(options, max_retry_wait=max(options.max_retry_wait, max_wait))
         client: BillomatClient
-
-        def mapper(resp: Response) -> UpstreamError | None:
-            return client._map_error(resp)
+        rate = RateState()
 
         def retry_after(resp: Response, now_epoch: float) -> float | None:
             return client._retry_after(resp, now_epoch)
@@ -344,15 +394,15 @@ class BillomatClient(UpstreamClient):
         session = UpstreamSession(
             str(cfg.name),
             base_url(cfg),
-            options_from_settings(cfg, retry_after_cap=max_wait),
+            options,
             clock=clock,
             auth=StaticHeaders(headers),
             secrets=[api_key, app_secret],
-            error_mapper=mapper,
+            errors=BillomatErrors(rate),
             retry_after=retry_after,
             default_headers=JSON_HEADERS,
         )
-        client = cls(session, max_rate_wait=max_wait)
+        client = cls(session, max_rate_wait=max_wait, rate=rate)
         return client
 
     def __getattr__(self, attr: str) -> BillomatResource:
@@ -409,31 +459,3 @@ class BillomatClient(UpstreamClient):
             return None
         reset = _to_int(resp.headers.get("X-Rate-Limit-Reset"))
         return None if reset is None else max(0.0, reset - now_epoch)
-
-    def _map_error(self, resp: Response) -> UpstreamError | None:
-        self.rate.observe(resp)
-        texts = error_messages(resp)
-        if not texts and resp.status != 404:
-            return None
-        message = "; ".join(texts)
-        kw: dict[str, Any] = {
-            "upstream": resp.upstream,
-            "status": resp.status,
-            "method": resp.method,
-            "path": resp.url.path,
-            "excerpt": resp.excerpt(),
-        }
-        s = resp.status
-        if s == 401:
-            return AuthError(message or "API key refused", **kw)
-        if s == 403:
-            return ForbiddenError(message or "access forbidden", **kw)
-        if s == 404:
-            return NotFoundError(message or "not found (unknown record or account)", **kw)
-        if s in (400, 422):
-            return ValidationError(message, field_errors={"": texts}, **kw)
-        if s == 429:
-            return RateLimited(message, **kw)
-        if s >= 500:
-            return ServerError(message, **kw)
-        return None

@@ -4,17 +4,16 @@
 arguments encoded where PHP reads them (query for GET/DELETE, urlencoded form for POST/PUT).
 
 Pagination is the part other clients get wrong: Blesta lists carry no total and the page size is
-a server setting (`Blesta.results_per_page`, default 20, not 25). So `iter_pages` reads page 1,
-asks the sibling count method (`getListCount` with the same filters), *learns* the page size from
-page 1, and then fetches the remaining pages concurrently; without a count it walks pages until
-an empty or short one. A failed page raises — a partial list is never reported as complete — and
-a server that ignores `page` (the same page again) is a `MalformedResponse`, not an endless loop.
+a server setting (`Blesta.results_per_page`, default 20, not 25). So `iter_pages` reads page 1
+together with the sibling count method (`getListCount`, same filters), *learns* the page size
+from page 1 and fetches the remaining pages concurrently; without a count it walks pages until an
+empty or short one (`daemon.clients.paging` holds those rules for every upstream). A list answer
+must be a list: `{"response": null}` or `false` is a `MalformedResponse`, never "no records".
 
 Records inserted upstream while we page: Blesta orders lists by id by default, so new records
-land at the end; after the planned pages we keep reading while the last page is full, so they
-are picked up. Under another order an insertion shifts rows forward and a row at a page boundary
-may be yielded twice (never silently lost); consumers upsert by id. Rows deleted meanwhile can
-shift one row back past the boundary; the next full sync sees it again.
+land at the end and the walk's extra page picks them up. Under another order, or when rows are
+deleted mid-walk, rows shift between pages; the walk's report then says "incomplete" (the count
+moved, or the distinct ids disagree with it) and the sync tombstones nothing that run.
 
 Reports live in `daemon.clients.blesta_report`; they are re-exported here as methods.
 """
@@ -22,8 +21,9 @@ Reports live in `daemon.clients.blesta_report`; they are re-exported here as met
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
@@ -32,24 +32,25 @@ import structlog
 from daemon.clients import blesta_report
 from daemon.clients.auth import BasicAuth, StaticHeaders
 from daemon.clients.blesta_wire import (
+    BLESTA_ERRORS,
     FORM_CONTENT_TYPE,
     BlestaResponse,
-    blesta_error,
     encode_php_params,
     form_body,
+    list_rows,
     parse_csv,
     parse_response,
 )
 from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
-from daemon.clients.paging import ordered_pages
+from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import AuthError, MalformedResponse, UpstreamError
 
 __all__ = [
+    "BLESTA_ERRORS",
     "BlestaClient",
     "BlestaResponse",
-    "blesta_error",
     "encode_php_params",
     "parse_csv",
 ]
@@ -70,12 +71,47 @@ def make_auth(mode: str, user: str, key: str) -> BasicAuth | StaticHeaders:
     raise ValueError(f"unknown Blesta auth mode {mode!r} (basic or header)")
 
 
+@dataclass
+class BlestaList:
+    """One Blesta list method as the page walker sees it: fixed server page size, no total on
+    the page, the total from the sibling count method (`getListCount`, same filters)."""
+
+    client: BlestaClient
+    model: str
+    method: str
+    args: dict[str, Any]
+    count_method: str | None
+    first_page_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.method}"
+
+    @property
+    def upstream(self) -> str:
+        return self.client.name
+
+    async def fetch(self, page_no: int, size: int | None) -> list[Any]:
+        return await self.client._page(self.model, self.method, self.args, page_no)
+
+    def records(self, page: list[Any]) -> list[Any]:
+        return page
+
+    def announced_total(self, page: list[Any]) -> int | None:
+        return None
+
+    def announced_size(self, page: list[Any]) -> int | None:
+        return None
+
+    async def count(self) -> int | None:
+        return await self.client._try_count(self.model, self.count_method, self.args)
+
+
 class BlestaClient(UpstreamClient):
     """Calls one Blesta installation. Owns its session: use `async with`."""
 
     def __init__(self, session: UpstreamSession):
         self.session = session
-        self._page_sizes: dict[tuple[str, str], int] = {}
 
     @classmethod
     def create(
@@ -97,7 +133,7 @@ class BlestaClient(UpstreamClient):
             clock=clock,
             auth=make_auth(auth, user, key),
             secrets=[key],
-            error_mapper=blesta_error,
+            errors=BLESTA_ERRORS,
         )
         return cls(session)
 
@@ -176,26 +212,11 @@ class BlestaClient(UpstreamClient):
 
     # -- lists ----------------------------------------------------------------------------------
 
-    def page_size(self, model: str, method: str = "getList") -> int | None:
-        """The page size learned for this list, if a multi-page fetch has shown it."""
-        return self._page_sizes.get((model, method))
-
     async def _page(
         self, model: str, method: str, args: Mapping[str, Any] | None, page: int
     ) -> list[Any]:
         resp = await self.get(model, method, {**(args or {}), "page": page})
-        rows = resp.data
-        if rows is None or rows is False:
-            return []  # some list methods answer false/null for "nothing here"
-        if isinstance(rows, dict):
-            rows = list(rows.values())  # PHP arrays with non-sequential keys arrive as objects
-        if not isinstance(rows, list):
-            raise MalformedResponse(
-                f"{model}/{method} page {page} is {type(rows).__name__}, not a list",
-                upstream=self.name,
-                status=resp.status,
-            )
-        return rows
+        return list_rows(resp.data, f"{model}/{method} page {page}", self.name, resp.status)
 
     async def _try_count(
         self, model: str, count_method: str | None, args: Mapping[str, Any] | None
@@ -225,73 +246,26 @@ class BlestaClient(UpstreamClient):
         *,
         concurrency: int | None = None,
         count_method: str | None = "getListCount",
+        max_pages: int = DEFAULT_MAX_PAGES,
+        report: WalkReport | None = None,
     ) -> AsyncIterator[tuple[int, list[Any]]]:
         """Yield `(page_no, rows)` in order until the list is exhausted (see module docstring).
 
-        An empty list yields nothing. Raises on any failed page.
+        An empty list yields nothing. Raises on any failed, malformed or repeated page; `report`
+        (when given) says afterwards whether the walk can vouch for having seen everything.
         """
-        # Page 1 and the count travel together: one round trip for the common small list.
-        counting = asyncio.ensure_future(self._try_count(model, count_method, args))
-        try:
-            first = await self._page(model, method, args, 1)
-            if not first:
-                return
-            yield 1, first
-            total = await counting
-        finally:
-            counting.cancel()  # no-op when done; gather also marks a stored exception as seen
-            await asyncio.gather(counting, return_exceptions=True)
-        if total is not None and total <= len(first):
-            return
-        known = self._page_sizes.get((model, method))
-        if total is None and known is not None and len(first) < known:
-            return  # a short first page of a list whose page size we already learned
-        size = len(first)
-        previous = first
-        last_page = 1
-        if total is not None:
-            self._learn(model, method, size)
-            pages = range(2, math.ceil(total / size) + 1)
-            window = concurrency or self.session.options.max_concurrency
-
-            async def fetch(n: int) -> list[Any]:
-                return await self._page(model, method, args, n)
-
-            async for page_no, rows in ordered_pages(fetch, pages, window=window):
-                self._check_repeat(model, method, page_no, rows, previous)
-                if rows:
-                    yield page_no, rows
-                previous, last_page = rows, page_no
-            if len(previous) < size:
-                return
-        # Sequential: no count, or the list grew past the count while we paged.
-        while True:
-            page_no = last_page + 1
-            rows = await self._page(model, method, args, page_no)
-            if not rows:
-                return
-            self._check_repeat(model, method, page_no, rows, previous)
-            if page_no == 2 and total is None:
-                self._learn(model, method, size)
-            yield page_no, rows
-            if len(rows) < size:
-                return
-            previous, last_page = rows, page_no
-
-    def _learn(self, model: str, method: str, size: int) -> None:
-        if self._page_sizes.get((model, method)) != size:
-            self._page_sizes[(model, method)] = size
-            log.debug("blesta.page_size", upstream=self.name, model=model, size=size)
-
-    def _check_repeat(
-        self, model: str, method: str, page_no: int, rows: list[Any], previous: list[Any]
-    ) -> None:
-        if rows and rows == previous:
-            raise MalformedResponse(
-                f"{model}/{method} page {page_no} repeats page {page_no - 1}: "
-                "the server ignores `page`; refusing to loop",
-                upstream=self.name,
-            )
+        source = BlestaList(self, model, method, dict(args or {}), count_method)
+        walk = walk_pages(
+            source,
+            window=concurrency or self.session.options.max_concurrency,
+            max_pages=max_pages,
+            report=report,
+        )
+        page_no = 0
+        async with aclosing(walk) as stream:
+            async for rows in stream:
+                page_no += 1
+                yield page_no, rows
 
     async def iter_records(
         self,

@@ -9,25 +9,29 @@ plain `package_id`.
 `search` pages with `vars[page]` — not `page`, which the server ignores (a known SDK bug that
 returns page 1 forever). Pages hold at most 25 rows and carry no total, so the walk ends on an
 empty page or one shorter than the first (a short first page costs one extra, empty request
-rather than trusting the documented 25 and losing rows should a server use less); an identical
-repeated page raises instead of looping.
+rather than trusting the documented 25 and losing rows should a server use less); a repeated
+page raises instead of looping (`daemon.clients.paging`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.clients.auth import BasicAuth
 from daemon.clients.blesta_wire import (
+    BLESTA_ERRORS,
     FORM_CONTENT_TYPE,
     BlestaResponse,
-    blesta_error,
     encode_php_params,
     form_body,
+    list_rows,
 )
 from daemon.clients.blesta_wire import parse_response as _parse
 from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
+from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import MalformedResponse
@@ -39,6 +43,41 @@ SEARCH_PAGE_SIZE = 25  # documented maximum; the walk itself learns from page 1
 def _flag(value: bool) -> str:
     # The Reseller docs spell this parameter `vars[test_mode]=true|false`.
     return "true" if value else "false"
+
+
+@dataclass
+class ResellerSearch:
+    """`search` for the page walker: `vars[page]`, at most 25 rows a page, no total."""
+
+    client: ResellerClient
+    term: str
+    first_page_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        return "search"
+
+    @property
+    def upstream(self) -> str:
+        return self.client.name
+
+    async def fetch(self, page_no: int, size: int | None) -> list[Any]:
+        resp = await self.client.call(
+            "GET", "search", {"vars": {"search": self.term, "page": page_no}}
+        )
+        return list_rows(resp.data, f"search page {page_no}", self.client.name, resp.status)
+
+    def records(self, page: list[Any]) -> list[Any]:
+        return page
+
+    def announced_total(self, page: list[Any]) -> int | None:
+        return None
+
+    def announced_size(self, page: list[Any]) -> int | None:
+        return None
+
+    async def count(self) -> int | None:
+        return None
 
 
 class ResellerClient(UpstreamClient):
@@ -65,7 +104,7 @@ class ResellerClient(UpstreamClient):
             clock=clock,
             auth=BasicAuth(user, password),
             secrets=[password],
-            error_mapper=blesta_error,
+            errors=BLESTA_ERRORS,
         )
         return cls(session)
 
@@ -155,27 +194,20 @@ class ResellerClient(UpstreamClient):
 
     # -- search -----------------------------------------------------------------------------------
 
-    async def search_pages(self, term: str = "") -> AsyncIterator[tuple[int, list[Any]]]:
+    async def search_pages(
+        self,
+        term: str = "",
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        report: WalkReport | None = None,
+    ) -> AsyncIterator[tuple[int, list[Any]]]:
         """`(page_no, rows)` for every page of a search (see module docstring)."""
-        size: int | None = None
-        previous: list[Any] | None = None
-        page = 1
-        while True:
-            resp = await self.call("GET", "search", {"vars": {"search": term, "page": page}})
-            rows = self._list("search", resp.data)
-            if not rows:
-                return
-            if rows == previous:
-                raise MalformedResponse(
-                    f"search page {page} repeats page {page - 1}: the server ignores the page",
-                    upstream=self.name,
-                )
-            yield page, rows
-            size = size or len(rows)  # learned from page 1 (<= 25); a shorter page is the last
-            if len(rows) < size:
-                return
-            previous = rows
-            page += 1
+        walk = walk_pages(ResellerSearch(self, term), window=1, max_pages=max_pages, report=report)
+        page_no = 0
+        async with aclosing(walk) as stream:
+            async for rows in stream:
+                page_no += 1
+                yield page_no, rows
 
     async def search(self, term: str = "") -> AsyncIterator[dict[str, Any]]:
         """Every non-cancelled licence matching `term` (key, domain, IP or path)."""
@@ -187,12 +219,4 @@ class ResellerClient(UpstreamClient):
         return [row async for row in self.search(term)]
 
     def _list(self, method: str, data: Any) -> list[Any]:
-        if data is None or data is False:
-            return []
-        if isinstance(data, dict):
-            return list(data.values())
-        if not isinstance(data, list):
-            raise MalformedResponse(
-                f"{method} returned {type(data).__name__}, not a list", upstream=self.name
-            )
-        return data
+        return list_rows(data, method, self.name, 200)

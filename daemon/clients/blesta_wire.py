@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,17 +18,9 @@ from urllib.parse import urlencode
 
 from multidict import CIMultiDictProxy
 
+from daemon.clients.errormap import ErrorDetail, error_kwargs
 from daemon.clients.http import Response
-from daemon.errors import (
-    AuthError,
-    ForbiddenError,
-    MalformedResponse,
-    NotFoundError,
-    ServerError,
-    UpstreamError,
-    UpstreamResponseError,
-    ValidationError,
-)
+from daemon.errors import MalformedResponse, UpstreamResponseError, ValidationError
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
@@ -107,8 +98,8 @@ class BlestaResponse:
 
 def _envelope(resp: Response) -> dict[str, Any] | None:
     try:
-        body = json.loads(resp.body)
-    except (ValueError, UnicodeDecodeError):
+        body = resp.parse_json()
+    except MalformedResponse:
         return None
     return body if isinstance(body, dict) else None
 
@@ -128,51 +119,67 @@ def flatten_field_errors(errors: Any) -> dict[str, list[str]]:
     return out
 
 
-def _kw(resp: Response) -> dict[str, Any]:
-    return dict(
-        upstream=resp.upstream,
-        status=resp.status,
-        method=resp.method,
-        path=resp.url.path,
-        excerpt=resp.excerpt(),
-    )
-
-
-def validation_error(resp: Response, body: Mapping[str, Any]) -> ValidationError:
+def _validation(body: Mapping[str, Any]) -> ErrorDetail:
     fields = flatten_field_errors(body.get("errors"))
     summary = "; ".join(f"{k}: {' '.join(v)}" for k, v in fields.items())
     message = str(body.get("message") or "request rejected")
-    return ValidationError(f"{message} {summary}".strip(), field_errors=fields, **_kw(resp))
+    return ErrorDetail(f"{message} {summary}".strip(), fields, ValidationError)
 
 
-def blesta_error(resp: Response) -> UpstreamError | None:
-    """The `error_mapper` for Blesta and the Reseller API: envelope message → typed error.
+class BlestaErrors:
+    """How Blesta and the Reseller API (a Blesta plugin) say what went wrong.
 
-    Returns None for bodies that are not a Blesta envelope (an HTML proxy page), so the core's
-    `default_error` classifies them by status (502 HTML → ServerError with an excerpt).
+    A body that is not a Blesta envelope (a proxy's HTML page) adds nothing, so the status
+    table classifies it (502 HTML → ServerError with an excerpt).
     """
-    body = _envelope(resp)
-    if body is None:
+
+    def detail(self, resp: Response) -> ErrorDetail | None:
+        body = _envelope(resp)
+        if body is None:
+            return None
+        if resp.status in (400, 422):
+            return _validation(body)
+        message = str(body.get("message") or "")
+        if resp.status == 415:
+            return ErrorDetail(message or "format not supported", kind=UpstreamResponseError)
+        detail = body.get("response")
+        if resp.status >= 500 and isinstance(detail, str) and detail:
+            # A 500 carries the PHP exception text (e.g. a missing required argument).
+            return ErrorDetail(detail)
+        return ErrorDetail(message)
+
+    def failure_in_success(self, resp: Response, body: Any) -> ErrorDetail | None:
+        # Some Blesta versions and proxies answer validation failures with 200 + `errors`.
+        if isinstance(body, Mapping) and body.get("errors"):
+            return _validation(body)
         return None
-    message = str(body.get("message") or "")
-    detail = body.get("response")
-    s = resp.status
-    kw = _kw(resp)
-    if s == 400 or (s == 422):
-        return validation_error(resp, body)
-    if s == 401:
-        return AuthError(message or "credentials refused", **kw)
-    if s == 403:
-        return ForbiddenError(message or "not accessible", **kw)
-    if s == 404:
-        return NotFoundError(message or "no such model or method", **kw)
-    if s == 415:
-        return UpstreamResponseError(message or "format not supported", **kw)
-    if s >= 500:
-        # A 500 carries the PHP exception text in `response` (e.g. a missing required argument).
-        text = str(detail) if isinstance(detail, str) and detail else message or "server error"
-        return ServerError(text, **kw)
-    return None
+
+
+BLESTA_ERRORS = BlestaErrors()
+
+
+def list_rows(data: Any, what: str, upstream: str, status: int) -> list[Any]:
+    """A list method's `response` must be a list. PHP sends an array with gaps in its keys as an
+    object of numeric keys, which is still a list; `null`, `false` or any other object is not —
+    reading it as "no records" would let a sync tombstone the table."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data and all(str(k).isdigit() for k in data):
+        return [data[k] for k in sorted(data, key=lambda k: int(k))]
+    raise MalformedResponse(
+        f"{what} is {json_type(data)}, not a list", upstream=upstream, status=status
+    )
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value reads in an error message (`null`, `false`, `an object`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object" if value else "an empty object"
+    return type(value).__name__
 
 
 def parse_response(resp: Response) -> BlestaResponse:
@@ -186,15 +193,13 @@ def parse_response(resp: Response) -> BlestaResponse:
         return BlestaResponse(
             resp.status, None, raw, None, False, True, parse_csv(raw), resp.headers
         )
-    body = _envelope(resp)
-    if body is None:
+    body = resp.json()  # raises on a 200 that carries `errors` (BlestaErrors)
+    if not isinstance(body, dict) or "response" not in body:
         raise MalformedResponse(
-            f"expected a JSON envelope, got {resp.content_type or 'no content type'}",
-            **_kw(resp),
+            f"expected a JSON envelope with `response`, got "
+            f"{type(body).__name__ if resp.is_json else resp.content_type or 'no content type'}",
+            **error_kwargs(resp),
         )
-    errors = body.get("errors")
-    if errors:
-        raise validation_error(resp, body)
     return BlestaResponse(
         resp.status, body.get("response"), raw, None, True, False, None, resp.headers
     )

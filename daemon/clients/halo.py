@@ -13,16 +13,17 @@ Facts this module is faithful to (upstream-apis §4):
 - writes are `POST /api/<Resource>` with a JSON array; resources and their paging quirks live in
   `halo_resources`;
 - Halo-hosted allows 300 requests per rolling 5 minutes: configure `rate_limit = "300/5m"` and the
-  session's `RateBudget` waits before sending rather than collecting 429s.
+  session's `RateBudget` waits before sending rather than collecting 429s; without it, a 429
+  that names no Retry-After backs off across that window (`rate_limited_backoff`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from daemon.clients.auth import TokenAuth
+from daemon.clients.errormap import ErrorDetail
 from daemon.clients.halo_resources import (
     RESOURCES,
     AgentResource,
@@ -34,25 +35,34 @@ from daemon.clients.halo_resources import (
 from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.errors import AuthError, RateLimited, UpstreamError, ValidationError, redact_excerpt
+from daemon.errors import AuthError, UpstreamError, redact_excerpt
 
 __all__ = ["RESOURCES", "HaloClient", "HaloPage", "HaloResource", "ResourceSpec"]
 
 TOKEN_PATH = "auth/token"  # noqa: S105 - a path, not a secret
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+# Halo-hosted allows 300 requests per rolling 5 minutes and says so with a bare 429, no
+# Retry-After: waiting 0.5 s · 2ⁿ (our generic backoff) fails the job inside 10 s, while the
+# window needs minutes to roll. These waits span the window over the default four retries.
+RATE_WINDOW = 300.0
+
+
+def rate_limited_backoff(attempt: int) -> float:
+    """Seconds to wait after the n-th 429 without Retry-After: 15, 30, 60, 120, 240 (capped)."""
+    return float(min(RATE_WINDOW, 15.0 * 2.0**attempt))
 
 
 def _json_or_none(resp: Response) -> Any:
     if not resp.body.strip():
         return None
     try:
-        return resp.json()
+        return resp.parse_json()
     except UpstreamError:
         return None
 
 
-def _message(resp: Response, default: str) -> str:
+def _message(resp: Response) -> str:
     """The human part of an error body (JSON `message`/`error_description`, else text)."""
     body = _json_or_none(resp)
     text = ""
@@ -63,33 +73,44 @@ def _message(resp: Response, default: str) -> str:
                 break
     elif isinstance(body, str):
         text = body
-    elif body is None and resp.body.strip():
-        text = resp.text()
-    return redact_excerpt(text, resp.secrets, limit=200) if text else default
+    elif body is None and resp.body.strip() and resp.content_type != "text/html":
+        text = resp.body[:400].decode("utf-8", errors="replace")
+    return redact_excerpt(text, resp.secrets, limit=200) if text else ""
 
 
-def halo_error(resp: Response) -> UpstreamError | None:
-    """Refine the core's status mapping with Halo's bodies (OAuth errors, 400 text, 429)."""
-    kw: dict[str, Any] = {
-        "upstream": resp.upstream,
-        "status": resp.status,
-        "method": resp.method,
-        "path": resp.url.path,
-        "excerpt": resp.excerpt(),
-    }
-    if resp.url.path.rstrip("/").lower().endswith("/auth/token") and resp.status in (400, 401):
-        body = _json_or_none(resp)
-        code = body.get("error") if isinstance(body, dict) else None
-        desc = body.get("error_description") if isinstance(body, dict) else None
-        what = f"token request refused: {code or 'HTTP ' + str(resp.status)}"
-        if isinstance(desc, str) and desc:
-            what += f" ({redact_excerpt(desc, resp.secrets, limit=200)})"
-        return AuthError(what, **kw)
-    if resp.status == 400:
-        return ValidationError(_message(resp, "request rejected"), **kw)
-    if resp.status == 429:
-        return RateLimited(_message(resp, "rate limit reached"), **kw)
-    return None
+# Keys an error body may carry; an object made only of these (with `error`) is no record.
+_ERROR_KEYS = frozenset(
+    {"error", "errors", "error_description", "message", "Message", "status", "title", "type",
+     "traceId", "detail"}
+)  # fmt: skip
+
+
+class HaloErrors:
+    """How Halo says what went wrong: OAuth errors from the token endpoint, text or JSON
+    messages elsewhere, and `200 {"error": ...}` where data was asked for."""
+
+    def detail(self, resp: Response) -> ErrorDetail | None:
+        if resp.url.path.rstrip("/").lower().endswith("/auth/token") and resp.status in (400, 401):
+            body = _json_or_none(resp)
+            code = body.get("error") if isinstance(body, dict) else None
+            desc = body.get("error_description") if isinstance(body, dict) else None
+            what = f"token request refused: {code or 'HTTP ' + str(resp.status)}"
+            if isinstance(desc, str) and desc:
+                what += f" ({redact_excerpt(desc, resp.secrets, limit=200)})"
+            return ErrorDetail(what, kind=AuthError)
+        return ErrorDetail(_message(resp))
+
+    def failure_in_success(self, resp: Response, body: Any) -> ErrorDetail | None:
+        if (
+            isinstance(body, dict)
+            and (body.get("error") or body.get("errors"))
+            and set(body) <= _ERROR_KEYS
+        ):
+            return ErrorDetail(_message(resp) or "error body")
+        return None
+
+
+HALO_ERRORS = HaloErrors()
 
 
 class HaloAuth(TokenAuth):
@@ -200,7 +221,8 @@ class HaloClient(UpstreamClient):
             clock=clock,
             auth=auth,
             secrets=[secret],
-            error_mapper=halo_error,
+            errors=HALO_ERRORS,
+            rate_limited_backoff=rate_limited_backoff,
             default_headers={"Accept": "application/json"},
         )
         return cls(session)

@@ -8,8 +8,9 @@ answer page 1 for every `page_no`. `HaloResource` hides those differences.
 
 Paths and list keys. "halo-ps" = homotechsual/HaloAPI (its `Get-Halo*.ps1` resource and
 `ResourceType`); "guess" = not seen in any client we read, chosen by Halo's naming pattern.
-The parser also accepts a bare array or any single list in the envelope, so a wrong guess
-still reads records; only `record_count` (and with it concurrent paging) would be lost.
+Where our list key is a guess, the parser also accepts the one list an envelope holds beside its
+`record_count`, so a wrong guess still reads records; an envelope with no list at all is a
+`MalformedResponse`, never "no records".
 
 | attribute          | path             | list key       | source                        |
 |--------------------|------------------|----------------|-------------------------------|
@@ -49,17 +50,14 @@ still reads records; only `record_count` (and with it concurrent paging) would b
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import structlog
 
-from daemon.clients.paging import ordered_pages
+from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.errors import MalformedResponse
 
 log = structlog.get_logger(__name__)
@@ -158,24 +156,46 @@ class HaloPage:
     raw: Any = field(default=None, repr=False)
 
 
+def _count(value: Any, upstream: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or isinstance(value, bool):
+        raise MalformedResponse(f"record_count {value!r} is not a count", upstream=upstream)
+    return count
+
+
+def _objects(items: list[Any], upstream: str) -> Records:
+    if not all(isinstance(r, dict) for r in items):
+        raise MalformedResponse("a list answer holds something other than records",
+                                upstream=upstream)
+    return items
+
+
 def parse_list(
     body: Any, list_key: str | None, upstream: str = "halo"
 ) -> tuple[Records, int | None]:
-    """Records and record_count from a list answer in any of Halo's envelopes."""
+    """Records and record_count from a list answer in any of Halo's envelopes.
+
+    A bare array, or an object with the resource's list key (or, where our key is a guess, the
+    one list it holds beside a `record_count`). Anything else — an object with no list, a
+    `null` — is a `MalformedResponse`: reading it as "no records" would let a sync tombstone.
+    """
     if isinstance(body, list):
-        return [r for r in body if isinstance(r, dict)], None
+        return _objects(body, upstream), None
     if not isinstance(body, dict):
         raise MalformedResponse("list answer is neither an object nor an array", upstream=upstream)
     records: Any = body.get(list_key) if list_key else None
-    if records is None:  # unknown key: take the one list the envelope holds
+    if records is None and "record_count" in body:  # our key is a guess: the one list there
         lists = [v for v in body.values() if isinstance(v, list)]
-        records = lists[0] if len(lists) == 1 else []
-    count = body.get("record_count")
-    try:
-        record_count = int(count) if count is not None else None
-    except (TypeError, ValueError):
-        record_count = None
-    return [r for r in records if isinstance(r, dict)], record_count
+        records = lists[0] if len(lists) == 1 else None
+    if not isinstance(records, list):
+        want = f"a {list_key!r} list" if list_key else "a list"
+        raise MalformedResponse(f"list answer without {want}", upstream=upstream)
+    return _objects(records, upstream), _count(body.get("record_count"), upstream)
 
 
 def as_records(body: Any, upstream: str = "halo") -> Records:
@@ -187,16 +207,6 @@ def as_records(body: Any, upstream: str = "halo") -> Records:
     if isinstance(body, list):
         return [r for r in body if isinstance(r, dict)]
     raise MalformedResponse("write answer is neither an object nor an array", upstream=upstream)
-
-
-def _signature(records: Records) -> str:
-    """Identity of a page's content, to notice an endpoint that repeats page 1."""
-    ids = [r.get("id") for r in records]
-    if all(i is not None for i in ids):
-        material = json.dumps(ids, default=str)
-    else:
-        material = json.dumps(records, sort_keys=True, default=str)
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def query_params(values: Mapping[str, Any]) -> dict[str, str]:
@@ -212,6 +222,40 @@ def query_params(values: Mapping[str, Any]) -> dict[str, str]:
         else:
             out[key] = str(value)
     return out
+
+
+@dataclass
+class HaloList:
+    """A resource's list for the page walker: `pageinate=true`, `record_count` on each page,
+    an echoed `page_size` where the server caps what we asked for."""
+
+    resource: HaloResource
+    first_page_size: int | None
+    filters: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        return self.resource.spec.path
+
+    @property
+    def upstream(self) -> str:
+        return self.resource._client.name
+
+    async def fetch(self, page_no: int, size: int | None) -> HaloPage:
+        return await self.resource.list(size or DEFAULT_PAGE_SIZE, page_no, **self.filters)
+
+    def records(self, page: HaloPage) -> Records:
+        return page.records
+
+    def announced_total(self, page: HaloPage) -> int | None:
+        return page.record_count
+
+    def announced_size(self, page: HaloPage) -> int | None:
+        echoed = page.raw.get("page_size") if isinstance(page.raw, dict) else None
+        return echoed if isinstance(echoed, int) and echoed > 0 else None
+
+    async def count(self) -> int | None:
+        return None
 
 
 class HaloResource:
@@ -238,66 +282,27 @@ class HaloResource:
         return HaloPage(records, count, page_no, size, body)
 
     async def iter_pages(
-        self, page_size: int = DEFAULT_PAGE_SIZE, **filters: Any
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        report: WalkReport | None = None,
+        **filters: Any,
     ) -> AsyncGenerator[HaloPage, None]:
-        """Every page in order. With a `record_count`, pages 2.. are fetched concurrently
-        (bounded by the client's `page_concurrency`); a bare array is walked sequentially until
-        a short page. A page repeating page 1 (or its predecessor) ends the walk: some
+        """Every page in order, by `daemon.clients.paging`'s rules: with a `record_count`,
+        pages 2.. are fetched concurrently (bounded by the client's `page_concurrency`); a bare
+        array is walked until a short page. A page repeating an earlier one raises: some
         endpoints (CRMNote) ignore paging, and following them would loop forever."""
-        first = await self.list(page_size, 1, **filters)
-        yield first
-        if not first.records:
-            return
-        seen = {_signature(first.records)}
-        # the page size is learned from the server: an echoed page_size, or a short first page
-        # when more records exist (a server-side cap), not assumed from what we asked for
-        size = first.page_size
-        if first.record_count is not None and first.record_count > len(first.records):
-            size = min(size, len(first.records))
-        if len(first.records) > size:
-            return  # paging ignored and everything sent at once (some bare-array endpoints)
-        if first.record_count is not None:
-            pages = math.ceil(first.record_count / size)
-            if pages <= 1 or len(first.records) >= first.record_count:
-                return
-
-            async def fetch(n: int) -> HaloPage:
-                return await self.list(size, n, **filters)
-
-            window = max(1, self._client.page_concurrency)
-            # ordered_pages is an async generator typed as AsyncIterator; aclosing needs aclose
-            walk = cast(
-                AsyncGenerator[tuple[int, HaloPage], None],
-                ordered_pages(fetch, range(2, pages + 1), window=window),
-            )
-            async with aclosing(walk) as stream:
-                async for n, page in stream:
-                    if not self._fresh(page, n, seen):
-                        return
-                    yield page
-            return
-        last, n = first, 1
-        while len(last.records) >= size:
-            n += 1
-            last = await self.list(size, n, **filters)
-            if not self._fresh(last, n, seen):
-                return
-            yield last
-
-    def _fresh(self, page: HaloPage, page_no: int, seen: set[str]) -> bool:
-        if not page.records:
-            return False
-        sig = _signature(page.records)
-        if sig in seen:
-            log.warning(
-                "halo.paging_ignored",
-                upstream=self._client.name,
-                resource=self.spec.path,
-                page_no=page_no,
-            )
-            return False
-        seen.add(sig)
-        return True
+        source = HaloList(self, page_size, filters)
+        walk = walk_pages(
+            source,
+            window=max(1, self._client.page_concurrency),
+            max_pages=max_pages,
+            report=report,
+        )
+        async with aclosing(walk) as stream:
+            async for page in stream:
+                yield page
 
     async def list_all(
         self, page_size: int = DEFAULT_PAGE_SIZE, **filters: Any

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -28,21 +30,17 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from daemon import __version__
+from daemon.clients.errormap import ErrorReader, check_success, map_error
 from daemon.clients.ratelimit import RateBudget, RateLimit
 from daemon.clock import Clock
 from daemon.errors import (
-    AuthError,
     ConnectError,
-    ForbiddenError,
     MalformedResponse,
     NetworkError,
-    NotFoundError,
     RateLimited,
-    ServerError,
+    ResponseTooLarge,
     UpstreamError,
-    UpstreamResponseError,
     UpstreamTimeout,
-    ValidationError,
     redact_excerpt,
 )
 
@@ -50,6 +48,13 @@ log = structlog.get_logger(__name__)
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
+
+
+MiB = 1024 * 1024
+EXCERPT_BYTES = 4096  # bytes of a body decoded for an error excerpt: cut before decoding
+READ_CHUNK = 64 * 1024
+# We decompress ourselves, under the size limit, so we only offer what zlib can undo.
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 @dataclass(frozen=True)
@@ -62,14 +67,16 @@ class HttpOptions:
     rate_limit: RateLimit | None = None
     backoff_base: float = 0.5
     backoff_cap: float = 60.0
-    retry_after_cap: float = 900.0  # never wait longer than this on an upstream's say-so
+    retry_after_cap: float = 900.0  # never wait longer than this once on an upstream's say-so
+    max_retry_wait: float = 600.0  # all the waiting one request may do between its tries
+    max_response_bytes: int = 64 * MiB  # per answer, after decompression
     user_agent: str = f"integration-daemon/{__version__}"
 
 
 @dataclass
 class Response:
-    """A fully read upstream answer. Bodies are read eagerly: pages are small, and it keeps
-    connection lifetimes out of the callers' hands."""
+    """A fully read upstream answer. Bodies are read eagerly (pages are small and bounded by
+    `max_response_bytes`), which keeps connection lifetimes out of the callers' hands."""
 
     method: str
     url: URL
@@ -78,6 +85,7 @@ class Response:
     body: bytes
     upstream: str
     secrets: Sequence[str] = field(default=(), repr=False)
+    reader: ErrorReader | None = field(default=None, repr=False)
 
     @property
     def content_type(self) -> str:
@@ -87,25 +95,46 @@ class Response:
     def is_json(self) -> bool:
         return self.content_type.endswith("json") or self.content_type.endswith("+json")
 
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
 
     def excerpt(self) -> str:
-        return redact_excerpt(self.text(), self.secrets)
+        # Cut the bytes first: decoding (and redacting) a 64 MB error page to keep 300
+        # characters of it would cost more than the request did.
+        head = self.body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+        return redact_excerpt(head, self.secrets)
 
-    def json(self) -> Any:
-        """The body as JSON; a body that is not JSON is a `MalformedResponse`, not a crash."""
+    def parse_json(self) -> Any:
+        """The body as JSON, without judging it; not JSON is a `MalformedResponse`."""
         try:
             return json.loads(self.body)
+        except RecursionError as exc:
+            raise self._malformed("JSON nested too deeply to read") from exc
         except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedResponse(
-                f"expected JSON, got {self.content_type or 'no content type'}",
-                upstream=self.upstream,
-                status=self.status,
-                method=self.method,
-                path=self.url.path,
-                excerpt=self.excerpt(),
+            raise self._malformed(
+                f"expected JSON, got {self.content_type or 'no content type'}"
             ) from exc
+
+    def json(self) -> Any:
+        """The body as JSON; a 2xx that carries an error instead of data raises (errormap)."""
+        body = self.parse_json()
+        if self.ok:
+            check_success(self, body, self.reader)
+        return body
+
+    def _malformed(self, message: str) -> MalformedResponse:
+        return MalformedResponse(
+            message,
+            upstream=self.upstream,
+            status=self.status,
+            method=self.method,
+            path=self.url.path,
+            excerpt=self.excerpt(),
+        )
 
 
 class Auth(Protocol):
@@ -120,53 +149,56 @@ class Auth(Protocol):
         ...
 
 
-ErrorMapper = Callable[[Response], UpstreamError | None]
 RetryAfterHook = Callable[[Response, float], float | None]
+BackoffHook = Callable[[int], float]
 
 
 def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date.
+
+    Nonsense (negative, NaN, infinite, unparsable) is None: the caller falls back to its own
+    backoff rather than trusting it.
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
     return max(0.0, when.timestamp() - now_epoch)
 
 
-def default_error(resp: Response) -> UpstreamError:
-    """Map a non-2xx answer to the typed tree; upstream modules refine via `error_mapper`."""
-    kw: dict[str, Any] = dict(
-        upstream=resp.upstream,
-        status=resp.status,
-        method=resp.method,
-        path=resp.url.path,
-        excerpt=resp.excerpt(),
-    )
-    s = resp.status
-    if s == 401:
-        return AuthError("credentials refused", **kw)
-    if s == 403:
-        return ForbiddenError("access forbidden", **kw)
-    if s == 404:
-        return NotFoundError("not found", **kw)
-    if s in (400, 422):
-        return ValidationError("request rejected", **kw)
-    if s == 408:
-        return UpstreamTimeout("upstream reported a request timeout", **kw)
-    if s == 429:
-        return RateLimited("rate limited", **kw)
-    if s >= 500 or resp.content_type == "text/html":
-        return ServerError("server error", **kw)
-    return UpstreamResponseError("unexpected answer", **kw)
+class _Decoder:
+    """Undo a Content-Encoding with a hard cap on the output, chunk by chunk.
+
+    aiohttp would inflate a whole network chunk at once; a 300 KB gzip that inflates to 300 MB
+    must instead fail after `limit` bytes, having held at most that much.
+    """
+
+    def __init__(self, encoding: str, limit: int):
+        self.limit = limit
+        if encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
+        else:
+            raise ValueError(encoding)
+
+    def feed(self, chunk: bytes, produced: int) -> bytes:
+        # Ask for one byte more than the budget allows: getting it proves the body is too big.
+        return self._z.decompress(chunk, max(1, self.limit - produced + 1))
+
+    def flush(self) -> bytes:
+        return self._z.flush()
 
 
 class UpstreamSession:
@@ -184,8 +216,9 @@ class UpstreamSession:
         clock: Clock,
         auth: Auth | None = None,
         secrets: Iterable[str] = (),
-        error_mapper: ErrorMapper | None = None,
+        errors: ErrorReader | None = None,
         retry_after: RetryAfterHook | None = None,
+        rate_limited_backoff: BackoffHook | None = None,
         default_headers: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
     ):
@@ -195,8 +228,9 @@ class UpstreamSession:
         self.clock = clock
         self.auth = auth
         self.secrets: list[str] = [s for s in secrets if s]
-        self._error_mapper = error_mapper
+        self.errors = errors
         self._retry_after_hook = retry_after
+        self._rate_limited_backoff = rate_limited_backoff
         self._default_headers = dict(default_headers or {})
         self._rng = rng or random.Random()
         self.budget = RateBudget(options.rate_limit, clock) if options.rate_limit else None
@@ -217,8 +251,13 @@ class UpstreamSession:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.options.timeout),
-                headers={"User-Agent": self.options.user_agent, **self._default_headers},
-                auto_decompress=True,
+                headers={
+                    "User-Agent": self.options.user_agent,
+                    "Accept-Encoding": ACCEPT_ENCODING,
+                    **self._default_headers,
+                },
+                # We inflate bodies ourselves, under max_response_bytes (see _Decoder).
+                auto_decompress=False,
             )
 
     async def close(self) -> None:
@@ -256,7 +295,11 @@ class UpstreamSession:
         max_retries: int | None = None,
         raise_for_status: bool = True,
     ) -> Response:
-        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises."""
+        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises.
+
+        Every wait between tries counts against `max_retry_wait`, so an upstream that answers
+        `Retry-After: 899` to every try cannot hold a job for an hour.
+        """
         if self._session is None:
             raise RuntimeError(f"session for {self.name} is not open")
         method = method.upper()
@@ -265,6 +308,7 @@ class UpstreamSession:
         url = self.url(path)
         auth_retried = False
         attempt = 0
+        waited = 0.0
         while True:
             req_headers: dict[str, str] = dict(headers or {})
             sent_auth: Mapping[str, str] = {}
@@ -282,10 +326,12 @@ class UpstreamSession:
                     started = self.clock.monotonic()
                     resp = await self._send(method, url, params, data, json_body, req_headers)
             except UpstreamError as exc:
-                if attempt < retries and (idem or isinstance(exc, ConnectError)):
-                    wait = self.backoff(attempt)
+                wait = self.backoff(attempt)
+                retry = exc.transient and (idem or isinstance(exc, ConnectError))
+                if retry and attempt < retries and waited + wait <= self.options.max_retry_wait:
                     self._log_retry(method, url, attempt, wait, exc)
                     await self.clock.sleep(wait)
+                    waited += wait
                     attempt += 1
                     continue
                 self._log_giving_up(method, url, attempt, exc)
@@ -300,26 +346,25 @@ class UpstreamSession:
                 duration_ms=round(duration * 1000, 1),
                 attempt=attempt + 1,
             )
-            if 200 <= resp.status < 300 or not raise_for_status:
+            if resp.ok or not raise_for_status:
                 return resp
             if resp.status == 401 and use_auth and self.auth is not None and not auth_retried:
                 auth_retried = True
                 if await self.auth.unauthorized(self, sent_auth):
                     continue
-            error = self._map_error(resp)
-            retryable = (
-                resp.status in (408, 429) or resp.status >= 500 or (isinstance(error, ServerError))
-            )
+            error = map_error(resp, self.errors)
+            retryable = resp.status in (408, 429) or resp.status >= 500 or error.transient
             safe = idem or resp.status in (429, 503)
             if retryable and safe and attempt < retries:
                 delay = self._retry_wait(resp, attempt, error)
-                if delay is None:
-                    self._log_giving_up(method, url, attempt, error)
+                if delay is None or waited + delay > self.options.max_retry_wait:
+                    self._log_giving_up(method, url, attempt, error, wait_s=delay)
                     raise error
                 if resp.status == 429 and self.budget is not None:
                     self.budget.penalise(delay)
                 self._log_retry(method, url, attempt, delay, error)
                 await self.clock.sleep(delay)
+                waited += delay
                 attempt += 1
                 continue
             if retryable:
@@ -333,20 +378,15 @@ class UpstreamSession:
             asked = self._retry_after_hook(resp, self.clock.now().timestamp())
         if asked is None and resp.status in (429, 503):
             asked = parse_retry_after(resp.headers.get("Retry-After"), self.clock.now().timestamp())
+        if asked is None and resp.status == 429 and self._rate_limited_backoff is not None:
+            asked = self._rate_limited_backoff(attempt)
         if isinstance(error, RateLimited) and asked is not None:
             error.retry_after = asked
         if asked is None:
             return self.backoff(attempt)
-        if asked > self.options.retry_after_cap:
+        if not math.isfinite(asked) or asked > self.options.retry_after_cap:
             return None
-        return asked
-
-    def _map_error(self, resp: Response) -> UpstreamError:
-        if self._error_mapper is not None:
-            mapped = self._error_mapper(resp)
-            if mapped is not None:
-                return mapped
-        return default_error(resp)
+        return max(0.0, asked)
 
     async def _send(
         self,
@@ -369,8 +409,10 @@ class UpstreamSession:
                 headers=CIMultiDict(headers),
                 allow_redirects=False,
             ) as r:
-                body = await r.read()
-                return Response(method, r.url, r.status, r.headers, body, self.name, self.secrets)
+                body = await self._read_body(r, method, url)
+                return Response(
+                    method, r.url, r.status, r.headers, body, self.name, self.secrets, self.errors
+                )
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"no answer within {self.options.timeout:g}s",
@@ -393,6 +435,58 @@ class UpstreamSession:
                 path=url.path,
             ) from exc
 
+    async def _read_body(self, r: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
+        """The body, decompressed, never more than `max_response_bytes` of it in memory."""
+        limit = self.options.max_response_bytes
+        encoding = r.headers.get("Content-Encoding", "").strip().lower()
+        encoding = "" if encoding == "identity" else encoding
+        declared = r.content_length
+        if declared is not None and declared > limit:
+            self._too_large(r, method, url, f"announced {declared} bytes")
+        try:
+            decoder = _Decoder(encoding, limit) if encoding else None
+        except ValueError:
+            r.close()
+            raise MalformedResponse(
+                f"unsupported Content-Encoding {encoding!r}",
+                upstream=self.name,
+                status=r.status,
+                method=method,
+                path=url.path,
+            ) from None
+        out = bytearray()
+        received = 0
+        try:
+            async for chunk in r.content.iter_chunked(READ_CHUNK):
+                received += len(chunk)
+                out += decoder.feed(chunk, len(out)) if decoder is not None else chunk
+                if len(out) > limit or received > limit:
+                    self._too_large(r, method, url, f"more than {limit} bytes")
+            if decoder is not None:
+                out += decoder.flush()
+                if len(out) > limit:
+                    self._too_large(r, method, url, f"more than {limit} bytes")
+        except zlib.error as exc:
+            r.close()
+            raise MalformedResponse(
+                f"{encoding} body cannot be decompressed: {exc}",
+                upstream=self.name,
+                status=r.status,
+                method=method,
+                path=url.path,
+            ) from None
+        return bytes(out)
+
+    def _too_large(self, r: aiohttp.ClientResponse, method: str, url: URL, what: str) -> None:
+        r.close()  # drop the connection instead of draining the rest of the body
+        raise ResponseTooLarge(
+            f"answer too large ({what}; max_response_bytes is {self.options.max_response_bytes})",
+            upstream=self.name,
+            status=r.status,
+            method=method,
+            path=url.path,
+        )
+
     def _log_retry(
         self, method: str, url: URL, attempt: int, wait: float, exc: UpstreamError
     ) -> None:
@@ -407,7 +501,17 @@ class UpstreamSession:
             wait_s=round(wait, 3),
         )
 
-    def _log_giving_up(self, method: str, url: URL, attempt: int, exc: UpstreamError) -> None:
+    def _log_giving_up(
+        self,
+        method: str,
+        url: URL,
+        attempt: int,
+        exc: UpstreamError,
+        wait_s: float | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {}
+        if wait_s is not None:
+            fields["asked_wait_s"] = round(wait_s, 3)
         log.warning(
             "http.giving_up",
             upstream=self.name,
@@ -416,6 +520,7 @@ class UpstreamSession:
             status=exc.status,
             error=type(exc).__name__,
             attempts=attempt + 1,
+            **fields,
         )
 
 

@@ -27,6 +27,7 @@ import base64
 import re
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,30 +36,28 @@ from urllib.parse import quote
 import structlog
 
 from daemon.clients.auth import TokenAuth
+from daemon.clients.errormap import ErrorDetail
 from daemon.clients.http import Response, UpstreamClient, UpstreamSession
+from daemon.clients.paging import DEFAULT_MAX_PAGES, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.errors import (
     AuthError,
-    ForbiddenError,
     MalformedResponse,
-    NotFoundError,
-    RateLimited,
     UpstreamError,
     UpstreamResponseError,
-    ValidationError,
     redact_excerpt,
 )
 
 __all__ = [
     "MESSAGE_TYPES",
+    "NETSAPIENS_ERRORS",
     "NetsapiensAuth",
     "NetsapiensClient",
     "Subscription",
     "SubscriptionExists",
     "SubscriptionsApi",
     "format_ns_datetime",
-    "netsapiens_error",
     "parse_ns_datetime",
     "validate_session_id",
 ]
@@ -111,47 +110,42 @@ def validate_session_id(session_id: str) -> str:
     return session_id
 
 
-def _message(resp: Response) -> str:
-    """The `message` of an `{"code","message"}` error body, else a short text excerpt."""
-    try:
-        body = resp.json() if resp.body.strip() else None
-    except UpstreamError:
-        body = None
+def _message(resp: Response, body: Any = None) -> str:
+    """The `message` of an `{"code","message"}` error body, else ""."""
+    if body is None:
+        try:
+            body = resp.parse_json() if resp.body.strip() else None
+        except UpstreamError:
+            body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
         return redact_excerpt(body["message"], resp.secrets, limit=200)
     return ""
 
 
-def netsapiens_error(resp: Response) -> UpstreamError | None:
-    """Refine the core mapping: token refusals are `AuthError`, 409 is `SubscriptionExists`,
-    and messages come from NetSapiens' `{"code", "message"}` bodies."""
-    kw: dict[str, Any] = {
-        "upstream": resp.upstream,
-        "status": resp.status,
-        "method": resp.method,
-        "path": resp.url.path,
-        "excerpt": resp.excerpt(),
-    }
-    text = _message(resp)
-    s = resp.status
-    if resp.url.path.rstrip("/").endswith(f"{API_PREFIX}/{TOKEN_PATH}") and 400 <= s < 500:
-        if s != 429:
-            return AuthError(f"token request refused: {text or f'HTTP {s}'}", **kw)
-    if s == 409 and resp.url.path.rstrip("/").endswith("/subscriptions"):
-        return SubscriptionExists(text or "subscription already exists", **kw)
-    if s == 401:
-        return AuthError(text or "credentials refused", **kw)
-    if s == 403:
-        return ForbiddenError(text or "access forbidden", **kw)
-    if s == 404:
-        return NotFoundError(text or "not found", **kw)
-    if s in (400, 422):
-        return ValidationError(text or "request rejected", **kw)
-    if s == 429:
-        return RateLimited(text or "rate limited", **kw)
-    if s == 409:
-        return UpstreamResponseError(text or "conflict", **kw)
-    return None
+class NetsapiensErrors:
+    """NetSapiens' `{"code", "message"}` bodies; token refusals are `AuthError`, a 409 on
+    `/subscriptions` is `SubscriptionExists`, and a 2xx whose body is such an error object with
+    an error code is an error too."""
+
+    def detail(self, resp: Response) -> ErrorDetail | None:
+        text = _message(resp)
+        s = resp.status
+        path = resp.url.path.rstrip("/")
+        if path.endswith(f"{API_PREFIX}/{TOKEN_PATH}") and 400 <= s < 500 and s != 429:
+            return ErrorDetail(f"token request refused: {text or f'HTTP {s}'}", kind=AuthError)
+        if s == 409 and path.endswith("/subscriptions"):
+            return ErrorDetail(text or "subscription already exists", kind=SubscriptionExists)
+        return ErrorDetail(text)
+
+    def failure_in_success(self, resp: Response, body: Any) -> ErrorDetail | None:
+        if isinstance(body, dict) and set(body) <= {"code", "message"}:
+            code = body.get("code")
+            if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+                return ErrorDetail(_message(resp, body) or f"error code {code}")
+        return None
+
+
+NETSAPIENS_ERRORS = NetsapiensErrors()
 
 
 class NetsapiensAuth(TokenAuth):
@@ -337,6 +331,52 @@ def _seg(value: str) -> str:
     return quote(value, safe="~*@")
 
 
+@dataclass
+class NsList:
+    """A bare-array list paged by `start` (a 0-based offset) and `limit`, for the walker."""
+
+    client: NetsapiensClient
+    path: str
+    params: dict[str, Any]
+    limit: int
+
+    @property
+    def label(self) -> str:
+        return self.path
+
+    @property
+    def upstream(self) -> str:
+        return self.client.name
+
+    @property
+    def first_page_size(self) -> int | None:
+        return self.limit
+
+    async def fetch(self, page_no: int, size: int | None) -> list[dict[str, Any]]:
+        start = (page_no - 1) * self.limit
+        page = await self.client.request(
+            "GET", self.path, params={**self.params, "start": start, "limit": self.limit}
+        )
+        if page is None:
+            return []
+        if not isinstance(page, list) or not all(isinstance(i, dict) for i in page):
+            raise MalformedResponse(f"expected a list of objects from {self.path}",
+                                    upstream=self.client.name)
+        return page
+
+    def records(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return page
+
+    def announced_total(self, page: list[dict[str, Any]]) -> int | None:
+        return None
+
+    def announced_size(self, page: list[dict[str, Any]]) -> int | None:
+        return None
+
+    async def count(self) -> int | None:
+        return None
+
+
 class NetsapiensClient(UpstreamClient):
     """NetSapiens v2 over one `UpstreamSession`; use as `async with NetsapiensClient...`."""
 
@@ -364,7 +404,7 @@ class NetsapiensClient(UpstreamClient):
             clock=clock,
             auth=auth,
             secrets=[client_secret, password],
-            error_mapper=netsapiens_error,
+            errors=NETSAPIENS_ERRORS,
             default_headers={"Accept": "application/json"},
         )
         return cls(session, auth, api_url=api_url)
@@ -391,24 +431,21 @@ class NetsapiensClient(UpstreamClient):
         return resp.json()
 
     async def paged(
-        self, path: str, *, params: Mapping[str, Any] | None = None, limit: int = DEFAULT_PAGE
+        self,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        limit: int = DEFAULT_PAGE,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every object of a bare-array list, `start` (0-based) + `limit` until a short page."""
-        start = 0
-        while True:
-            page = await self.request(
-                "GET", path, params={**(params or {}), "start": start, "limit": limit}
-            )
-            if page is None:
-                return
-            if not isinstance(page, list):
-                raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
-            for item in page:
-                if isinstance(item, dict):
+        """Every object of a bare-array list, `start` (0-based) + `limit` until a short page
+        (`daemon.clients.paging`: a repeated page raises, `max_pages` bounds the walk)."""
+        source = NsList(self, path, dict(params or {}), max(1, min(limit, 1000)))
+        walk = walk_pages(source, window=1, max_pages=max_pages)
+        async with aclosing(walk) as stream:
+            async for page in stream:
+                for item in page:
                     yield item
-            if len(page) < limit:
-                return
-            start += len(page)
 
     async def token_info(self) -> dict[str, Any]:
         """Who the token belongs to and until when (never the token itself)."""
@@ -488,8 +525,11 @@ class NetsapiensClient(UpstreamClient):
         user: str | None = None,
         session_id: str | None = None,
         limit: int = 100,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> list[dict[str, Any]]:
-        """Message sessions (domain-wide, or one user's), or one session's messages."""
+        """Message sessions (domain-wide, or one user's), or one session's messages — every
+        page of them (`limit` is the page size), as the seed SDK reads them."""
         if session_id is not None:
             validate_session_id(session_id)
             path = (
@@ -500,12 +540,7 @@ class NetsapiensClient(UpstreamClient):
             path = f"domains/{_seg(domain)}/messagesessions"
         else:
             path = f"domains/{_seg(domain)}/users/{_seg(user)}/messagesessions"
-        result = await self.request("GET", path, params={"limit": max(1, min(limit, 1000))})
-        if result is None:
-            return []
-        if not isinstance(result, list):
-            raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
-        return [r for r in result if isinstance(r, dict)]
+        return [item async for item in self.paged(path, limit=limit, max_pages=max_pages)]
 
     async def list_cdrs(
         self,
@@ -513,28 +548,18 @@ class NetsapiensClient(UpstreamClient):
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int = DEFAULT_PAGE,
-        offset: int = 0,
         *,
         user: str | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> list[dict[str, Any]]:
-        """CDRs between `start` and `end`, every page from `offset`."""
+        """CDRs between `start` and `end`, every page."""
         params: dict[str, Any] = {}
         if start is not None:
             params["datetime-start"] = format_ns_datetime(start)
         if end is not None:
             params["datetime-end"] = format_ns_datetime(end)
         path = f"domains/{_seg(domain)}" + (f"/users/{_seg(user)}" if user else "") + "/cdrs"
-        out: list[dict[str, Any]] = []
-        while True:
-            page = await self.request(
-                "GET", path, params={**params, "start": offset, "limit": limit}
-            )
-            if page is None:
-                break
-            if not isinstance(page, list):
-                raise MalformedResponse(f"expected a list from {path}", upstream=self.name)
-            out.extend(p for p in page if isinstance(p, dict))
-            if len(page) < limit:
-                break
-            offset += len(page)
-        return out
+        return [
+            item
+            async for item in self.paged(path, params=params, limit=limit, max_pages=max_pages)
+        ]

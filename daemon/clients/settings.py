@@ -36,8 +36,11 @@ def options_from_settings(cfg: Any, **overrides: Any) -> HttpOptions:
     rl = getattr(cfg, "rate_limit", None)
     retries = getattr(cfg, "max_retries", None)
     concurrency = getattr(cfg, "max_concurrency", None)
+    max_bytes = getattr(cfg, "max_response_bytes", None)
     values: dict[str, Any] = {
         "timeout": seconds(getattr(cfg, "timeout", None), defaults.timeout),
+        "max_retry_wait": seconds(getattr(cfg, "max_retry_wait", None), defaults.max_retry_wait),
+        "max_response_bytes": defaults.max_response_bytes if max_bytes is None else int(max_bytes),
         "max_retries": defaults.max_retries if retries is None else int(retries),
         "max_concurrency": defaults.max_concurrency if concurrency is None else int(concurrency),
         "rate_limit": None if rl is None else RateLimit(int(rl.count), seconds(rl.per, 1.0)),

@@ -9,6 +9,7 @@ import pytest
 
 from daemon.clients.blesta import BlestaClient, encode_php_params, parse_csv
 from daemon.clients.blesta_report import months, to_dataframe
+from daemon.clients.paging import WalkReport
 from daemon.clock import FakeClock
 from daemon.errors import (
     AuthError,
@@ -272,24 +273,28 @@ async def test_pagination_edges(
 ) -> None:
     del blesta_state.clients[n:]
     client = await _client_for(blesta_sim)
+    report = WalkReport()
     async with client:
-        got = [(p, len(rows)) async for p, rows in client.iter_pages("clients")]
+        got = [(p, len(rows)) async for p, rows in client.iter_pages("clients", report=report)]
         assert len(got) == pages
         ids = [r["id"] for r in await client.get_all("clients")]
     assert ids == [c["id"] for c in blesta_state.clients]
     assert len(ids) == len(set(ids)) == n
+    assert report.complete and report.total_start == report.total_end == n
     if n > 20:
-        assert client.page_size("clients") == 20  # learned, not assumed
+        assert report.page_size == 20  # learned, not assumed
 
 
 async def test_page_size_is_learned_not_assumed(blesta_sim: str, blesta_state: BlestaState) -> None:
     blesta_state.page_size = 7
     client = await _client_for(blesta_sim)
+    report = WalkReport()
     async with client:
-        rows = await client.get_all("clients")
-    assert len(rows) == 41 and client.page_size("clients") == 7
+        rows = [r async for _, page in client.iter_pages("clients", report=report) for r in page]
+    assert len(rows) == 41 and report.page_size == 7
     pages = [a["page"] for v, m, meth, a in blesta_state.calls if meth == "getList"]
-    assert sorted(pages) == [str(p) for p in range(1, 7)]  # 41 = 5 full pages of 7 + 6
+    # 41 = 5 full pages of 7 + 6; page 7 is the one past the prediction that detects growth
+    assert sorted(pages, key=int) == [str(p) for p in range(1, 8)]
 
 
 async def test_count_fallback_pages_sequentially(
@@ -329,7 +334,7 @@ async def test_repeated_page_is_detected(blesta_sim: str, blesta_state: BlestaSt
     blesta_state.ignore_page = True
     client = await _client_for(blesta_sim)
     async with client:
-        with pytest.raises(MalformedResponse, match="ignores `page`"):
+        with pytest.raises(MalformedResponse, match="ignores paging"):
             await client.get_all("clients")
     blesta_state.disabled.add("clients/getListCount")
     async with client:

@@ -23,6 +23,7 @@ from daemon.clock import FakeClock
 from daemon.errors import (
     AuthError,
     ForbiddenError,
+    MalformedResponse,
     NotFoundError,
     RateLimited,
     ServerError,
@@ -141,7 +142,8 @@ async def test_list_all_concurrent_pages_in_order(halo_state: HaloState, halo_si
         records = [r async for r in halo.tickets.list_all(page_size=50)]
     assert page.record_count == 120 and len(page.records) == 50
     assert [r["id"] for r in records] == list(range(1, 121))
-    assert halo_state.stats.requests["/api/Tickets"] == 4  # one list() + three pages
+    # one list() + three pages + the page past the prediction + the total re-read at the end
+    assert halo_state.stats.requests["/api/Tickets"] == 6
 
 
 @pytest.mark.parametrize("echo", [True, False])
@@ -160,7 +162,7 @@ async def test_page_size_is_learned_from_the_server(echo: bool) -> None:
             halo.request = no_echo  # type: ignore[method-assign]
         ids = [r["id"] async for r in halo.tickets.list_all(page_size=100)]
     assert ids == list(range(1, 121))
-    assert state.stats.requests["/api/Tickets"] == 4
+    assert state.stats.requests["/api/Tickets"] == 6  # 4 pages, 1 past the end, 1 recount
 
 
 async def test_filters_are_sent(halo_sim: str) -> None:
@@ -186,12 +188,15 @@ async def test_bare_array_list(halo_state: HaloState, halo_sim: str) -> None:
 
 
 async def test_endpoint_ignoring_paging_is_detected(halo_state: HaloState, halo_sim: str) -> None:
+    """An endpoint that answers page 1 for every page_no (CRMNote) fails the walk: reading page
+    1 alone as the whole list would let a sync tombstone everything past it."""
     async with client_for(halo_sim, max_concurrency=2) as halo:
-        with capture_logs() as logs:
-            notes = [r async for r in halo.crm_notes.list_all(page_size=50)]
-    assert [n["id"] for n in notes] == list(range(1, 51))  # page 1 once, then stop
-    assert halo_state.stats.requests["/api/CRMNote"] <= 3  # page 1 + at most the window
-    assert any(e["event"] == "halo.paging_ignored" for e in logs)
+        notes: list[Any] = []
+        with pytest.raises(MalformedResponse, match="repeats page 1"):
+            async for r in halo.crm_notes.list_all(page_size=50):
+                notes.append(r)
+    assert [n["id"] for n in notes] == list(range(1, 51))  # page 1 was read, then the stop
+    assert halo_state.stats.requests["/api/CRMNote"] <= 4  # page 1 + at most the window
 
 
 class StubRequester:
@@ -209,13 +214,20 @@ class StubRequester:
         return list(self.records)
 
 
-@pytest.mark.parametrize(("size", "calls"), [(12, 1), (5, 2)])
-async def test_bare_array_ignoring_paging_stops(size: int, calls: int) -> None:
-    stub = StubRequester([{"id": i} for i in range(1, size + 1)])
+async def test_bare_array_sent_at_once_is_read_once() -> None:
+    stub = StubRequester([{"id": i} for i in range(1, 13)])
     res = HaloResource(stub, RESOURCES["statuses"])
     records = [r async for r in res.list_all(page_size=5)]
-    assert [r["id"] for r in records] == list(range(1, size + 1))
-    assert stub.calls == calls  # everything at once: 1 call; same page again: stop at 2
+    assert [r["id"] for r in records] == list(range(1, 13))
+    assert stub.calls == 1  # more than asked for: the server sent everything at once
+
+
+async def test_bare_array_repeating_a_full_page_fails() -> None:
+    stub = StubRequester([{"id": i} for i in range(1, 6)])
+    res = HaloResource(stub, RESOURCES["statuses"])
+    with pytest.raises(MalformedResponse, match="ignores paging"):
+        [r async for r in res.list_all(page_size=5)]
+    assert stub.calls == 2
 
 
 def test_parse_list_envelopes() -> None:
@@ -224,7 +236,18 @@ def test_parse_list_envelopes() -> None:
         [{"id": 1}],
         3,
     )
-    assert parse_list({"things": [{"id": 2}], "page_no": 1}, "wrong") == ([{"id": 2}], None)
+    assert parse_list({"things": [{"id": 2}], "record_count": 1}, "wrong") == ([{"id": 2}], 1)
+    for bad in (
+        {"things": [{"id": 2}], "page_no": 1},  # a guessed key and nothing vouching for it
+        {"error": "invalid filter"},
+        {},
+        None,
+        {"tickets": None},
+        {"tickets": [1, 2]},
+        {"tickets": [], "record_count": "many"},
+    ):
+        with pytest.raises(MalformedResponse):
+            parse_list(bad, "tickets")
     assert as_records({"id": 1}) == [{"id": 1}]
     assert as_records([{"id": 1}, {"id": 2}]) == [{"id": 1}, {"id": 2}]
     assert as_records(None) == []

@@ -159,5 +159,5 @@ async def test_search_repeated_page_detected(
         reseller_sim, "reseller", RESELLER_PASSWORD, clock=FakeClock(), options=fast_options()
     )
     async with client:
-        with pytest.raises(MalformedResponse, match="ignores the page"):
+        with pytest.raises(MalformedResponse, match="ignores paging"):
             await client.search_all()
