@@ -4,9 +4,15 @@ What it reproduces, so the real client is tested against Halo's behaviour rather
 assumptions about it: the client-credentials token endpoint (optional `?tenant=` requirement,
 OAuth error bodies, configurable token lifetime, revocation), Bearer checks with 401 for expired
 or unknown tokens, `pageinate`/`page_size`/`page_no` paging with `record_count`, unpaged lists
-sized by `count`, bare-array endpoints, CRMNote ignoring paging, array-body writes answering an
-object for one element and a list for several, and the hosted rolling-window rate limit.
-Time comes from `HaloState.now` (monotonic seconds) so tests can share a `FakeClock`.
+sized by `count`, bare-array endpoints, CRMNote ignoring paging, Actions listed per ticket (none
+without `ticket_id`), `order`/`orderdesc`, booleans in any case (`True` from Python clients),
+array-body writes answering an object for one element and a list for several, and the hosted
+rolling-window rate limit. Time comes from `HaloState.now` (monotonic seconds) so tests can share
+a `FakeClock`.
+
+Listings are indexed (`daemon.sandbox.listing`): a page costs the same at 100k tickets as at
+100, so benchmarks measure the client. Demo records are generated per resource on first use, so
+a large `demo_size` costs only for the resources a client touches.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,100 +29,21 @@ from typing import Any
 from aiohttp import web
 
 from daemon.sandbox.faults import Faults, SimStats, fault_middleware
+from daemon.sandbox.halo_data import (
+    BARE_ARRAY_SIZE,
+    CLOSED_STATUS,
+    EQUALITY_FILTERS,
+    HASH_FIELDS,
+    SEARCH_FIELDS,
+    SIM_RESOURCES,
+    Record,
+    SimResource,
+    demo_record,
+)
+from daemon.sandbox.listing import Query, Table, page
 from daemon.sandbox.server import serve_app
 
-Record = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class SimResource:
-    """How the simulator serves one Halo path (`list_key=None`: a bare array)."""
-
-    path: str
-    list_key: str | None
-    ignores_paging: bool = False
-
-
-SIM_RESOURCES: dict[str, SimResource] = {
-    r.path.lower(): r
-    for r in (
-        SimResource("Tickets", "tickets"),
-        SimResource("Actions", "actions"),
-        SimResource("Client", "clients"),
-        SimResource("Users", "users"),
-        SimResource("Agent", None),
-        SimResource("Asset", "assets"),
-        SimResource("Site", "sites"),
-        SimResource("Invoice", "invoices"),
-        SimResource("ClientContract", "contracts"),
-        SimResource("Opportunities", "tickets"),
-        SimResource("Projects", "tickets"),
-        SimResource("Appointment", "appointments"),
-        SimResource("Item", "items"),
-        SimResource("KBArticle", "articles"),
-        SimResource("Supplier", "suppliers"),
-        SimResource("Attachment", "attachments"),
-        SimResource("Status", None),
-        SimResource("Team", None),
-        SimResource("Category", "categories"),
-        SimResource("Priority", None),
-        SimResource("SLA", None),
-        SimResource("TicketType", "tickettypes"),
-        SimResource("TopLevel", None),
-        SimResource("Expense", "expenses"),
-        SimResource("Timesheet", "timesheets"),
-        SimResource("Release", "releases"),
-        SimResource("Report", "reports"),
-        SimResource("Webhook", None),
-        SimResource("Workday", "workdays"),
-        SimResource("SoftwareLicence", "licences"),
-        SimResource("CRMNote", "actions", ignores_paging=True),
-        SimResource("Quotation", "quotes"),
-    )
-}
-
-CLOSED_STATUS = 9
-_FIRST = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gia", "Hal", "Ivy", "Jon"]
-_LAST = ["Stone", "Rivers", "Moss", "Hart", "Lake", "Ford", "Wells", "Reed"]
-
-
-def demo_record(path: str, i: int) -> Record:
-    """A deterministic record number `i` (1-based) for a resource."""
-    name = f"{_FIRST[i % len(_FIRST)]} {_LAST[i % len(_LAST)]}"
-    client_id = (i % 7) + 1
-    p = path.lower()
-    if p in ("tickets", "opportunities", "projects"):
-        return {
-            "id": i,
-            "summary": f"Demo {p[:-1]} {i}: printer on floor {i % 5}",
-            "details": f"Reported by {name}",
-            "client_id": client_id,
-            "user_id": i % 20 + 1,
-            "agent_id": i % 4 + 1,
-            "status_id": CLOSED_STATUS if i % 4 == 0 else (i % 3) + 1,
-            "tickettype_id": 1,
-            "dateoccurred": f"2025-01-{(i % 28) + 1:02d}T09:00:00",
-        }
-    if p == "client":
-        return {"id": i, "name": f"Client {i} Ltd", "inactive": i % 10 == 0, "toplevel_id": 1}
-    if p == "users":
-        return {
-            "id": i,
-            "name": name,
-            "client_id": client_id,
-            "site_id": client_id,
-            "emailaddress": f"user{i}@example.com",
-            "phonenumber": f"+1555010{i % 10000:04d}",
-        }
-    if p == "agent":
-        return {"id": i, "name": f"Agent {name}", "email": f"agent{i}@example.com"}
-    if p == "status":
-        return {"id": i, "name": f"Status {i}", "type": 2 if i == CLOSED_STATUS else 1}
-    if p == "team":
-        return {"id": i, "name": f"Team {i}"}
-    if p == "actions" or p == "crmnote":
-        return {"id": i, "ticket_id": (i % 10) + 1, "client_id": client_id, "note": f"Note {i}"}
-    return {"id": i, "name": f"{path} {i}", "client_id": client_id}
+__all__ = ["CLOSED_STATUS", "SIM_RESOURCES", "HaloState", "make_halo_app", "serve_halo"]
 
 
 @dataclass
@@ -135,7 +62,7 @@ class HaloState:
     demo_size: int = 120
     max_page_size: int | None = None  # a server-side cap on page_size, echoed back
     now: Callable[[], float] = time.monotonic
-    records: dict[str, dict[int, Record]] = field(default_factory=dict)
+    records: dict[str, Table] = field(default_factory=dict)  # by lower-case path, built lazily
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry (now())
@@ -145,15 +72,20 @@ class HaloState:
     unauthorized: int = 0  # API requests refused for an expired/unknown token
     _window: deque[float] = field(default_factory=deque)
 
-    def __post_init__(self) -> None:
-        for key, res in SIM_RESOURCES.items():
-            if key in self.records:
-                continue
-            size = min(self.demo_size, 12) if res.list_key is None else self.demo_size
-            self.records[key] = {i: demo_record(res.path, i) for i in range(1, size + 1)}
-
-    def table(self, path: str) -> dict[int, Record]:
-        return self.records[path.lower()]
+    def table(self, path: str) -> Table:
+        """The records of one resource (demo records are made on first use)."""
+        key = path.lower()
+        table = self.records.get(key)
+        if table is None:
+            res = SIM_RESOURCES[key]
+            size = min(self.demo_size, BARE_ARRAY_SIZE) if res.list_key is None else self.demo_size
+            table = Table(
+                (demo_record(res.path, i) for i in range(1, size + 1)),
+                key=_record_id,
+                hash_fields=HASH_FIELDS,
+            )
+            self.records[key] = table
+        return table
 
     def expire_tokens(self) -> None:
         """Every issued token stops working now (as if its lifetime ran out server-side)."""
@@ -173,6 +105,15 @@ class HaloState:
 
 
 STATE: web.AppKey[HaloState] = web.AppKey("halo_state", HaloState)
+
+
+def _record_id(record: Record) -> int:
+    return int(record["id"])
+
+
+def _flag(q: Any, name: str) -> bool:
+    """Halo reads booleans case-insensitively (Python clients send `True`)."""
+    return str(q.get(name, "")).strip().lower() in ("true", "1")
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
@@ -229,7 +170,7 @@ async def api_guard(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)  # type: ignore[no-any-return]
 
 
-def _resource(request: web.Request) -> tuple[SimResource, dict[int, Record]]:
+def _resource(request: web.Request) -> tuple[SimResource, Table]:
     key = request.match_info["resource"].lower()
     res = SIM_RESOURCES.get(key)
     if res is None:
@@ -237,37 +178,46 @@ def _resource(request: web.Request) -> tuple[SimResource, dict[int, Record]]:
     return res, request.app[STATE].table(key)
 
 
-def _matches(rec: Record, q: Any) -> bool:
-    if q.get("open_only") == "true" and rec.get("status_id") == CLOSED_STATUS:
-        return False
-    if q.get("closed_only") == "true" and rec.get("status_id") != CLOSED_STATUS:
-        return False
-    for key in ("client_id", "user_id", "agent_id", "status_id", "ticket_id", "site_id"):
-        if key in q and str(rec.get(key)) != q[key]:
+def list_query(q: Any) -> Query:
+    """The listing a request asks for (its filters and order), as a cacheable `Query`."""
+    equal = tuple((k, (str(q[k]),)) for k in EQUALITY_FILTERS if k in q)
+    open_only, closed_only = _flag(q, "open_only"), _flag(q, "closed_only")
+    search = str(q.get("search", "")).lower()
+
+    def test(rec: Record) -> bool:
+        closed = rec.get("status_id") == CLOSED_STATUS
+        if (open_only and closed) or (closed_only and not closed):
             return False
-    search = q.get("search", "").lower()
-    if search and not any(
-        search in str(rec.get(k, "")).lower() for k in ("name", "summary", "details", "note")
-    ):
-        return False
-    return True
+        return not search or any(search in str(rec.get(k, "")).lower() for k in SEARCH_FIELDS)
+
+    needs_test = open_only or closed_only or bool(search)
+    order_field = str(q.get("order", "")).strip()
+    order = ((order_field, _flag(q, "orderdesc")),) if order_field else ()
+    return Query(
+        equal=equal,
+        order=order,
+        extra=(open_only, closed_only, search) if needs_test else None,
+        test=test if needs_test else None,
+    )
 
 
 async def list_records(request: web.Request) -> web.Response:
     res, table = _resource(request)
     q = request.query
-    rows = [r for _, r in sorted(table.items()) if _matches(r, q)]
-    total = len(rows)
-    body: dict[str, Any] = {"record_count": total}
+    if res.per_ticket and "ticket_id" not in q:
+        rows: Sequence[Record] = ()  # listing is per ticket: nothing without one
+    else:
+        rows = table.select(list_query(q))
+    body: dict[str, Any] = {"record_count": len(rows)}
     try:
-        if q.get("pageinate", "").lower() == "true":
+        if _flag(q, "pageinate"):
             size = max(1, int(q.get("page_size", "50")))
             size = min(size, request.app[STATE].max_page_size or size)
             page_no = 1 if res.ignores_paging else max(1, int(q.get("page_no", "1")))
-            chunk = rows[(page_no - 1) * size : page_no * size]
+            chunk = page(rows, page_no, size)
             body.update(page_no=page_no, page_size=size)
         else:
-            chunk = rows[: max(0, int(q.get("count", "50")))]
+            chunk = list(rows[: max(0, int(q.get("count", "50")))])
     except ValueError:
         return web.Response(status=400, text="page_size, page_no and count must be numbers")
     if res.list_key is None:
@@ -292,7 +242,7 @@ async def get_record(request: web.Request) -> web.Response:
 async def delete_record(request: web.Request) -> web.Response:
     _, table = _resource(request)
     try:
-        removed = table.pop(int(request.match_info["id"]), None)
+        removed = table.discard_key(int(request.match_info["id"]))
     except ValueError:
         removed = None
     if removed is None:
@@ -322,13 +272,12 @@ async def write_records(request: web.Request) -> web.Response:
                 return web.json_response({"message": f"Record {rid} not found"}, status=400)
             current.update(obj)
             current["id"] = int(rid)
+            table.reindex(current)
             saved.append(current)
             continue
         if res.path in ("Tickets",) and not obj.get("summary"):
             return web.json_response({"message": "Please enter a Summary"}, status=400)
-        new_id = max(table, default=0) + 1
-        rec = {**obj, "id": new_id}
-        table[new_id] = rec
+        rec = table.add({**obj, "id": table.next_id()})
         saved.append(rec)
     return web.json_response(saved[0] if len(saved) == 1 else saved, status=201)
 
