@@ -8,6 +8,12 @@ delete), the quota per fixed 15-minute wall-clock window with `X-Rate-Limit-Rema
 account. The account is the first path segment (`/{billomat_id}/api/...`) because loopback has
 no `{id}.billomat.net` host; `/api/...` serves the configured account. `BillomatState.now`
 (epoch seconds) is injectable so tests control the window.
+
+Filters: any non-control parameter is an equality filter (a comma means OR, as for `status`);
+documents take the documented `from`/`to` date range; `HEAD` on a list answers its total in
+`X-Total-Count`. An empty `X-AppId`/`X-AppSecret` pair (billomapy always sends one) counts as no
+app. Listings are indexed (`daemon.sandbox.listing`) and demo records are made per resource on
+first use, so a large `demo_size` stays fast.
 """
 
 from __future__ import annotations
@@ -18,50 +24,26 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from daemon.clients.billomat import RESOURCES
+from daemon.sandbox.billomat_data import (
+    CONTROL_PARAMS,
+    HASH_FIELDS,
+    RESOURCES,
+    BillomatResource,
+    Record,
+    demo_record,
+)
 from daemon.sandbox.faults import Faults, SimStats, fault_middleware
+from daemon.sandbox.listing import Query, Table, page
 from daemon.sandbox.server import serve_app
 
-Record = dict[str, Any]
 WINDOW = 900  # seconds: xx:00, xx:15, xx:30, xx:45
 MAX_PER_PAGE = 1000
-
-RESOURCE_NAMES = tuple(RESOURCES)  # the resources the client knows, and their item keys
-_CONTROL = {"page", "per_page", "order_by", "format", "api_key"}
-
-
-def demo_record(resource: str, i: int) -> Record:
-    """A deterministic record `i` (1-based); scalars as strings, as Billomat sends them."""
-    client_id = str((i % 9) + 1)
-    if resource == "clients":
-        return {
-            "id": str(i),
-            "client_number": f"KD{i:05d}",
-            "name": f"Kunde {i} GmbH",
-            "email": f"kunde{i}@example.de",
-            "phone": f"+49 30 5550{i:04d}",
-            "country_code": "DE",
-        }
-    if resource == "contacts":
-        return {"id": str(i), "client_id": client_id, "first_name": f"Kim{i}", "phone": ""}
-    if resource == "invoices":
-        status = ("DRAFT", "OPEN", "PAID", "OVERDUE")[i % 4]
-        return {
-            "id": str(i),
-            "client_id": client_id,
-            "invoice_number": f"RE{i:05d}",
-            "status": status,
-            "date": f"2025-{(i % 12) + 1:02d}-{(i % 28) + 1:02d}",
-            "total_gross": f"{100 + i}.00",
-        }
-    if resource == "invoice-items":
-        return {"id": str(i), "invoice_id": str((i % 20) + 1), "title": f"Item {i}"}
-    return {"id": str(i), "client_id": client_id, "name": f"{resource} {i}"}
 
 
 @dataclass
@@ -75,7 +57,7 @@ class BillomatState:
     quota_registered: int = 1000
     demo_size: int = 60
     now: Callable[[], float] = time.time
-    records: dict[str, dict[int, Record]] = field(default_factory=dict)
+    records: dict[str, Table] = field(default_factory=dict)  # by resource, built lazily
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
     usage: Counter[tuple[int, bool]] = field(default_factory=Counter)
@@ -86,11 +68,17 @@ class BillomatState:
     in_flight: int = 0
     max_in_flight: int = 0  # concurrent requests seen, to show pages are fetched in parallel
 
-    def __post_init__(self) -> None:
-        for name in RESOURCE_NAMES:
-            self.records.setdefault(
-                name, {i: demo_record(name, i) for i in range(1, self.demo_size + 1)}
+    def table(self, name: str) -> Table:
+        """The records of one resource (demo records are made on first use)."""
+        table = self.records.get(name)
+        if table is None:
+            table = Table(
+                (demo_record(name, i) for i in range(1, self.demo_size + 1)),
+                key=_record_id,
+                hash_fields=HASH_FIELDS,
             )
+            self.records[name] = table
+        return table
 
     def window(self) -> tuple[int, int]:
         """(start, reset): the current 15-minute window and the epoch the next one starts."""
@@ -100,6 +88,10 @@ class BillomatState:
 
 
 STATE: web.AppKey[BillomatState] = web.AppKey("billomat_state", BillomatState)
+
+
+def _record_id(record: Record) -> int:
+    return int(record["id"])
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -148,10 +140,12 @@ async def quota(request: web.Request, handler: Any) -> web.StreamResponse:
     account = request.match_info.get("account", st.billomat_id)
     if account != st.billomat_id:
         return web.Response(status=404, text="Not Found")
-    app_id = request.headers.get("X-AppId")
+    # an empty pair is no app at all (billomapy sends one when the user registered none)
+    app_id = request.headers.get("X-AppId") or None
+    app_secret = request.headers.get("X-AppSecret") or None
     key = request.headers.get("X-BillomatApiKey") or request.query.get("api_key")
     if key not in st.api_keys or (
-        app_id is not None and st.apps.get(app_id) != request.headers.get("X-AppSecret")
+        (app_id or app_secret) is not None and st.apps.get(app_id or "") != app_secret
     ):
         return _errors(request, 401, "Unauthorized")
     registered = app_id is not None
@@ -183,63 +177,77 @@ async def quota(request: web.Request, handler: Any) -> web.StreamResponse:
     return response  # type: ignore[no-any-return]
 
 
-def _table(request: web.Request) -> tuple[str, dict[int, Record]]:
-    name = request.match_info["resource"]
-    table = request.app[STATE].records.get(name)
-    if table is None:
+def _table(request: web.Request) -> tuple[BillomatResource, Table]:
+    res = RESOURCES.get(request.match_info["resource"])
+    if res is None:
         raise web.HTTPNotFound(text="Not Found")
-    return name, table
+    return res, request.app[STATE].table(res.name)
 
 
-def _sorted(rows: list[Record], order_by: str) -> list[Record]:
-    for part in reversed([p.strip() for p in order_by.split(",") if p.strip()]):
-        field_name, _, direction = part.partition(" ")
+def _order(order_by: str) -> tuple[tuple[str, bool], ...]:
+    """`date DESC,id ASC` (a `+` arrives as a space) → ((field, descending), ...)."""
+    parts = []
+    for part in order_by.split(","):
+        field_name, _, direction = part.strip().partition(" ")
+        if field_name:
+            parts.append((field_name, direction.strip().upper() == "DESC"))
+    return tuple(parts)
 
-        def key(r: Record, f: str = field_name) -> tuple[int, float | str]:
-            v = str(r.get(f, ""))
-            try:
-                return (0, float(v))
-            except ValueError:
-                return (1, v)
 
-        rows.sort(key=key, reverse=direction.strip().upper() == "DESC")
-    return rows
+def list_query(res: BillomatResource, q: Any) -> Query:
+    """The listing a request asks for, as a cacheable `Query`."""
+    equal = tuple(
+        sorted((k, tuple(v.split(","))) for k, v in q.items() if k not in CONTROL_PARAMS)
+    )
+    start = q.get("from") if res.dated else None
+    end = q.get("to") if res.dated else None
+
+    def in_range(rec: Record) -> bool:
+        day = str(rec.get("date", ""))[:10]
+        return bool(day) and (not start or day >= start) and (not end or day <= end)
+
+    ranged = bool(start or end)
+    order = _order(q.get("order_by", ""))
+    if order == (("id", False),):
+        order = ()  # the canonical order already
+    return Query(
+        equal=equal,
+        order=order,
+        extra=(start, end) if ranged else None,
+        test=in_range if ranged else None,
+    )
 
 
 async def list_records(request: web.Request) -> web.Response:
-    name, table = _table(request)
+    res, table = _table(request)
     q = request.query
     try:
-        page = max(1, int(q.get("page", "1")))
+        page_no = max(1, int(q.get("page", "1")))
         per_page = min(MAX_PER_PAGE, max(1, int(q.get("per_page", "100"))))
     except ValueError:
         return _errors(request, 400, "page and per_page must be numbers")
-    rows = [
-        r
-        for r in table.values()
-        if all(str(r.get(k, "")) in v.split(",") for k, v in q.items() if k not in _CONTROL)
-    ]
-    rows = _sorted(rows, q.get("order_by", "id ASC"))
-    chunk = rows[(page - 1) * per_page : page * per_page]
+    rows = table.select(list_query(res, q))
+    if request.method == "HEAD":  # documented: the total of a filtered list, no body
+        return web.Response(status=200, headers={"X-Total-Count": str(len(rows))})
+    chunk = page(rows, page_no, per_page)
     root: dict[str, Any] = {
-        "@page": str(page),
+        "@page": str(page_no),
         "@per_page": str(per_page),
         "@total": str(len(rows)),
     }
-    item_key = name[:-1]
     if len(chunk) == 1:
-        root[item_key] = chunk[0]  # the quirk: one hit is an object
+        root[res.item] = chunk[0]  # the quirk: one hit is an object
     elif chunk:
-        root[item_key] = chunk  # and zero hits leave the key out
-    return _reply(request, {name: root})
+        root[res.item] = chunk  # and zero hits leave the key out
+    return _reply(request, {res.name: root})
 
 
-def _lookup(request: web.Request) -> tuple[str, dict[int, Record], Record | None]:
-    name, table = _table(request)
+def _lookup(request: web.Request) -> tuple[BillomatResource, Table, Record | None]:
+    res, table = _table(request)
     try:
-        return name, table, table.get(int(request.match_info["id"]))
+        return res, table, table.get(int(request.match_info["id"]))
     except ValueError:
-        return name, table, None
+        return res, table, None
 
 
 async def _payload(request: web.Request, key: str) -> Record | web.Response:
@@ -255,51 +263,54 @@ async def _payload(request: web.Request, key: str) -> Record | web.Response:
 
 
 async def get_record(request: web.Request) -> web.Response:
-    name, _, rec = _lookup(request)
+    res, _, rec = _lookup(request)
     if rec is None:
         return _errors(request, 404, "Not found")
-    return _reply(request, {name[:-1]: rec})
+    return _reply(request, {res.item: rec})
 
 
 async def create_record(request: web.Request) -> web.Response:
-    name, table = _table(request)
-    data = await _payload(request, name[:-1])
+    res, table = _table(request)
+    data = await _payload(request, res.item)
     if isinstance(data, web.Response):
         return data
-    if name == "invoices" and not data.get("client_id"):
+    if res.name == "invoices" and not data.get("client_id"):
         return _errors(request, 400, "client_id is missing", "Invoice has no items")
-    new_id = max(table, default=0) + 1
     rec = {k: str(v) if isinstance(v, int | float) else v for k, v in data.items()}
-    rec["id"] = str(new_id)
-    if name == "invoices":
+    rec["id"] = str(table.next_id())
+    if res.name == "invoices":
         rec.setdefault("status", "DRAFT")
-    table[new_id] = rec
-    return _reply(request, {name[:-1]: rec}, 201)
+    if res.dated:
+        today = datetime.fromtimestamp(request.app[STATE].now(), UTC).date()
+        rec.setdefault("date", today.isoformat())
+    table.add(rec)
+    return _reply(request, {res.item: rec}, 201)
 
 
 async def update_record(request: web.Request) -> web.Response:
-    name, _, rec = _lookup(request)
+    res, table, rec = _lookup(request)
     if rec is None:
         return _errors(request, 404, "Not found")
-    data = await _payload(request, name[:-1])
+    data = await _payload(request, res.item)
     if isinstance(data, web.Response):
         return data
     rec.update({k: v for k, v in data.items() if k != "id"})
-    return _reply(request, {name[:-1]: rec})
+    table.reindex(rec)
+    return _reply(request, {res.item: rec})
 
 
 async def delete_record(request: web.Request) -> web.Response:
     _, table, rec = _lookup(request)
     if rec is None:
         return _errors(request, 404, "Not found")
-    table.pop(int(rec["id"]))
+    table.remove(rec)
     return web.Response(status=200)  # Billomat: 200 with an empty body
 
 
 async def invoice_action(request: web.Request) -> web.Response:
     if request.match_info["resource"] != "invoices":
         return _errors(request, 404, "Not found")
-    _, _, rec = _lookup(request)
+    _, table, rec = _lookup(request)
     if rec is None:
         return _errors(request, 404, "Not found")
     action = request.match_info["action"]
@@ -307,9 +318,11 @@ async def invoice_action(request: web.Request) -> web.Response:
         if rec.get("status") != "DRAFT":
             return _errors(request, 400, "Invoice is not a draft")
         rec["status"] = "OPEN"
+        table.reindex(rec)
         return web.Response(status=200)
     if action == "cancel" and request.method == "PUT":
         rec["status"] = "CANCELED"
+        table.reindex(rec)
         return web.Response(status=200)
     if action == "email" and request.method == "POST":
         return web.Response(status=200)
