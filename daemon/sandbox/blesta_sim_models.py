@@ -1,32 +1,30 @@
-"""Model methods of the simulated Blesta (`clients/getList`, `report_manager/fetchAll`, ...).
+"""Model methods of the simulated Blesta: the handler registry, demo data, records and writes.
 
 Each handler takes `(state, args)` with args as PHP would bind them and returns the value for
 the `response` envelope (or a ready `web.Response` for report files), raising `ApiError` for
-Blesta's error answers. Values are strings, as PHP/PDO returns them.
+Blesta's error answers. Values are strings, as PHP/PDO returns them. List and count methods
+live in `blesta_lists`, reports in `blesta_reports`; both register into `HANDLERS` here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-
-from aiohttp import web
 
 from daemon.sandbox import demo_data as dd
 from daemon.sandbox.blesta_php import ApiError
+from daemon.sandbox.listing import Query
 
 if TYPE_CHECKING:
     from daemon.sandbox.blesta_sim import BlestaState
+    from daemon.sandbox.listing import Table
 
 Handler = Callable[["BlestaState", dict[str, Any]], Any]
 HANDLERS: dict[str, Handler] = {}
 NOT_CALLABLE = {"clients/validateCustomFields", "report_manager/makeTemporaryFile"}
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-REPORTS = {"package_revenue": "Package Revenue", "tax_liability": "Tax Liability"}
 # Report cells that break naive CSV parsers: a comma, doubled quotes, an embedded newline.
 TRICKY_PACKAGES = ('Hosting, "Pro" Plan', "VoIP\nTrunk", "Plain Package", 'Quote "only"')
 
@@ -80,7 +78,7 @@ def populate(state: BlestaState, clients: int) -> None:
         )
         cid = client["id"]
         for n in range(1 + (i % 3 == 0)):
-            inv_id = str(len(state.invoices) + 1)
+            inv_id = str(state.invoices.next_id())
             billed = dd.timestamp(i + n * 30, seed)
             closed = r.random() < 0.5
             state.invoices.append(
@@ -100,7 +98,7 @@ def populate(state: BlestaState, clients: int) -> None:
             )
         state.services.append(
             {
-                "id": str(len(state.services) + 1),
+                "id": str(state.services.next_id()),
                 "client_id": cid,
                 "pricing_id": str(1 + i % 5),
                 "package_name": state.packages[i % 5]["name"],
@@ -111,7 +109,7 @@ def populate(state: BlestaState, clients: int) -> None:
         )
         state.transactions.append(
             {
-                "id": str(len(state.transactions) + 1),
+                "id": str(state.transactions.next_id()),
                 "client_id": cid,
                 "amount": f"{r.randrange(500, 20000) / 100:.2f}",
                 "currency": "USD",
@@ -173,118 +171,40 @@ def new_client(state: BlestaState, fields: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-# -- lists --------------------------------------------------------------------------------------
-
-
-def page_of(
-    state: BlestaState, name: str, rows: list[dict[str, Any]], args: dict[str, Any]
-) -> list[dict[str, Any]]:
-    for key, wanted in (args.get("filters") or {}).items():
-        if isinstance(wanted, str):
-            rows = [r for r in rows if key not in r or str(r[key]) == wanted]
-    order = args.get("order_by") or args.get("order")
-    if isinstance(order, dict):
-        for key, direction in reversed(list(order.items())):
-            rows = sorted(rows, key=lambda r: _sort_key(r.get(key)))
-            if str(direction).upper() == "DESC":
-                rows.reverse()
-    try:
-        page = max(1, int(args.get("page", 1)))
-    except (TypeError, ValueError):
-        page = 1
-    if state.ignore_page:
-        page = 1
-    if page in state.fail_pages:
-        raise ApiError(500, response=f"simulated failure on page {page}")
-    start = (page - 1) * state.page_size
-    result = [dict(r) for r in rows[start : start + state.page_size]]
-    if state.after_page is not None:
-        state.after_page(name, page)
-    return result
-
-
-def _sort_key(value: Any) -> tuple[int, float | str]:
-    try:
-        return (0, float(value))
-    except (TypeError, ValueError):
-        return (1, str(value or ""))
-
-
-def by_status(rows: list[dict[str, Any]], status: Any) -> list[dict[str, Any]]:
-    if status in (None, "", "all"):
-        return rows
-    return [r for r in rows if r["status"] == status]
-
-
-def by_client(rows: list[dict[str, Any]], args: dict[str, Any]) -> list[dict[str, Any]]:
-    cid = args.get("client_id")
-    return rows if cid in (None, "") else [r for r in rows if r["client_id"] == str(cid)]
-
-
-def invoice_rows(state: BlestaState, args: dict[str, Any]) -> list[dict[str, Any]]:
-    status = args.get("status", "open")  # Blesta's default narrows to open invoices
-    cutoff = "2023-06-01 00:00:00"  # the sim's fixed "today" for past-due invoices
-    rows = by_client(state.invoices, args)
-    if status == "all":
-        return rows
-    if status == "open":
-        return [r for r in rows if r["status"] == "active" and r["date_closed"] is None]
-    if status == "closed":
-        return [r for r in rows if r["status"] == "active" and r["date_closed"] is not None]
-    if status == "past_due":
-        return [r for r in rows if r["date_closed"] is None and r["date_due"] < cutoff]
-    return by_status(rows, status)
-
-
-LISTS: dict[str, Callable[[BlestaState, dict[str, Any]], list[dict[str, Any]]]] = {
-    "clients": lambda s, a: by_status(s.clients, a.get("status")),
-    "invoices": invoice_rows,
-    "services": lambda s, a: by_status(by_client(s.services, a), a.get("status", "active")),
-    "transactions": lambda s, a: by_status(
-        by_client(s.transactions, a), a.get("status", "approved")
-    ),
-    "packages": lambda s, a: by_status(s.packages, a.get("status")),
-    "contacts": lambda s, a: [r for r in s.contacts if r["client_id"] == str(a["client_id"])],
-}
-
-
-def _register_lists() -> None:
-    for model in LISTS:
-
-        def get_list(state: BlestaState, args: dict[str, Any], m: str = model) -> Any:
-            if m == "contacts":
-                required(args, "client_id")
-            return page_of(state, m, LISTS[m](state, args), args)
-
-        def get_count(state: BlestaState, args: dict[str, Any], m: str = model) -> Any:
-            if m == "contacts":
-                required(args, "client_id")
-            return len(LISTS[m](state, args))
-
-        HANDLERS[f"{model}/getList"] = get_list
-        HANDLERS[f"{model}/getListCount"] = get_count
-
-
-_register_lists()
-
-
 # -- single records and writes ----------------------------------------------------------------
 
 
-def _find(rows: list[dict[str, Any]], ident: Any) -> dict[str, Any] | None:
-    return next((r for r in rows if r["id"] == str(ident)), None)
+def find(rows: Table, ident: Any) -> dict[str, Any] | None:
+    """A row by id (O(1)); ids that are not integers find nothing, as in MySQL."""
+    try:
+        return rows.get(int(str(ident)))
+    except ValueError:
+        return None
 
 
-@handler("clients/get")
-def clients_get(state: BlestaState, args: dict[str, Any]) -> Any:
-    row = _find(state.clients, required(args, "client_id"))
-    return dict(row) if row else False
+def _getter(model: str, arg: str) -> Handler:
+    def get(state: BlestaState, args: dict[str, Any]) -> Any:
+        row = find(getattr(state, model), required(args, arg))
+        return dict(row) if row else False  # Blesta answers `false` for a missing id
+
+    return get
+
+
+for _model, _arg in (
+    ("clients", "client_id"),
+    ("contacts", "contact_id"),
+    ("invoices", "invoice_id"),
+    ("services", "service_id"),
+    ("transactions", "transaction_id"),
+    ("packages", "package_id"),
+):
+    HANDLERS[f"{_model}/get"] = _getter(_model, _arg)
 
 
 @handler("contacts/getNumbers")
 def contacts_numbers(state: BlestaState, args: dict[str, Any]) -> Any:
     cid = str(required(args, "contact_id"))
-    return [dict(n) for n in state.numbers if n["contact_id"] == cid]
+    return [dict(n) for n in state.numbers.select(Query(equal=(("contact_id", (cid,)),)))]
 
 
 def _validate_client(vars_: dict[str, Any], *, partial: bool) -> dict[str, dict[str, str]]:
@@ -311,7 +231,7 @@ def clients_add(state: BlestaState, args: dict[str, Any]) -> Any:
 
 @handler("clients/edit")
 def clients_edit(state: BlestaState, args: dict[str, Any]) -> Any:
-    row = _find(state.clients, required(args, "client_id"))
+    row = find(state.clients, required(args, "client_id"))
     if row is None:
         raise ApiError(400, errors={"client_id": {"exists": "Invalid client ID."}})
     vars_ = args.get("vars") if isinstance(args.get("vars"), dict) else {}
@@ -320,71 +240,14 @@ def clients_edit(state: BlestaState, args: dict[str, Any]) -> Any:
     if errors:
         raise ApiError(400, errors=errors)
     row.update({k: str(v) for k, v in vars_.items() if k in row and k != "id"})
+    state.clients.reindex(row)
     return dict(row)
 
 
 @handler("clients/delete")
 def clients_delete(state: BlestaState, args: dict[str, Any]) -> Any:
-    row = _find(state.clients, required(args, "client_id"))
+    row = find(state.clients, required(args, "client_id"))
     if row is None:
         raise ApiError(400, errors={"client_id": {"exists": "Invalid client ID."}})
     state.clients.remove(row)
     return None
-
-
-# -- reports ------------------------------------------------------------------------------------
-
-
-@handler("report_manager/getAvailable")
-def reports_available(state: BlestaState, args: dict[str, Any]) -> Any:
-    return dict(REPORTS)
-
-
-def _date(value: Any, name: str) -> date:
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise ApiError(400, errors={name: {"format": f"Please enter a valid {name}."}}) from None
-
-
-def report_rows(state: BlestaState, report_type: str, start: date) -> list[list[str]]:
-    period = f"{start.year:04d}-{start.month:02d}"
-    if report_type == "package_revenue":
-        rows = [["Package", "Revenue", "Currency", "Period"]]
-        for p in state.packages:
-            r = dd.rng(int(p["id"]), state.seed, f"rev:{period}")
-            rows.append([p["name"], f"{r.randrange(0, 900000) / 100:.2f}", "USD", period])
-        return rows
-    rows = [["Invoice", "Tax Name", "Tax Amount", "Currency"]]
-    for inv in state.invoices[:10]:
-        r = dd.rng(int(inv["id"]), state.seed, f"tax:{period}")
-        rows.append([inv["id_code"], 'Sales Tax "NY"', f"{r.randrange(0, 5000) / 100:.2f}", "USD"])
-    return rows
-
-
-@handler("report_manager/fetchAll")
-def reports_fetch(state: BlestaState, args: dict[str, Any]) -> Any:
-    report_type = str(required(args, "type"))
-    if report_type not in REPORTS:
-        raise ApiError(400, errors={"type": {"valid": "Invalid report type."}})
-    fmt = str(args.get("format", "csv"))
-    if fmt != "csv":
-        raise ApiError(400, errors={"format": {"valid": "Invalid report format."}})
-    vars_ = args.get("vars") if isinstance(args.get("vars"), dict) else {}
-    assert isinstance(vars_, dict)
-    start = _date(vars_.get("start_date", ""), "start_date")
-    _date(vars_.get("end_date", ""), "end_date")
-    buf = io.StringIO()
-    csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(
-        report_rows(state, report_type, start)
-    )
-    text = ("\ufeff" if state.report_bom else "") + buf.getvalue()
-    return web.Response(
-        body=text.encode("utf-8"),
-        content_type="text/csv",
-        charset="utf-8",
-        headers={
-            "Content-Disposition": f'attachment; filename="report-{report_type}-'
-            f'{start.isoformat()}.csv"'
-        },
-    )
