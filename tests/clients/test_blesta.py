@@ -161,8 +161,9 @@ async def test_unknown_model_and_not_callable(blesta: BlestaClient) -> None:
 
 
 async def test_unsupported_format_is_415(blesta: BlestaClient) -> None:
+    # json, xml and php are Blesta's formats (blesta-core api.php); anything else is a 415
     with pytest.raises(UpstreamResponseError) as info:
-        await blesta.session.request("GET", "clients/getList.xml")
+        await blesta.session.request("GET", "clients/getList.yaml")
     assert info.value.status == 415
 
 
