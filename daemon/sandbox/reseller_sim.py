@@ -5,6 +5,12 @@ codes (400/401/403/404/415/500/503). Licence fields come as `vars[...]`, read wh
 them; `search` pages with `vars[page]` (a plain `page` is ignored, as upstream, so a client that
 sends it sees page 1 forever) at `page_size` rows (25) and never lists cancelled licences.
 `addlicense` with `vars[test_mode]=true` returns a key without storing or charging.
+
+A licence is known by one key, as upstream: the key `addlicense` returns is the
+`fields.license_module_key` that `search` lists, and the one `cancellicense`/`suspendlicense`/
+`unsuspendlicense`/`update` take as `vars[license]` — so a key taken from synced data works.
+Search pages come from an indexed view (`daemon.sandbox.listing`); a test that changes a licence
+in place should call `licenses.reindex(licence)`.
 """
 
 from __future__ import annotations
@@ -24,9 +30,15 @@ from daemon.sandbox.blesta_php import (
     truthy,
 )
 from daemon.sandbox.faults import Faults, SimStats, fault_middleware
+from daemon.sandbox.listing import Query, Table
 
 BASE_PATH = "/plugin/blesta_reseller/v2/index"
 NOT_CALLABLE = {"preaction", "index"}
+
+
+def key_of(licence: dict[str, Any]) -> str:
+    """A licence's one key: what `addlicense` returned and `vars[license]` names."""
+    return str(licence["fields"]["license_module_key"])
 
 
 @dataclass
@@ -36,13 +48,14 @@ class ResellerState:
     users: dict[str, str] = field(default_factory=lambda: {"reseller": "demo-reseller-pass"})
     credit: float = 500.0
     packages: list[dict[str, Any]] = field(default_factory=list)
-    licenses: list[dict[str, Any]] = field(default_factory=list)
+    licenses: Table = field(default_factory=Table)  # in order of purchase
     seed: int = 0
     page_size: int = 25
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
     maintenance: bool = False
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    _by_key: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def demo(cls, licenses: int = 30, seed: int = 0, **kw: Any) -> ResellerState:
@@ -89,7 +102,6 @@ class ResellerState:
         price = self.pricing(pricing_id) or {"term": "1", "period": "month"}
         added = dd.timestamp(i, self.seed)
         row = {
-            "license": f"{r.getrandbits(64):016x}",
             "status": "active",
             "date_added": dd.blesta_time(added),
             "date_renews": dd.blesta_time(added.replace(year=added.year + 1)),
@@ -107,10 +119,21 @@ class ResellerState:
             },
         }
         self.licenses.append(row)
+        self._by_key[key_of(row)] = row
         return row
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.licenses, Table):
+            self.licenses = Table(self.licenses)
+        self._by_key.update((key_of(lic), lic) for lic in self.licenses)
+
     def find(self, key: str) -> dict[str, Any] | None:
-        return next((lic for lic in self.licenses if lic["license"] == key), None)
+        """The licence whose key (`fields.license_module_key`) is `key`."""
+        lic = self._by_key.get(key)
+        if lic is not None and lic in self.licenses:
+            return lic
+        # a licence a test appended directly is not in the key index yet
+        return next((lic for lic in self.licenses if key_of(lic) == key), None)
 
 
 def _vars(args: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +162,7 @@ def _status_change(status: str) -> Callable[[ResellerState, dict[str, Any]], Any
             lic[when] = "2025-01-01 00:00:00"
         else:
             lic["date_suspended"] = None
+        state.licenses.reindex(lic)  # a cancelled licence leaves the search listing
         return True
 
     return change
@@ -157,7 +181,7 @@ def _add(state: ResellerState, args: dict[str, Any]) -> Any:
     if cost > state.credit:
         raise ApiError(400, errors={"credit": {"insufficient": "Insufficient account credit."}})
     state.credit = round(state.credit - cost, 2)
-    return state.add_license(str(vars_["pricing_id"]))["license"]
+    return key_of(state.add_license(str(vars_["pricing_id"])))
 
 
 def _update(state: ResellerState, args: dict[str, Any]) -> Any:
@@ -183,19 +207,19 @@ def _search(state: ResellerState, args: dict[str, Any]) -> Any:
         page = max(1, int(vars_.get("page", 1)))
     except (TypeError, ValueError):
         page = 1
-    rows = [
-        lic
-        for lic in state.licenses
-        if lic["status"] != "canceled" and (not term or term in _haystack(lic))
-    ]
+
+    def listed(lic: dict[str, Any]) -> bool:
+        return lic["status"] != "canceled" and (not term or term in _haystack(lic))
+
+    rows = state.licenses.select(Query(extra=("search", term), test=listed))
     start = (page - 1) * state.page_size
-    return rows[start : start + state.page_size]
+    return [dict(r) for r in rows[start : start + state.page_size]]
 
 
 def _haystack(lic: dict[str, Any]) -> str:
     f = lic["fields"]
     parts = [
-        lic["license"],
+        key_of(lic),
         *f["license_module_domains"],
         *f["license_module_ips"],
         *f["license_module_paths"],

@@ -48,7 +48,7 @@ async def test_addlicense_test_mode(
 
 
 async def test_licence_lifecycle(reseller: ResellerClient, reseller_state: ResellerState) -> None:
-    key = reseller_state.licenses[0]["license"]
+    key = reseller_state.licenses[0]["fields"]["license_module_key"]
     await reseller.suspendlicense(key)
     assert reseller_state.find(key)["status"] == "suspended"  # type: ignore[index]
     await reseller.unsuspendlicense(key)
@@ -61,7 +61,7 @@ async def test_licence_lifecycle(reseller: ResellerClient, reseller_state: Resel
     assert reseller_state.find(key)["status"] == "active"  # type: ignore[index]
     await reseller.cancellicense(key)
     assert reseller_state.find(key)["status"] == "canceled"  # type: ignore[index]
-    assert key not in {r["license"] for r in await reseller.search_all()}
+    assert key not in {r["fields"]["license_module_key"] for r in await reseller.search_all()}
 
 
 async def test_errors(reseller: ResellerClient) -> None:
@@ -134,8 +134,8 @@ async def test_search_walks_all_pages(
 ) -> None:
     got = [(p, len(rows)) async for p, rows in reseller.search_pages()]
     assert len(got) == pages
-    keys = [r["license"] for r in await reseller.search_all()]
-    assert keys == [lic["license"] for lic in reseller_state.licenses]
+    keys = [r["fields"]["license_module_key"] for r in await reseller.search_all()]
+    assert keys == [lic["fields"]["license_module_key"] for lic in reseller_state.licenses]
     assert len(set(keys)) == len(keys)
     sent = [a["vars"]["page"] for m, name, a in reseller_state.calls if name == "search"]
     assert "page" not in reseller_state.calls[-1][2]  # `vars[page]`, never a bare `page`
