@@ -19,6 +19,7 @@ Callers decide behaviour by type, never by message text::
     │       ├── ResponseTooLarge    an answer over max_response_bytes (after decompression)
     │       └── MalformedResponse   a 2xx body we cannot parse, or one that carries an error
     ├── LimitExceeded               a sync run hit max_pages or max_duration
+    ├── UnstorableRecord            a record JSON cannot hold (NaN, Infinity, absurd nesting)
     ├── StoreError                  the database refused or is unusable
     └── RuleError                   a rule or template failed while acting
 
@@ -194,6 +195,11 @@ class ResponseTooLarge(UpstreamResponseError):
 class LimitExceeded(DaemonError):
     """A sync run reached its `max_pages` or `max_duration`: it stops, is recorded `failed`,
     and tombstones nothing. Pages already committed stay."""
+
+
+class UnstorableRecord(DaemonError, ValueError):
+    """An upstream record that JSON cannot represent; the message names the record's id. The
+    job that fetched it fails; nothing of that page is written."""
 
 
 class StoreError(DaemonError):

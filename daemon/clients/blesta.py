@@ -21,7 +21,7 @@ Reports live in `daemon.clients.blesta_report`; they are re-exported here as met
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import date
@@ -248,7 +248,7 @@ class BlestaClient(UpstreamClient):
         count_method: str | None = "getListCount",
         max_pages: int = DEFAULT_MAX_PAGES,
         report: WalkReport | None = None,
-    ) -> AsyncIterator[tuple[int, list[Any]]]:
+    ) -> AsyncGenerator[tuple[int, list[Any]], None]:
         """Yield `(page_no, rows)` in order until the list is exhausted (see module docstring).
 
         An empty list yields nothing. Raises on any failed, malformed or repeated page; `report`
@@ -275,7 +275,7 @@ class BlestaClient(UpstreamClient):
         *,
         concurrency: int | None = None,
         count_method: str | None = "getListCount",
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Every row of every page, in order."""
         async for _, rows in self.iter_pages(
             model, method, args, concurrency=concurrency, count_method=count_method
@@ -323,6 +323,6 @@ class BlestaClient(UpstreamClient):
 
     def report_series(
         self, report_type: str, start: str, end: str | None = None
-    ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    ) -> AsyncGenerator[tuple[str, list[dict[str, Any]]], None]:
         """`(period, rows)` per month from `start` to `end` ('YYYY-MM', or 'current'/None)."""
         return blesta_report.report_series(self, report_type, start, end)

@@ -6,7 +6,7 @@ each row with `_period`; the store keeps that as the report table's `period` col
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,7 @@ async def get_report(
 
 async def report_series(
     client: BlestaClient, report_type: str, start: str, end: str | None = None
-) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+) -> AsyncGenerator[tuple[str, list[dict[str, Any]]], None]:
     """Yield `(period, rows)` per month, each row carrying `_period`.
 
     `end` None or 'current' means the clock's current month. Months run one after the other so

@@ -15,7 +15,7 @@ page raises instead of looping (`daemon.clients.paging`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -200,7 +200,7 @@ class ResellerClient(UpstreamClient):
         *,
         max_pages: int = DEFAULT_MAX_PAGES,
         report: WalkReport | None = None,
-    ) -> AsyncIterator[tuple[int, list[Any]]]:
+    ) -> AsyncGenerator[tuple[int, list[Any]], None]:
         """`(page_no, rows)` for every page of a search (see module docstring)."""
         walk = walk_pages(ResellerSearch(self, term), window=1, max_pages=max_pages, report=report)
         page_no = 0

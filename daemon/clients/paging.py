@@ -25,14 +25,13 @@ The rules:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from daemon.canonical import canonical_json, sha256_hex
 from daemon.errors import LimitExceeded, MalformedResponse
 
 T = TypeVar("T")
@@ -200,8 +199,10 @@ def page_signature(rows: Sequence[Any]) -> str:
     """A page's identity: its ids in order when every row has one, else its content."""
     ids = [r.get("id") if isinstance(r, dict) else None for r in rows]
     material: Any = ids if all(i is not None for i in ids) else list(rows)
-    text = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    try:
+        return sha256_hex(canonical_json(material, default=str))
+    except ValueError:  # NaN in a row: compare its text instead (the store will refuse it)
+        return sha256_hex(repr(material))
 
 
 class _RepeatGuard:

@@ -1,7 +1,8 @@
 """`daemon run-once [JOB ...] [--json]`: run sync jobs now, then exit (arq's burst mode).
 
 Exit 0 when every job succeeded, 1 when any failed (its error is in the summary and the log),
-2 for an invalid configuration or an unknown job name.
+2 for an invalid configuration or an unknown job name, 130/143 when SIGINT/SIGTERM stopped it
+(running jobs are recorded `cancelled`, and the summary is printed all the same).
 """
 
 from __future__ import annotations
@@ -9,11 +10,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from contextlib import AsyncExitStack
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+import structlog
 
 from daemon.clock import SystemClock
+from daemon.logs import redact_text
+
+if TYPE_CHECKING:
+    from daemon.config import Settings, SyncJob
+    from daemon.sync.fetch import Fetcher
+    from daemon.sync.runner import RunResult
+
+log = structlog.get_logger(__name__)
 
 ORDER = 15
 
@@ -26,7 +38,8 @@ def register(
         parents=[common],
         help="run sync jobs once, now, then exit",
         description="Run the named sync jobs (all when none are named) once and exit. "
-        "Exit 0 if all succeeded, 1 if any failed, 2 for bad configuration.",
+        "Exit 0 if all succeeded, 1 if any failed, 2 for bad configuration, "
+        "130/143 when interrupted by SIGINT/SIGTERM (runs recorded cancelled).",
     )
     p.add_argument("jobs", nargs="*", metavar="JOB", help="job names from [[sync]] (default all)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -57,10 +70,44 @@ class TtyProgress:
 
 def handle(args: argparse.Namespace) -> int:
     from daemon.commands.common import load_cli_settings
+    from daemon.errors import ConfigError, DaemonError
+    from daemon.sync.batch import select_jobs
 
     settings = load_cli_settings(args.config)
-    results = asyncio.run(run_once(settings, args.jobs, parallel=args.parallel, tty=not args.json))
+    select_jobs(settings.sync, args.jobs)  # an unknown job name is exit 2, before any work
+    signalled: list[int] = []
+
+    async def main() -> list[Any]:
+        import anyio
+
+        scope = anyio.CancelScope()
+        loop = asyncio.get_running_loop()
+
+        def stop(signum: int) -> None:
+            signalled.append(signum)
+            scope.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await run_once(
+                settings, args.jobs, parallel=args.parallel, tty=not args.json, cancel_scope=scope
+            )
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    try:
+        results = asyncio.run(main())
+    except ConfigError:
+        raise
+    except DaemonError as exc:  # the store could not be opened, or the like: no job ran
+        if args.json:
+            print(json.dumps({"jobs": [], "ok": False, "error": redact_text(str(exc))}, indent=2))
+        raise
     print_summary(results, as_json=args.json)
+    if signalled:
+        return 128 + signalled[0]  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     return exit_code(results)
 
 
@@ -69,9 +116,18 @@ def exit_code(results: list[Any]) -> int:
 
 
 async def run_once(
-    settings: Any, names: list[str], *, parallel: int = 4, tty: bool = True
-) -> list[Any]:
-    """Run the named jobs (all when empty) once against `settings`; results in config order."""
+    settings: Settings,
+    names: list[str],
+    *,
+    parallel: int = 4,
+    tty: bool = True,
+    cancel_scope: Any = None,
+) -> list[RunResult]:
+    """Run the named jobs (all when empty) once against `settings`; results in config order.
+
+    Runs a crashed process left `running` are marked failed first (runs of a live service are
+    left alone); cancelling `cancel_scope` stops the jobs and still returns every result.
+    """
     from daemon.clients.factory import open_clients
     from daemon.store import Store
     from daemon.sync.batch import run_jobs, select_jobs
@@ -83,16 +139,24 @@ async def run_once(
     progress = TtyProgress(sys.stderr) if tty and sys.stderr.isatty() else None
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
+        stale = await store.mark_stale_runs_failed()
+        if stale:
+            log.warning("sync.stale_runs_failed", runs=stale)
         clients = await open_clients(settings, [j.upstream for j in jobs], clock=clock, stack=stack)
         runner = JobRunner(store, clock=clock, default_region=settings.daemon.default_region)
 
-        def make_fetcher(job: Any) -> Any:
+        def make_fetcher(job: SyncJob) -> Fetcher:
             kind = settings.upstreams[job.upstream].kind
             return build_fetcher(job, clients[job.upstream], kind, now=clock.now())
 
         try:
             return await run_jobs(
-                jobs, runner, make_fetcher, parallel_upstreams=parallel, progress=progress
+                jobs,
+                runner,
+                make_fetcher,
+                parallel_upstreams=parallel,
+                progress=progress,
+                cancel_scope=cancel_scope,
             )
         finally:
             if progress is not None:
@@ -111,10 +175,12 @@ def print_summary(results: list[Any], *, as_json: bool) -> None:
                 "duration_s": round(r.duration, 3),
                 "error": r.error,
                 "error_type": r.error_type,
+                "incomplete": r.incomplete,
             }
             for r in results
         ]
-        print(json.dumps({"jobs": out, "ok": all(r.status == "ok" for r in results)}, indent=2))
+        ok = all(r.status == "ok" for r in results)
+        print(redact_text(json.dumps({"jobs": out, "ok": ok}, indent=2)))
         return
     header = ("job", "status", "pages", "fetched", "ins", "upd", "same", "del", "secs")
     rows = [
@@ -136,4 +202,6 @@ def print_summary(results: list[Any], *, as_json: bool) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for r in results:
         if r.error:
-            print(f"{r.job}: {r.error_type}: {r.error}")
+            print(redact_text(f"{r.job}: {r.error_type}: {r.error}"))
+        elif r.incomplete:
+            print(f"{r.job}: incomplete, nothing tombstoned: {r.incomplete}")

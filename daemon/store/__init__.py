@@ -8,7 +8,7 @@ from daemon.store.actions import ACTION_STATUSES, ActionRow, HaloThread
 from daemon.store.contacts import Contact, ContactEntry
 from daemon.store.db import StoreStats
 from daemon.store.inbox import EVENT_STATUSES, EventRow, InsertedEvent, NewEvent
-from daemon.store.records import UpsertResult
+from daemon.store.records import TombstoneResult, UpsertResult
 from daemon.store.runs import RUN_STATUSES, UNSET, RunRow, SyncState
 from daemon.store.schema import SCHEMA_VERSION
 from daemon.store.store import Store
@@ -33,6 +33,7 @@ __all__ = [
     "StoreStats",
     "SubscriptionRow",
     "SyncState",
+    "TombstoneResult",
     "UpsertResult",
     "to_db",
     "validate_table_name",

@@ -9,6 +9,12 @@ it, and the caller only calls it after a *complete* full run, so a failed run de
 `seen_at` is written as max(now, run_started_at) so that a wall clock stepping backwards during
 a run cannot make a freshly seen row look stale.
 
+A row is tombstoned only when two consecutive complete runs missed it: the first marks it
+(`missed_at`), the second deletes it, and any run that sees it again clears the mark. Offset
+paging shifts rows between pages while records are deleted upstream, so one complete-looking
+walk can miss a live row; it cannot miss the same live row twice in a row unless the deletions
+go on. And a run that would remove more than `max_fraction` of the live rows removes none.
+
 Report tables carry `period`; their `id` is built by the caller and must already include the
 period (e.g. `2025-01:pkg-7`), since the primary key is `id` alone.
 """
@@ -36,6 +42,17 @@ from daemon.store.util import (
 
 
 @dataclass(frozen=True)
+class TombstoneResult:
+    """What a complete full run's tombstone pass did (or refused to do)."""
+
+    deleted: int = 0  # missed by this and the previous complete run: tombstoned now
+    marked: int = 0  # missed for the first time: tombstoned if the next complete run agrees
+    missing: int = 0  # live rows this run did not see (deleted + marked)
+    live: int = 0  # live rows before the pass
+    refused: bool = False  # `missing` was more than `max_fraction` of `live`: nothing changed
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     """What one page did to its table."""
 
@@ -55,7 +72,8 @@ def _record_ddl(table: str, report: bool) -> list[str]:
 {period}    first_seen_at TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
     seen_at       TEXT NOT NULL,
-    deleted_at    TEXT
+    deleted_at    TEXT,
+    missed_at     TEXT
 )"""
     ]
     if report:
@@ -72,6 +90,8 @@ class RecordsRepo(Database):
             for sql in _record_ddl(table, report):
                 await execute(conn, sql)
             cols = await query(conn, f"PRAGMA table_info({quote_ident(table)})")
+            if not any(c[1] == "missed_at" for c in cols):  # a table from before the column
+                await execute(conn, f"ALTER TABLE {quote_ident(table)} ADD COLUMN missed_at TEXT")
             return any(c[1] == "period" for c in cols)
 
         has_period = await self.write(job)
@@ -114,7 +134,7 @@ class RecordsRepo(Database):
         # Serialise and hash here, in the caller's task, to keep the writer's turn short.
         prepared: dict[str, tuple[str, str]] = {}
         for rid, data in records:
-            prepared[str(rid)] = encode_record(data)
+            prepared[str(rid)] = encode_record(data, str(rid))
         if not prepared:
             return UpsertResult()
         q = quote_ident(table)
@@ -158,20 +178,21 @@ class RecordsRepo(Database):
                 set_period = ", period = ?" if is_report else ""
                 await conn.executemany(
                     f"UPDATE {q} SET data = ?, hash = ?, updated_at = ?, seen_at = ?, "
-                    f"deleted_at = NULL{set_period} WHERE id = ?",
+                    f"deleted_at = NULL, missed_at = NULL{set_period} WHERE id = ?",
                     changed,
                 )
             for chunk in chunked(revived):
                 await execute(
                     conn,
-                    f"UPDATE {q} SET deleted_at = NULL, updated_at = ?, seen_at = ? "
-                    f"WHERE id IN ({placeholders(len(chunk))})",
+                    f"UPDATE {q} SET deleted_at = NULL, missed_at = NULL, updated_at = ?, "
+                    f"seen_at = ? WHERE id IN ({placeholders(len(chunk))})",
                     (now, seen, *chunk),
                 )
             for chunk in chunked(unchanged):
                 await execute(
                     conn,
-                    f"UPDATE {q} SET seen_at = ? WHERE id IN ({placeholders(len(chunk))})",
+                    f"UPDATE {q} SET seen_at = ?, missed_at = NULL "
+                    f"WHERE id IN ({placeholders(len(chunk))})",
                     (seen, *chunk),
                 )
             return UpsertResult(len(inserts), len(changed) + len(revived), len(unchanged))
@@ -179,30 +200,63 @@ class RecordsRepo(Database):
         return await self.write(job)
 
     async def mark_tombstones(
-        self, table: str, *, run_started_at: datetime, period: str | None = None
-    ) -> int:
-        """Mark rows the completed full run did not see as deleted; returns how many.
+        self,
+        table: str,
+        *,
+        run_started_at: datetime,
+        period: str | None = None,
+        max_fraction: float = 1.0,
+    ) -> TombstoneResult:
+        """The tombstone pass of a COMPLETE full run (see the module docstring), in one
+        transaction: rows this run did not see are marked, rows already marked by the previous
+        complete run are tombstoned — unless more than `max_fraction` of the live rows are
+        missing, in which case nothing changes and `refused` is set.
 
-        Only call after a COMPLETE full run: rows not seen by a partial run are not gone.
         With `period`, only that report period is considered.
         """
         is_report = await self._table_kind(table)
         if period is not None and not is_report:
             raise StoreError(f"record table {table!r} has no period column")
         q = quote_ident(table)
-        where = "deleted_at IS NULL AND seen_at < ?"
-        params: list[Any] = [to_db(run_started_at)]
-        if period is not None:
-            where += " AND period = ?"
-            params.append(period)
+        scope, scope_params = ("AND period = ?", [period]) if period is not None else ("", [])
+        started = to_db(run_started_at)
 
-        async def job(conn: aiosqlite.Connection) -> int:
+        async def job(conn: aiosqlite.Connection) -> TombstoneResult:
             now = to_db(self.clock.now())
-            return await execute(
-                conn, f"UPDATE {q} SET deleted_at = ? WHERE {where}", [now, *params]
+            ((live, missing),) = await query(
+                conn,
+                f"SELECT COUNT(*), COALESCE(SUM(seen_at < ?), 0) "
+                f"FROM {q} WHERE deleted_at IS NULL {scope}",
+                [started, *scope_params],
             )
+            if live and missing > max_fraction * live:
+                return TombstoneResult(missing=missing, live=live, refused=True)
+            deleted = await execute(
+                conn,
+                f"UPDATE {q} SET deleted_at = ?, missed_at = NULL WHERE deleted_at IS NULL "
+                f"AND seen_at < ? AND missed_at IS NOT NULL {scope}",
+                [now, started, *scope_params],
+            )
+            marked = await execute(
+                conn,
+                f"UPDATE {q} SET missed_at = ? WHERE deleted_at IS NULL AND seen_at < ? "
+                f"AND missed_at IS NULL {scope}",
+                [started, started, *scope_params],
+            )
+            return TombstoneResult(deleted, marked, missing, live)
 
         return await self.write(job)
+
+    async def count_seen(self, table: str, *, run_started_at: datetime) -> int:
+        """Distinct live ids the run that started at `run_started_at` has written or seen: the
+        runner compares it with the upstream's total before it trusts a walk."""
+        await self._table_kind(table)
+        row = await self.fetchone(
+            f"SELECT COUNT(*) AS n FROM {quote_ident(table)} "
+            "WHERE seen_at >= ? AND deleted_at IS NULL",
+            (to_db(run_started_at),),
+        )
+        return int(row["n"]) if row is not None else 0
 
     async def iter_records(
         self, table: str, *, include_deleted: bool = False, batch: int = 1000

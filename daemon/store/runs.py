@@ -1,20 +1,25 @@
 """`sync_runs` (one row per run, the history `daemon status` reads) and `sync_state`.
 
-A run is inserted as `running` before its first page so a crash leaves evidence;
-`mark_stale_runs_failed` turns such leftovers into `failed / interrupted` at startup.
+A run is inserted as `running` before its first page so a crash leaves evidence, together with
+its `owner` (host, pid and the process's start time). `mark_stale_runs_failed` turns the rows
+of owners that are gone into `failed / interrupted`, so every command that writes (the service
+and `run-once` alike) can call it at start without touching a run another live process is doing.
 """
 
 from __future__ import annotations
 
 import enum
+import os
+import socket
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
 import aiosqlite
 
 from daemon.errors import StoreError
-from daemon.store.db import Database, execute
+from daemon.store.db import Database, execute, query
 from daemon.store.util import from_db, from_db_req, to_db
 
 RUN_STATUSES = ("running", "ok", "failed", "cancelled")
@@ -42,6 +47,7 @@ class RunRow:
     unchanged: int
     deleted: int
     error: str | None
+    incomplete: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -61,8 +67,48 @@ class SyncState:
 
 _RUN_COLS = (
     "id, job, started_at, finished_at, status, pages, fetched, inserted, updated, "
-    "unchanged, deleted, error"
+    "unchanged, deleted, error, incomplete"
 )
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), '' where unknown; with the
+    pid it names a process uniquely, so a recycled pid is not mistaken for a live run."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read().decode("ascii", "replace")
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+@cache
+def process_owner() -> str:
+    """`host:pid:start` of this process, as stored in `sync_runs.owner`."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the process that wrote `owner` still runs. Unknown hosts count as alive (we
+    cannot look), an absent owner (rows from before migration 2) as gone."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OverflowError):
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return not start or _start_ticks(pid) in ("", start)
 
 
 def _run(row: sqlite3.Row) -> RunRow:
@@ -79,6 +125,7 @@ def _run(row: sqlite3.Row) -> RunRow:
         unchanged=row["unchanged"],
         deleted=row["deleted"],
         error=row["error"],
+        incomplete=row["incomplete"],
     )
 
 
@@ -86,8 +133,9 @@ class RunsRepo(Database):
     async def start_run(self, job: str) -> int:
         async def fn(conn: aiosqlite.Connection) -> int:
             async with conn.execute(
-                "INSERT INTO sync_runs (job, started_at, status) VALUES (?, ?, 'running')",
-                (job, to_db(self.clock.now())),
+                "INSERT INTO sync_runs (job, started_at, status, owner) "
+                "VALUES (?, ?, 'running', ?)",
+                (job, to_db(self.clock.now()), process_owner()),
             ) as cur:
                 assert cur.lastrowid is not None
                 return int(cur.lastrowid)
@@ -106,16 +154,21 @@ class RunsRepo(Database):
         unchanged: int = 0,
         deleted: int = 0,
         error: str | None = None,
+        incomplete: str | None = None,
     ) -> None:
         if status not in ("ok", "failed", "cancelled"):
             raise StoreError(f"finish_run: status must be ok, failed or cancelled, not {status!r}")
-        params = (status, pages, fetched, inserted, updated, unchanged, deleted, error, run_id)
+        params = (
+            status, pages, fetched, inserted, updated, unchanged, deleted, error, incomplete,
+            run_id,
+        )  # fmt: skip
 
         async def fn(conn: aiosqlite.Connection) -> None:
             await execute(
                 conn,
                 "UPDATE sync_runs SET finished_at = ?, status = ?, pages = ?, fetched = ?, "
-                "inserted = ?, updated = ?, unchanged = ?, deleted = ?, error = ? WHERE id = ?",
+                "inserted = ?, updated = ?, unchanged = ?, deleted = ?, error = ?, "
+                "incomplete = ? WHERE id = ?",
                 (to_db(self.clock.now()), *params),
             )
 
@@ -145,19 +198,21 @@ class RunsRepo(Database):
         await self.write(fn)
 
     async def mark_stale_runs_failed(self) -> int:
-        """Runs still `running` at startup were cut short by a crash; record that truthfully.
-
-        Call once at startup before any job starts: it cannot tell a crashed run from one a
-        concurrent process is executing right now.
-        """
+        """Runs left `running` by a process that is gone (a crash, a kill) become
+        `failed / interrupted`; runs a live process (the service beside a `run-once`) is doing
+        are left alone. Returns how many were marked."""
 
         async def fn(conn: aiosqlite.Connection) -> int:
-            return await execute(
-                conn,
-                "UPDATE sync_runs SET status = 'failed', error = 'interrupted', finished_at = ? "
-                "WHERE status = 'running'",
-                (to_db(self.clock.now()),),
-            )
+            rows = await query(conn, "SELECT id, owner FROM sync_runs WHERE status = 'running'")
+            stale = [int(r[0]) for r in rows if not owner_alive(r[1])]
+            for run_id in stale:
+                await execute(
+                    conn,
+                    "UPDATE sync_runs SET status = 'failed', error = 'interrupted', "
+                    "finished_at = ? WHERE id = ? AND status = 'running'",
+                    (to_db(self.clock.now()), run_id),
+                )
+            return len(stale)
 
         return await self.write(fn)
 

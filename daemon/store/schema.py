@@ -120,6 +120,12 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )
         """,
     ),
+    # 2: which process runs a sync (so any command can tell a crashed run from a live one), and
+    # why a full run could not vouch for completeness (it then tombstoned nothing).
+    (
+        "ALTER TABLE sync_runs ADD COLUMN owner TEXT",
+        "ALTER TABLE sync_runs ADD COLUMN incomplete TEXT",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

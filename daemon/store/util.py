@@ -7,14 +7,13 @@ Timestamps are stored as fixed-width ISO-8601 UTC text with microseconds and a `
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from daemon.errors import StoreError
+from daemon.canonical import canonical_json, sha256_hex
+from daemon.errors import StoreError, UnstorableRecord
+from daemon.tablenames import table_name_problem
 
 T = TypeVar("T")
 
@@ -22,44 +21,16 @@ T = TypeVar("T")
 # store portable to whatever libsqlite3 the host Python links against.
 MAX_VARIABLES = 900
 
-_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-# Tables the store owns plus SQL keywords that would confuse a reader even when quoted.
-RESERVED_NAMES = frozenset(
-    {
-        "sync_runs", "sync_state", "contacts", "events", "actions", "halo_threads",
-        "subscriptions", "schema_version",
-        "abort", "action", "add", "after", "all", "alter", "analyze", "and", "as", "asc",
-        "attach", "autoincrement", "before", "begin", "between", "by", "cascade", "case",
-        "cast", "check", "collate", "column", "commit", "conflict", "constraint", "create",
-        "cross", "current_date", "current_time", "current_timestamp", "database", "default",
-        "deferrable", "deferred", "delete", "desc", "detach", "distinct", "drop", "each",
-        "else", "end", "escape", "except", "exclusive", "exists", "explain", "fail", "for",
-        "foreign", "from", "full", "glob", "group", "having", "if", "ignore", "immediate",
-        "in", "index", "indexed", "initially", "inner", "insert", "instead", "intersect",
-        "into", "is", "isnull", "join", "key", "left", "like", "limit", "match", "natural",
-        "no", "not", "notnull", "null", "of", "offset", "on", "or", "order", "outer", "plan",
-        "pragma", "primary", "query", "raise", "recursive", "references", "regexp", "reindex",
-        "release", "rename", "replace", "restrict", "right", "rollback", "row", "savepoint",
-        "select", "set", "table", "temp", "temporary", "then", "to", "transaction", "trigger",
-        "union", "unique", "update", "using", "vacuum", "values", "view", "virtual", "when",
-        "where", "with", "without",
-    }
-)  # fmt: skip
-
 
 def validate_table_name(name: str) -> str:
     """Refuse anything but a plain lower-case identifier before it can reach SQL text.
 
-    Table names come from the operator's config and are interpolated into DDL (SQLite cannot
-    bind identifiers), so this is the injection boundary.
+    The rule itself lives in `daemon.tablenames`, which the config applies at load too, so a
+    name `check-config` accepts is a name the store accepts.
     """
-    if not isinstance(name, str) or not _IDENT.fullmatch(name):
-        raise StoreError(
-            f"invalid table name {name!r}: use 1-63 characters a-z, 0-9, _ starting with a letter"
-        )
-    if name.startswith("sqlite_") or name in RESERVED_NAMES:
-        raise StoreError(f"invalid table name {name!r}: reserved")
+    problem = table_name_problem(name)
+    if problem is not None:
+        raise StoreError(problem)
     return name
 
 
@@ -90,20 +61,26 @@ def from_db_req(text: str) -> datetime:
     return parsed
 
 
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """The one serialisation hashes are computed over; key order must not count as a change."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def record_hash(data: Mapping[str, Any]) -> str:
     return encode_record(data)[1]
 
 
-def encode_record(data: Mapping[str, Any]) -> tuple[str, str]:
+def encode_record(data: Mapping[str, Any], record_id: str = "?") -> tuple[str, str]:
     """`(text, hash)`: the stored text *is* the canonical form the hash is over (same values,
-    keys sorted), so a record is encoded once per page write, not twice."""
-    text = canonical_json(data)
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    keys sorted), so a record is encoded once per page write, not twice.
+
+    A lone surrogate is stored as U+FFFD (`daemon.canonical`); a record JSON cannot hold at all
+    (NaN, Infinity, nesting deeper than Python's recursion limit) is refused naming its id.
+    """
+    try:
+        text = canonical_json(data)
+    except ValueError as exc:
+        raise UnstorableRecord(
+            f"record {record_id!r} holds a value JSON cannot store ({exc}): NaN or Infinity"
+        ) from None
+    except RecursionError:
+        raise UnstorableRecord(f"record {record_id!r} is nested too deeply to store") from None
+    return text, sha256_hex(text)
 
 
 def chunked(items: Sequence[T], size: int = MAX_VARIABLES) -> Iterator[Sequence[T]]:

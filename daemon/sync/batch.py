@@ -2,54 +2,73 @@
 
 Used by `daemon run-once`. Jobs of one upstream run one after another so they share, rather than
 fight over, that upstream's connection limit and rate budget; distinct upstreams overlap.
+
+Nothing one job does stops another: the runner turns every exception into that job's `failed`
+result, a fetcher that cannot even be built is recorded the same way, and a cancellation (Ctrl-C,
+SIGTERM) still returns a result for every job — `cancelled` for those cut short or never started
+— so the caller can always print its summary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import anyio
 
+from daemon.config.models import SyncJob
+from daemon.errors import ConfigError
 from daemon.sync.fetch import Fetcher
 from daemon.sync.runner import JobRunner, Progress, RunResult
 
-FetcherFactory = Callable[[Any], Fetcher]
+FetcherFactory = Callable[[SyncJob], Fetcher]
 
 
 async def run_jobs(
-    jobs: Sequence[Any],
+    jobs: Sequence[SyncJob],
     runner: JobRunner,
     make_fetcher: FetcherFactory,
     *,
     parallel_upstreams: int = 4,
     progress: Progress | None = None,
+    cancel_scope: anyio.CancelScope | None = None,
 ) -> list[RunResult]:
-    """Run every job once; results in the order of `jobs`. A failed job never stops the rest."""
-    by_upstream: dict[str, list[Any]] = {}
+    """Run every job once; results in the order of `jobs`. A failed job never stops the rest.
+
+    Cancelling `cancel_scope` stops the batch: running jobs are recorded `cancelled`, and jobs
+    that never started are reported `cancelled` too (with no run row).
+    """
+    by_upstream: dict[str, list[SyncJob]] = {}
     for job in jobs:
         by_upstream.setdefault(job.upstream, []).append(job)
     results: dict[str, RunResult] = {}
     limiter = anyio.CapacityLimiter(max(1, parallel_upstreams))
 
-    async def lane(lane_jobs: list[Any]) -> None:
+    async def lane(lane_jobs: list[SyncJob]) -> None:
         async with limiter:
             for job in lane_jobs:
-                results[job.name] = await runner.run(job, make_fetcher(job), progress=progress)
+                try:
+                    fetcher = make_fetcher(job)
+                except Exception as exc:
+                    results[job.name] = await runner.record_failure(job, exc)
+                    continue
+                results[job.name] = result = RunResult(job.name)
+                await runner.run(job, fetcher, progress=progress, result=result)
 
-    async with anyio.create_task_group() as tg:
-        for lane_jobs in by_upstream.values():
-            tg.start_soon(lane, lane_jobs)
-    return [results[job.name] for job in jobs]
+    with cancel_scope or anyio.CancelScope():
+        async with anyio.create_task_group() as tg:
+            for lane_jobs in by_upstream.values():
+                tg.start_soon(lane, lane_jobs)
+    return [
+        results.get(job.name) or RunResult(job.name, status="cancelled", error="not started")
+        for job in jobs
+    ]
 
 
-def select_jobs(all_jobs: Sequence[Any], names: Sequence[str]) -> list[Any]:
+def select_jobs(all_jobs: Sequence[SyncJob], names: Sequence[str]) -> list[SyncJob]:
     """The named jobs in config order (all when none named); unknown names are an error."""
-    from daemon.errors import ConfigError
-
     if not names:
         return list(all_jobs)
-    known: Mapping[str, Any] = {j.name: j for j in all_jobs}
+    known: Mapping[str, SyncJob] = {j.name: j for j in all_jobs}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(

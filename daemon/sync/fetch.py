@@ -6,9 +6,11 @@ transaction per page and memory holds a page, never the whole upstream set.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from daemon.clients.paging import WalkReport
 
 
 @dataclass
@@ -24,11 +26,49 @@ class Page:
     cursor: str | None = None
 
 
+@dataclass(frozen=True)
+class Completeness:
+    """A fetcher's verdict, once its pages are exhausted: may the runner tombstone?
+
+    `expected` is the number of distinct records the upstream says the list holds (its total),
+    when it said; the runner checks it against the distinct ids it stored before it trusts the
+    walk. `reason` says why a walk is not complete.
+    """
+
+    complete: bool
+    reason: str | None = None
+    expected: int | None = None
+
+    @classmethod
+    def of(cls, report: WalkReport) -> Completeness:
+        if not report.complete:
+            return cls(False, report.incomplete or "the walk did not finish")
+        return cls(True, expected=report.total_start)
+
+    @classmethod
+    def of_all(cls, reports: Iterable[WalkReport]) -> Completeness:
+        """Several walks into one table: complete when each is; totals add up only when every
+        walk had one."""
+        expected: int | None = 0
+        for report in reports:
+            verdict = cls.of(report)
+            if not verdict.complete:
+                return verdict
+            expected = None if expected is None or verdict.expected is None else (
+                expected + verdict.expected
+            )
+        return cls(True, expected=expected)
+
+
 class Fetcher(Protocol):
     """Streams a job's records from its upstream."""
 
     def pages(self, cursor: str | None) -> AsyncIterator[Page]:
         """Pages in order; `cursor` is the stored high-water mark (incremental mode) or None."""
+        ...
+
+    def completeness(self) -> Completeness:
+        """Called after `pages` is exhausted without error."""
         ...
 
 

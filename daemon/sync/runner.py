@@ -1,9 +1,16 @@
-"""Runs one sync job: fetch pages, upsert each in its own transaction, then tombstone.
+"""Runs one sync job: fetch pages, upsert each in its own transaction, then (maybe) tombstone.
 
 Why this shape (DESIGN §5 Sync):
 - one transaction per page, so a crash loses at most the page in flight and the next run heals
   it (unchanged rows are skipped by hash, so re-reading is cheap);
-- tombstones only after a *complete* full run: a failed or cancelled run deletes nothing;
+- tombstones only after a *complete* full run — every page answered, the walk ended where the
+  total said, the total did not move and the distinct ids stored agree with it — and then only
+  for rows missed by two consecutive complete runs, never more than `max_tombstone_fraction` of
+  the table (docs/database.md, "What the sync trusts");
+- every run ends: `max_pages` and `max_duration` stop it as `failed`, and each request is itself
+  bounded by its timeout, retries and `max_retry_wait`;
+- any exception ends *this job* `failed` — recorded from a shielded `finally`, so neither an
+  error nor a cancellation leaves a `running` row behind — and never reaches the other jobs;
 - the incremental cursor is stored after each committed page (fetchers ask the upstream for
   records in cursor order), so it only ever points at data that is in the database;
 - every outcome — ok, failed, cancelled — is written to `sync_runs` and logged as one line.
@@ -13,34 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import DaemonError, UpstreamError
+from daemon.config.models import SyncJob
+from daemon.errors import LimitExceeded, UpstreamError
+from daemon.logs import redact_text
+from daemon.store import ContactEntry, Store
 from daemon.sync.contacts import display_name, record_phones
 from daemon.sync.fetch import Fetcher, max_cursor
 
 log = structlog.get_logger(__name__)
-
-
-class JobSpec(Protocol):
-    """The fields of a `[[sync]]` entry the runner needs (daemon.config.SyncJob)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def table(self) -> str: ...
-    @property
-    def mode(self) -> str: ...
-    @property
-    def cursor_field(self) -> str | None: ...
-    @property
-    def phone_fields(self) -> list[str]: ...
-    @property
-    def report(self) -> str | None: ...
 
 
 @dataclass
@@ -56,10 +49,12 @@ class RunResult:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    missing: int = 0  # live rows this complete run did not see (marked, or tombstoned)
     contacts: int = 0
     duration: float = 0.0
     error: str | None = None
     error_type: str | None = None
+    incomplete: str | None = None  # why a full run could not vouch for completeness
     extra: dict[str, Any] = field(default_factory=dict)
 
     def counters(self) -> dict[str, int]:
@@ -72,6 +67,11 @@ class RunResult:
             "deleted": self.deleted,
         }
 
+    def fail(self, exc: BaseException) -> None:
+        self.status = "failed"
+        self.error = redact_text(str(exc) or type(exc).__name__)
+        self.error_type = type(exc).__name__
+
 
 Progress = Callable[[RunResult], None]
 
@@ -79,91 +79,166 @@ Progress = Callable[[RunResult], None]
 class JobRunner:
     """Runs jobs against one store; fetchers are built per job by the caller."""
 
-    def __init__(self, store: Any, *, clock: Clock, default_region: str = "US"):
+    def __init__(self, store: Store, *, clock: Clock, default_region: str = "US"):
         self._store = store
         self._clock = clock
         self._region = default_region
 
     async def run(
-        self, job: JobSpec, fetcher: Fetcher, *, progress: Progress | None = None
+        self,
+        job: SyncJob,
+        fetcher: Fetcher,
+        *,
+        progress: Progress | None = None,
+        result: RunResult | None = None,
     ) -> RunResult:
-        store = self._store
-        result = RunResult(job=job.name)
-        await store.ensure_record_table(job.table, report=job.report is not None)
-        run_started_at = self._clock.now()
+        """Run `job` once. Returns its result whatever happened; raises only cancellation
+        (after recording the run as `cancelled` — pass `result` to keep hold of it then)."""
+        result = result if result is not None else RunResult(job=job.name)
         started_mono = self._clock.monotonic()
-        result.run_id = await store.start_run(job.name)
-        log.info("sync.started", job=job.name, run_id=result.run_id, mode=job.mode)
-        state = await store.get_sync_state(job.name)
-        cursor = state.cursor if (state is not None and job.mode == "incremental") else None
+        run_started_at = self._clock.now()
+        failure: BaseException | None = None
         try:
-            async for page in fetcher.pages(cursor):
-                written = await store.upsert_page(
-                    job.table,
-                    page.records,
-                    run_started_at=run_started_at,
-                    period=page.period,
-                    insert_only=job.mode == "append",
-                )
-                result.pages += 1
-                result.fetched += len(page.records)
-                result.inserted += written.inserted
-                result.updated += written.updated
-                result.unchanged += written.unchanged
-                if job.mode == "incremental" and job.cursor_field:
-                    new_cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field)
-                    if new_cursor is not None and new_cursor != cursor:
-                        cursor = new_cursor
-                        await store.set_sync_state(job.name, cursor=cursor)
-                if progress is not None:
-                    progress(result)
+            result.run_id = await self._store.start_run(job.name)
+            log.info("sync.started", job=job.name, run_id=result.run_id, mode=job.mode)
+            await self._store.ensure_record_table(job.table, report=job.report is not None)
+            await self._fetch(job, fetcher, result, run_started_at, started_mono, progress)
             if job.mode == "full":
-                result.deleted = await store.mark_tombstones(
-                    job.table, run_started_at=run_started_at
-                )
-            if job.phone_fields:
+                await self._tombstones(job, fetcher, result, run_started_at)
+            if job.phone_fields and result.status != "failed":
                 result.contacts = await self._rebuild_contacts(job)
+            if result.status == "running":
+                result.status = "ok"
         except anyio.get_cancelled_exc_class():
-            result.status = "cancelled"
+            result.status, result.error = "cancelled", "cancelled"
+            raise
+        except Exception as exc:  # supervision boundary: this job fails, the others go on
+            result.fail(exc)
+            failure = exc
+        finally:
             result.duration = self._clock.monotonic() - started_mono
             with anyio.CancelScope(shield=True):
-                await store.finish_run(
-                    result.run_id, "cancelled", error="cancelled", **result.counters()
-                )
-            log.warning("sync.cancelled", job=job.name, run_id=result.run_id, **result.counters())
-            raise
-        except (DaemonError, OSError) as exc:
-            result.status = "failed"
-            result.error = str(exc)
-            result.error_type = type(exc).__name__
-            result.duration = self._clock.monotonic() - started_mono
-            await store.finish_run(result.run_id, "failed", error=result.error, **result.counters())
-            fields: dict[str, Any] = {"error": result.error, "error_type": result.error_type}
-            if isinstance(exc, UpstreamError):
-                fields.update(upstream=exc.upstream, status=exc.status)
-            log.error(
-                "sync.failed", job=job.name, run_id=result.run_id, **fields, **result.counters()
-            )
-            return result
-        result.status = "ok"
-        result.duration = self._clock.monotonic() - started_mono
-        await store.set_sync_state(job.name, last_success_at=run_started_at)
-        await store.finish_run(result.run_id, "ok", **result.counters())
-        log.info(
-            "sync.finished",
-            job=job.name,
-            run_id=result.run_id,
-            duration_s=round(result.duration, 3),
-            contacts=result.contacts,
-            **result.counters(),
-        )
+                await self._record(job, result, run_started_at, failure)
         return result
 
-    async def _rebuild_contacts(self, job: JobSpec) -> int:
-        """Rebuild this table's rows of the `contacts` index from its live records."""
-        from daemon.store import ContactEntry  # store owns the row type
+    async def _fetch(
+        self,
+        job: SyncJob,
+        fetcher: Fetcher,
+        result: RunResult,
+        run_started_at: Any,
+        started_mono: float,
+        progress: Progress | None,
+    ) -> None:
+        store = self._store
+        state = await store.get_sync_state(job.name)
+        cursor = state.cursor if (state is not None and job.mode == "incremental") else None
+        async for page in fetcher.pages(cursor):
+            if result.pages >= job.max_pages:
+                raise LimitExceeded(f"more than max_pages ({job.max_pages}) pages; stopped")
+            elapsed = self._clock.monotonic() - started_mono
+            if elapsed > job.max_duration:
+                raise LimitExceeded(
+                    f"still running after {elapsed:.0f}s, past max_duration "
+                    f"({job.max_duration:g}s); stopped"
+                )
+            written = await store.upsert_page(
+                job.table,
+                page.records,
+                run_started_at=run_started_at,
+                period=page.period,
+                insert_only=job.mode == "append",
+            )
+            result.pages += 1
+            result.fetched += len(page.records)
+            result.inserted += written.inserted
+            result.updated += written.updated
+            result.unchanged += written.unchanged
+            if job.mode == "incremental" and job.cursor_field:
+                new_cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field)
+                if new_cursor is not None and new_cursor != cursor:
+                    cursor = new_cursor
+                    await store.set_sync_state(job.name, cursor=cursor)
+            if progress is not None:
+                progress(result)
 
-        entries: list[Any] = []
+    async def _tombstones(
+        self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: Any
+    ) -> None:
+        verdict = fetcher.completeness()
+        reason = verdict.reason if not verdict.complete else None
+        if verdict.complete and verdict.expected is not None:
+            seen = await self._store.count_seen(job.table, run_started_at=run_started_at)
+            if seen != verdict.expected:
+                reason = f"{seen} distinct ids stored, the upstream's total is {verdict.expected}"
+        if reason is not None:
+            result.incomplete = reason
+            log.warning("sync.incomplete", job=job.name, run_id=result.run_id, reason=reason)
+            return
+        outcome = await self._store.mark_tombstones(
+            job.table, run_started_at=run_started_at, max_fraction=job.max_tombstone_fraction
+        )
+        result.missing = outcome.missing
+        if outcome.refused:
+            share = outcome.missing / outcome.live if outcome.live else 1.0
+            log.error(
+                "sync.tombstones_refused",
+                job=job.name,
+                run_id=result.run_id,
+                missing=outcome.missing,
+                live=outcome.live,
+                max_tombstone_fraction=job.max_tombstone_fraction,
+            )
+            result.status = "failed"
+            result.error_type = "TombstonesRefused"
+            result.error = (
+                f"the run would tombstone {outcome.missing} of {outcome.live} live rows "
+                f"({share:.0%}), more than max_tombstone_fraction "
+                f"({job.max_tombstone_fraction:g}); nothing was tombstoned"
+            )
+            return
+        result.deleted = outcome.deleted
+
+    async def _record(
+        self, job: SyncJob, result: RunResult, run_started_at: Any, failure: BaseException | None
+    ) -> None:
+        """Write the run's row and its one log line; never raises (the database may be the
+        thing that failed)."""
+        counters = result.counters()
+        try:
+            if result.run_id:
+                await self._store.finish_run(
+                    result.run_id,
+                    result.status,
+                    error=result.error,
+                    incomplete=result.incomplete,
+                    **counters,
+                )
+            if result.status == "ok":
+                await self._store.set_sync_state(job.name, last_success_at=run_started_at)
+        except Exception as exc:
+            log.error("sync.record_failed", job=job.name, run_id=result.run_id, error=repr(exc))
+        base = {"job": job.name, "run_id": result.run_id, **counters}
+        if result.status == "ok":
+            log.info(
+                "sync.finished",
+                **base,
+                duration_s=round(result.duration, 3),
+                contacts=result.contacts,
+                missing=result.missing,
+                incomplete=result.incomplete,
+            )
+        elif result.status == "cancelled":
+            log.warning("sync.cancelled", **base)
+        else:
+            fields: dict[str, Any] = {"error": result.error, "error_type": result.error_type}
+            if isinstance(failure, UpstreamError):
+                fields.update(upstream=failure.upstream, status=failure.status)
+            log.error("sync.failed", **base, **fields)
+
+    async def _rebuild_contacts(self, job: SyncJob) -> int:
+        """Rebuild this table's rows of the `contacts` index from its live records."""
+        entries: list[ContactEntry] = []
         async for record_id, data in self._store.iter_records(job.table):
             phones = record_phones(data, job.phone_fields, self._region)
             if not phones:
@@ -172,3 +247,16 @@ class JobRunner:
             entries.extend(ContactEntry(phone, record_id, name) for phone in phones)
         await self._store.replace_contacts(job.table, entries)
         return len(entries)
+
+    async def record_failure(self, job: SyncJob, exc: BaseException) -> RunResult:
+        """A job that failed before it could run (its fetcher could not be built): recorded
+        like any failed run, so `daemon status` shows it."""
+        result = RunResult(job=job.name)
+        result.fail(exc)
+        with anyio.CancelScope(shield=True):
+            try:
+                result.run_id = await self._store.start_run(job.name)
+            except Exception as store_exc:
+                log.error("sync.record_failed", job=job.name, error=repr(store_exc))
+            await self._record(job, result, self._clock.now(), exc)
+        return result

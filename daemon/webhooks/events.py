@@ -13,13 +13,14 @@ an unknown model becomes `netsapiens.<model>` rather than an error. Only a body 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from daemon.canonical import canonical_json as _canonical
+from daemon.canonical import sha256_hex
 from daemon.clients.netsapiens import parse_ns_datetime
 from daemon.phones import to_e164
 
@@ -79,7 +80,7 @@ class Event:
     def to_json(self) -> str:
         """What the inbox stores as `payload`: the normalised event, so the dispatcher need
         not know which model or default region produced it."""
-        return json.dumps(self.as_context(), sort_keys=True, ensure_ascii=False, default=str)
+        return canonical_json(self.as_context())
 
     @classmethod
     def from_json(cls, text: str) -> Event:
@@ -122,11 +123,14 @@ class _Reject(Exception):
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _canonical(obj, default=str)
 
 
 def _hash_key(model: str, obj: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+    try:
+        digest = sha256_hex(canonical_json(obj))
+    except ValueError:
+        raise _Reject("element holds NaN or Infinity, which JSON cannot carry") from None
     return f"{SOURCE}:{model}:sha256:{digest}"
 
 

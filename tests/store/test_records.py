@@ -8,7 +8,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.errors import StoreError
-from daemon.store import Store, UpsertResult
+from daemon.store import Store, TombstoneResult, UpsertResult
 
 
 def _rows(path: Path, table: str) -> dict[str, dict[str, Any]]:
@@ -51,30 +51,63 @@ async def test_unicode_and_hash_is_canonical(store: Store) -> None:
     assert await store.get_record("t", "é") == {"name": "Zoë", "a": [1, 2]}
 
 
-async def test_tombstone_after_full_run_and_resurrect(store: Store, clock: FakeClock) -> None:
+async def _complete_run(
+    store: Store, clock: FakeClock, table: str, ids: list[str], **kw: Any
+) -> TombstoneResult:
+    clock.advance(3600)
+    started = clock.now()
+    await store.upsert_page(table, [(i, {"v": i}) for i in ids], run_started_at=started)
+    return await store.mark_tombstones(table, run_started_at=started, **kw)
+
+
+async def test_tombstone_after_two_complete_runs_and_resurrect(
+    store: Store, clock: FakeClock
+) -> None:
     await store.ensure_record_table("clients")
-    run1 = clock.now()
-    await store.upsert_page("clients", [("1", {"v": 1}), ("2", {"v": 2})], run_started_at=run1)
-    assert await store.mark_tombstones("clients", run_started_at=run1) == 0
-
-    clock.advance(3600)
-    run2 = clock.now()
-    await store.upsert_page("clients", [("1", {"v": 1})], run_started_at=run2)
-    assert await store.mark_tombstones("clients", run_started_at=run2) == 1
-    assert await store.get_record("clients", "2") is None
-    assert [rid async for rid, _ in store.iter_records("clients")] == ["1"]
-    assert len([x async for x in store.iter_records("clients", include_deleted=True)]) == 2
-    # Already tombstoned rows are not counted again.
-    assert await store.mark_tombstones("clients", run_started_at=run2) == 0
-
-    clock.advance(3600)
-    run3 = clock.now()
-    res = await store.upsert_page(
-        "clients", [("1", {"v": 1}), ("2", {"v": 2})], run_started_at=run3
+    ids = [str(i) for i in range(1, 6)]
+    assert await _complete_run(store, clock, "clients", ids) == TombstoneResult(live=5)
+    # Missed once: marked, still served (offset paging may have shifted it out of view).
+    assert await _complete_run(store, clock, "clients", ids[:-1]) == TombstoneResult(
+        deleted=0, marked=1, missing=1, live=5
     )
-    assert res == UpsertResult(inserted=0, updated=1, unchanged=1)
-    assert await store.get_record("clients", "2") == {"v": 2}
-    assert await store.mark_tombstones("clients", run_started_at=run3) == 0
+    assert await store.get_record("clients", "5") == {"v": "5"}
+    # Missed by the next complete run too: tombstoned.
+    assert (await _complete_run(store, clock, "clients", ids[:-1])).deleted == 1
+    assert await store.get_record("clients", "5") is None
+    assert [rid async for rid, _ in store.iter_records("clients")] == ids[:-1]
+    assert len([x async for x in store.iter_records("clients", include_deleted=True)]) == 5
+    # Already tombstoned rows are not counted again.
+    assert await _complete_run(store, clock, "clients", ids[:-1]) == TombstoneResult(live=4)
+    # It comes back: resurrected.
+    clock.advance(3600)
+    res = await store.upsert_page("clients", [("5", {"v": "5"})], run_started_at=clock.now())
+    assert res == UpsertResult(inserted=0, updated=1, unchanged=0)
+    assert await store.get_record("clients", "5") == {"v": "5"}
+
+
+async def test_a_row_seen_again_loses_its_mark(store: Store, clock: FakeClock) -> None:
+    """A live row that one walk missed (rows shifted between pages) and the next saw is never
+    tombstoned: the mark needs two misses in a row."""
+    await store.ensure_record_table("t")
+    ids = [str(i) for i in range(10)]
+    await _complete_run(store, clock, "t", ids)
+    assert (await _complete_run(store, clock, "t", ids[1:])).marked == 1
+    await _complete_run(store, clock, "t", ids)
+    assert (await _complete_run(store, clock, "t", ids[1:])).deleted == 0  # a first miss again
+    assert await store.get_record("t", "0") is not None
+
+
+async def test_tombstones_refused_past_the_fraction(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("t")
+    ids = [str(i) for i in range(10)]
+    await _complete_run(store, clock, "t", ids)
+    for _ in range(2):
+        refused = await _complete_run(store, clock, "t", ids[:4], max_fraction=0.5)
+        assert refused == TombstoneResult(missing=6, live=10, refused=True)
+    rows = await store.fetchall('SELECT COUNT(*) AS n FROM "t" WHERE missed_at IS NOT NULL '
+                                "OR deleted_at IS NOT NULL")
+    assert rows[0]["n"] == 0  # refused means untouched: not even marked
+    assert (await _complete_run(store, clock, "t", ids[:5], max_fraction=0.5)).marked == 5
 
 
 async def test_failed_run_deletes_nothing(store: Store, clock: FakeClock, db_path: Path) -> None:
@@ -95,7 +128,7 @@ async def test_wall_clock_step_back_does_not_tombstone(store: Store, clock: Fake
     run = clock.now()
     clock.set_wall(run.replace(year=2024))  # NTP stepped the clock back mid-run
     await store.upsert_page("t", [("1", {})], run_started_at=run)
-    assert await store.mark_tombstones("t", run_started_at=run) == 0
+    assert await store.mark_tombstones("t", run_started_at=run) == TombstoneResult(live=1)
 
 
 async def test_report_tables_have_period(store: Store, clock: FakeClock) -> None:
@@ -112,8 +145,10 @@ async def test_report_tables_have_period(store: Store, clock: FakeClock) -> None
     await store.upsert_page(
         "revenue", [("2025-02:a", {"x": 2})], run_started_at=t2, period="2025-02"
     )
-    assert await store.mark_tombstones("revenue", run_started_at=t2, period="2025-02") == 0
-    assert await store.mark_tombstones("revenue", run_started_at=t2) == 1  # 2025-01 unseen
+    in_period = await store.mark_tombstones("revenue", run_started_at=t2, period="2025-02")
+    assert in_period == TombstoneResult(live=1)
+    whole = await store.mark_tombstones("revenue", run_started_at=t2)  # 2025-01 unseen
+    assert (whole.marked, whole.deleted) == (1, 0)
     rows = await store.fetchall('SELECT id, period FROM "revenue" ORDER BY id')
     assert [(r["id"], r["period"]) for r in rows] == [
         ("2025-01:a", "2025-01"),
@@ -155,7 +190,7 @@ async def test_large_page_crosses_variable_limit(store: Store, clock: FakeClock)
     page[7] = (page[7][0], {"i": -1})
     res = await store.upsert_page("big", page, run_started_at=t2)
     assert res == UpsertResult(0, 1, 4999)
-    assert await store.mark_tombstones("big", run_started_at=t2) == 0
+    assert await store.mark_tombstones("big", run_started_at=t2) == TombstoneResult(live=5000)
     count = 0
     async for _ in store.iter_records("big", batch=700):
         count += 1

@@ -1,6 +1,11 @@
 """Runs, sync state, contacts, inbox, actions, subscriptions, retention."""
 
+import socket
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,14 +31,36 @@ async def test_runs_lifecycle(store: Store, clock: FakeClock) -> None:
         await store.finish_run(a2, "running")
 
 
-async def test_mark_stale_runs_failed(store: Store, clock: FakeClock) -> None:
+async def test_mark_stale_runs_failed(store: Store, clock: FakeClock, db_path: Path) -> None:
+    """Only runs whose process is gone are marked: this process's own run (as a live service's
+    would be) and a run on another host are left alone."""
     ok = await store.start_run("a")
     await store.finish_run(ok, "ok")
-    stale = await store.start_run("b")
-    assert await store.mark_stale_runs_failed() == 1
-    row = await store.get_run(stale)
-    assert row is not None and row.status == "failed" and row.error == "interrupted"
-    assert row.finished_at == clock.now()
+    live = await store.start_run("live")
+    dead = await store.start_run("dead")
+    legacy = await store.start_run("legacy")
+    elsewhere = await store.start_run("elsewhere")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    gone_pid = int(finished.stdout)
+    host = socket.gethostname()
+
+    async def set_owner(run_id: int, owner: str | None) -> None:
+        async def fn(conn: Any) -> None:
+            await conn.execute("UPDATE sync_runs SET owner = ? WHERE id = ?", (owner, run_id))
+
+        await store.write(fn)
+
+    await set_owner(dead, f"{host}:{gone_pid}:1")
+    await set_owner(legacy, None)
+    await set_owner(elsewhere, f"not-{host}:1:1")
+    assert await store.mark_stale_runs_failed() == 2
+    for run_id in (dead, legacy):
+        row = await store.get_run(run_id)
+        assert row is not None and row.status == "failed" and row.error == "interrupted"
+        assert row.finished_at == clock.now()
+    for run_id in (live, elsewhere):
+        assert (await store.get_run(run_id)).status == "running"  # type: ignore[union-attr]
     assert (await store.get_run(ok)).status == "ok"  # type: ignore[union-attr]
     assert await store.mark_stale_runs_failed() == 0
 
@@ -80,8 +107,9 @@ async def test_contacts(store: Store, clock: FakeClock) -> None:
     assert await store.lookup_contact("+10000000000") is None
     # A tombstoned record is not served.
     clock.advance(60)
-    await store.upsert_page("halo_users", [], run_started_at=clock.now())
-    await store.mark_tombstones("halo_users", run_started_at=clock.now())
+    for _ in range(2):  # missed by two consecutive complete runs
+        clock.advance(60)
+        await store.mark_tombstones("halo_users", run_started_at=clock.now())
     assert await store.lookup_contact("+15551230000") is None
 
 

@@ -6,7 +6,6 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from structlog.testing import capture_logs
 from daemon.clients.blesta import BlestaClient
 from daemon.clients.blesta_reseller import ResellerClient
 from daemon.clock import FakeClock
+from daemon.config import SyncJob
 from daemon.sandbox.blesta_sim import BlestaState
 from daemon.sandbox.blesta_sim import make_app as make_blesta_app
 from daemon.sandbox.reseller_sim import BASE_PATH as RESELLER_PATH
@@ -22,7 +22,7 @@ from daemon.sandbox.reseller_sim import ResellerState
 from daemon.sandbox.reseller_sim import make_app as make_reseller_app
 from daemon.sandbox.server import serve_app
 from daemon.store import Store
-from daemon.sync.runner import JobRunner
+from daemon.sync.runner import JobRunner, RunResult
 from daemon.sync.strategies import build_fetcher
 from tests.clients.blesta_fixtures import (
     BLESTA_KEY,
@@ -33,23 +33,17 @@ from tests.clients.blesta_fixtures import (
 )
 
 
-def job(**kw: Any) -> SimpleNamespace:
+def job(**kw: Any) -> SyncJob:
+    """A real `[[sync]]` model, so a renamed config field breaks these tests."""
     values: dict[str, Any] = {
         "name": "blesta-clients",
         "table": "blesta_clients",
         "upstream": "blesta",
         "resource": "clients",
-        "method": "getList",
-        "params": {},
-        "mode": "full",
-        "cursor_field": None,
-        "phone_fields": [],
-        "report": None,
-        "months": None,
-        "page_size": None,
+        "every": "15m",
     }
     values.update(kw)
-    return SimpleNamespace(**values)
+    return SyncJob.model_validate({k: v for k, v in values.items() if v is not None})
 
 
 @pytest.fixture
@@ -84,8 +78,8 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 async def run(
-    store: Store, clock: FakeClock, j: SimpleNamespace, client: Any, kind: str = "blesta"
-):
+    store: Store, clock: FakeClock, j: SyncJob, client: Any, kind: str = "blesta"
+) -> RunResult:
     runner = JobRunner(store, clock=clock, default_region="US")
     clock.advance(60)  # each run starts later than the last one's writes
     return await runner.run(j, build_fetcher(j, client, kind, now=clock.now()))
@@ -109,12 +103,20 @@ async def test_full_sync_then_unchanged_resync_rewrites_nothing(store, blesta, c
     assert finished["fetched"] == 45 and finished["job"] == "blesta-clients"
 
 
-async def test_tombstone_after_complete_run_and_resurrection(store, blesta, state, clock, tmp_path):
+async def test_tombstone_after_two_complete_runs_and_resurrection(
+    store, blesta, state, clock, tmp_path
+):
     await run(store, clock, job(), blesta)
     gone = state.clients.pop(7)
+    first_miss = await run(store, clock, job(), blesta)
+    assert (first_miss.deleted, first_miss.missing) == (0, 1)  # marked, not yet deleted
+    db = tmp_path / "state.db"
+    assert rows(
+        db, f"SELECT deleted_at IS NULL, missed_at IS NOT NULL FROM blesta_clients "
+        f"WHERE id = '{gone['id']}'"
+    ) == [(1, 1)]
     result = await run(store, clock, job(), blesta)
     assert result.deleted == 1
-    db = tmp_path / "state.db"
     assert rows(
         db, f"SELECT deleted_at IS NOT NULL FROM blesta_clients WHERE id = '{gone['id']}'"
     ) == [(1,)]
@@ -140,7 +142,9 @@ async def test_failed_run_deletes_nothing_and_is_recorded(store, blesta, state, 
     assert failed[0]["status"] == 500 and failed[0]["upstream"] == blesta.name
     state.fail_pages = set()
     healed = await run(store, clock, job(), blesta)
-    assert healed.status == "ok" and healed.deleted == 1
+    assert healed.status == "ok" and (healed.deleted, healed.missing) == (0, 1)
+    confirmed = await run(store, clock, job(), blesta)
+    assert confirmed.deleted == 1
 
 
 async def test_incremental_cursor_advances_only_after_committed_pages(store, blesta, state, clock):
