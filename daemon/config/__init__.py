@@ -4,6 +4,7 @@ The public API lives here; `values` holds the scalar parsers, `models` the setti
 `secrets` the reference resolution and `load` the reading and cross-checking.
 """
 
+from daemon.config.checks import database_problem
 from daemon.config.load import (
     SYSTEM_CONFIG,
     load_settings,
@@ -33,9 +34,13 @@ from daemon.config.models import (
 )
 from daemon.config.secrets import SECRET_KEYS
 from daemon.config.values import (
+    MAX_DURATION,
+    ByteSize,
     Duration,
     RateLimit,
+    format_byte_size,
     format_duration,
+    parse_byte_size,
     parse_duration,
     parse_months,
     parse_rate_limit,
@@ -43,6 +48,7 @@ from daemon.config.values import (
 
 __all__ = [
     "DEFAULT_RESELLER_URL",
+    "MAX_DURATION",
     "NETSAPIENS_MODELS",
     "RESERVED_TABLES",
     "SECRET_KEYS",
@@ -50,6 +56,7 @@ __all__ = [
     "UPSTREAM_KINDS",
     "BillomatUpstream",
     "BlestaUpstream",
+    "ByteSize",
     "DaemonSettings",
     "Duration",
     "HaloUpstream",
@@ -64,8 +71,11 @@ __all__ = [
     "SyncJob",
     "UpstreamSettings",
     "WebhooksSettings",
+    "database_problem",
+    "format_byte_size",
     "format_duration",
     "load_settings",
+    "parse_byte_size",
     "parse_duration",
     "parse_months",
     "parse_rate_limit",

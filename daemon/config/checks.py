@@ -5,8 +5,11 @@ Split from `load` so the reading order there stays: find, resolve, validate, cro
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jinja2
@@ -197,6 +200,16 @@ def check_unique(c: Collector, jobs: list[SyncJob | None], rules: list[Rule | No
                 )
             else:
                 seen[key] = i
+    # A report table gets an index `<table>_period`; SQLite keeps index and table names in one
+    # namespace, so no other job's table may take that name.
+    indexes = {f"{j.table}_period": i for i, j in enumerate(jobs) if j is not None and j.report}
+    for i, job in enumerate(jobs):
+        if job is not None and job.table in indexes:
+            c.add(
+                f"sync[{i}].table",
+                f"table name {job.table!r} is taken by the period index of "
+                f"sync[{indexes[job.table]}]'s report table",
+            )
 
 
 def check_rule_syntax(c: Collector, path: str, rule: Rule) -> None:
@@ -238,3 +251,48 @@ def _parse_template(c: Collector, env: jinja2.Environment, path: str, source: st
         env.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         c.add(path, f"invalid template: {exc.message} (line {exc.lineno})")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def database_problem(path: Path) -> str | None:
+    """Why `path` cannot be the daemon's SQLite file, or None.
+
+    A missing file is fine (the store creates it) when its directory exists or can be
+    created; an existing one must be a regular file that starts with SQLite's header — a
+    directory, a device, a FIFO or someone else's file is refused before the store opens it.
+    Opened non-blocking, so a FIFO cannot hang the check.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists():
+            if parent.parent == parent:
+                break
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"cannot be created: {str(parent)!r} is not a directory"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot be created: the directory {str(parent)!r} is not writable"
+        return None
+    except (OSError, ValueError) as exc:
+        return f"cannot be checked: {getattr(exc, 'strerror', None) or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory; name a file inside it (for example state.db)"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a device, FIFO or socket)"
+    if st.st_size == 0:
+        return None  # an empty file is a database SQLite has not written yet
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            header = os.read(fd, len(SQLITE_HEADER))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    if header != SQLITE_HEADER:
+        return "exists and is not an SQLite database; refusing to touch it"
+    return None

@@ -29,18 +29,69 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from daemon.config.values import (
+    MAX_DURATION,
+    ByteSize,
     Duration,
     RateLimitValue,
     check_cron,
     check_http_url,
     check_listen,
     check_network,
+    expand_user,
+    format_byte_size,
+    format_duration,
     parse_duration,
     parse_months,
 )
 from daemon.phones import to_e164
+from daemon.tablenames import RESERVED_NAMES, table_name_problem
 
-Secret = SecretStr
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+KiB, GiB = 1024, 1024**3
+
+
+def _usable_secret(value: SecretStr) -> SecretStr:
+    # An empty secret would send blank credentials and fail obscurely at the first request; a
+    # control character cannot travel in a header and would make the request itself fail.
+    text = value.get_secret_value()
+    if not text.strip():
+        raise ValueError("must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters (a newline, a tab, ...)")
+    return value
+
+
+def _between(
+    minimum: float = 0.0, maximum: float = MAX_DURATION, *, positive: bool = False
+) -> AfterValidator:
+    """A duration's bounds, with the message in the file's own units (`at most 1h`)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if positive and value <= 0:
+            raise ValueError("must be positive")
+        if value < minimum:
+            raise ValueError(f"must be at least {format_duration(minimum)}")
+        if value > maximum:
+            raise ValueError(f"must be at most {format_duration(maximum)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _sized(minimum: int, maximum: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not minimum <= value <= maximum:
+            raise ValueError(
+                f"must be between {format_byte_size(minimum)} and {format_byte_size(maximum)}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+Secret = Annotated[SecretStr, AfterValidator(_usable_secret)]
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
 Network = Annotated[str, AfterValidator(check_network)]
 
@@ -60,9 +111,8 @@ NetsapiensModel = Literal[
     "contacts",
 ]
 NETSAPIENS_MODELS: tuple[str, ...] = get_args(NetsapiensModel)
-RESERVED_TABLES = frozenset(
-    {"sync_runs", "sync_state", "contacts", "events", "actions", "halo_threads", "subscriptions"}
-)
+# The store's own tables and indexes and SQL keywords (`daemon.tablenames`, the one rule).
+RESERVED_TABLES = RESERVED_NAMES
 # A Reseller job's `resource` is the API method it reads (DESIGN §3); the short names of the
 # first release stay accepted as aliases and are normalised to the method name.
 RESELLER_RESOURCES = ("getcredit", "getpackages", "getpackagepricing", "search")
@@ -73,11 +123,12 @@ RESELLER_ALIASES = {
     "licenses": "search",
 }
 DEFAULT_MAX_PAGES = 100_000
+MAX_PAGES = 1_000_000_000
+MAX_PAGE_SIZE = 100_000
 DEFAULT_MAX_DURATION = 2 * 3600.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_RETRY_WAIT = 600.0
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_DEFAULT_JITTER = 30.0
 _CRON_REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -103,8 +154,9 @@ class DaemonSettings(_Model):
     log_format: Literal["json", "console", "auto"] = "auto"
     timezone: str = "UTC"
     default_region: str = "US"
-    shutdown_timeout: Duration = 30.0
-    retention: Duration = 90 * 86400.0
+    shutdown_timeout: Annotated[Duration, _between(maximum=HOUR, positive=True)] = 30.0
+    # At least an hour: `retention = 90` is ninety seconds, and would prune everything.
+    retention: Annotated[Duration, _between(minimum=HOUR)] = 90 * 86400.0
     allow_insecure_config: bool = False
 
     @field_validator("database")
@@ -113,7 +165,9 @@ class DaemonSettings(_Model):
         # Relative to the file, not the cwd: `daemon run-once` from another directory must open
         # the same database as the service.
         base = (info.context or {}).get("base_dir")
-        value = value.expanduser()
+        if "\x00" in str(value) or not str(value).strip():
+            raise ValueError("must be a file path (not empty, no NUL character)")
+        value = expand_user(value)
         return value if value.is_absolute() or base is None else Path(base) / value
 
     @field_validator("timezone")
@@ -121,7 +175,7 @@ class DaemonSettings(_Model):
     def _zone(cls, value: str) -> str:
         try:
             zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a dir
             raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
         return value
 
@@ -133,19 +187,12 @@ class DaemonSettings(_Model):
             raise ValueError(f"unknown region {value!r}: expected an ISO 3166 code such as 'US'")
         return region
 
-    @field_validator("shutdown_timeout")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-
 
 class HttpSettings(_Model):
     """`[http]`: the webhook / health listener."""
 
     listen: Annotated[str, AfterValidator(check_listen)] = "127.0.0.1:8780"
-    max_body_bytes: int = Field(default=1048576, gt=0)
+    max_body_bytes: Annotated[ByteSize, _sized(1, GiB)] = 1048576
     trusted_proxies: list[Network] = []
 
     @property
@@ -161,21 +208,14 @@ class _Upstream(_Model):
     """Fields every `[upstreams.<name>]` table shares; `name` is the table's key."""
 
     name: str
-    timeout: Duration = 30.0
+    timeout: Annotated[Duration, _between(maximum=HOUR, positive=True)] = 30.0
     max_retries: int = Field(default=4, ge=0, le=10)
     max_concurrency: int = Field(default=4, ge=1, le=64)
     rate_limit: RateLimitValue = None
     # Every answer is read into memory up to this size (after decompression) and no further.
-    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_response_bytes: Annotated[ByteSize, _sized(KiB, GiB)] = DEFAULT_MAX_RESPONSE_BYTES
     # All the waiting one request may do between its tries (backoff and Retry-After together).
-    max_retry_wait: Duration = DEFAULT_MAX_RETRY_WAIT
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive_timeout(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
+    max_retry_wait: Annotated[Duration, _between(maximum=DAY)] = DEFAULT_MAX_RETRY_WAIT
 
 
 class BlestaUpstream(_Upstream):
@@ -202,7 +242,7 @@ class BillomatUpstream(_Upstream):
     app_id: str | None = None
     app_secret: Secret | None = None
     url: HttpUrl | None = None
-    max_rate_wait: Duration = 900.0
+    max_rate_wait: Annotated[Duration, _between(maximum=DAY)] = 900.0
 
     @model_validator(mode="after")
     def _app_pair(self) -> BillomatUpstream:
@@ -312,7 +352,7 @@ class SyncJob(_Model):
     resource: str | None = None
     method: str = "getList"
     params: dict[str, Any] = {}
-    every: Duration | None = None
+    every: Annotated[Duration, _between(minimum=1.0, positive=True)] | None = None
     cron: Annotated[str, AfterValidator(check_cron)] | None = None
     jitter: Duration = 0.0
     mode: Literal["full", "incremental", "append"] = "full"
@@ -320,10 +360,10 @@ class SyncJob(_Model):
     phone_fields: list[str] = []
     report: str | None = None
     months: str | None = None
-    page_size: int | None = Field(default=None, gt=0)
+    page_size: int | None = Field(default=None, gt=0, le=MAX_PAGE_SIZE)
     # Every run ends, and no run erases most of a table on one bad answer (docs/database.md).
-    max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1)
-    max_duration: Duration = DEFAULT_MAX_DURATION
+    max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1, le=MAX_PAGES)
+    max_duration: Annotated[Duration, _between(positive=True)] = DEFAULT_MAX_DURATION
     max_tombstone_fraction: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @model_validator(mode="before")
@@ -348,10 +388,9 @@ class SyncJob(_Model):
     @field_validator("table")
     @classmethod
     def _table(cls, value: str) -> str:
-        if not TABLE_NAME.match(value):
-            raise ValueError(f"unsafe table name {value!r}: must match ^[a-z][a-z0-9_]{{0,62}}$")
-        if value in RESERVED_TABLES or value.startswith("sqlite_"):
-            raise ValueError(f"table name {value!r} is reserved for the daemon's own tables")
+        problem = table_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("months")
@@ -367,16 +406,12 @@ class SyncJob(_Model):
             raise field_error("every", "a job needs a schedule: set `every` or `cron`")
         if self.every is not None and self.cron is not None:
             raise field_error("cron", "set `every` or `cron`, not both")
-        if self.every is not None and self.every <= 0:
-            raise field_error("every", "must be positive")
         if self.resource is None and self.report is None:
             raise field_error("resource", "a job needs `resource` (or `report` for Blesta)")
         if self.resource is not None and self.report is not None:
             raise field_error("report", "set `resource` or `report`, not both")
         if self.months is not None and self.report is None:
             raise field_error("months", "`months` only applies to a `report` job")
-        if self.max_duration <= 0:
-            raise field_error("max_duration", "must be positive")
         if self.mode == "incremental" and not self.cursor_field:
             raise field_error("cursor_field", "required when mode = 'incremental'")
         return self
@@ -444,3 +479,22 @@ class Settings(_Model):
                 if isinstance(value, SecretStr):
                     found.append(value.get_secret_value())
         return [s for s in dict.fromkeys(found) if s]
+
+    def secret_pairs(self) -> list[tuple[str, str]]:
+        """`(user, secret)` pairs that may travel as HTTP Basic credentials (Blesta and the
+        Reseller API use Basic; OAuth servers accept it for client credentials), so the
+        redactor can mask the base64 of each pair as an echoed `Authorization` header."""
+        pairs: list[tuple[str, str]] = []
+        for up in self.upstreams.values():
+            if isinstance(up, BlestaUpstream):
+                pairs.append((up.user, up.key.get_secret_value()))
+            elif isinstance(up, ResellerUpstream):
+                pairs.append((up.user, up.password.get_secret_value()))
+            elif isinstance(up, HaloUpstream):
+                pairs.append((up.client_id, up.client_secret.get_secret_value()))
+            elif isinstance(up, NetsapiensUpstream):
+                pairs.append((up.client_id, up.client_secret.get_secret_value()))
+                pairs.append((up.username, up.password.get_secret_value()))
+            elif up.app_id is not None and up.app_secret is not None:
+                pairs.append((up.app_id, up.app_secret.get_secret_value()))
+        return list(dict.fromkeys(pairs))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -17,38 +19,93 @@ from croniter import croniter
 from pydantic import BeforeValidator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_FULL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d|w))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 _DURATION_HINT = "expected seconds or a string like '30s', '15m', '2h', '1d', '1h30m'"
-_MONTHS = re.compile(r"^(\d{4})-(\d{2})\.\.(current|(\d{4})-(\d{2}))$")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_MONTHS = re.compile(r"^([0-9]{4})-([0-9]{2})\.\.(current|([0-9]{4})-([0-9]{2}))$")
+# Ten years: longer than any sensible interval, timeout or retention, and short enough that
+# `now + duration` never overflows a datetime or a monotonic deadline.
+MAX_DURATION = 3650 * 86400.0
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_BYTE_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)")
+_BYTE_HINT = "expected a number of bytes or a size like '512KB', '64MB', '64MiB', '1GiB'"
+MAX_RATE_COUNT = 1_000_000
+
+
+def show(value: object, limit: int = 40) -> str:
+    """`repr(value)` cut short, so a problem never echoes a whole pasted blob."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def expand_user(path: str | Path) -> Path:
+    """`Path(path).expanduser()`, with `~nosuchuser` a ValueError instead of a RuntimeError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {show(str(path))}: no such user's home") from None
 
 
 def parse_duration(value: object) -> float:
     """Seconds from `"1h30m"`, `"90d"`, `"250ms"` or a bare number of seconds.
 
     Accepts numbers too because TOML users write `timeout = 30` as often as `"30s"`; refuses
-    negatives and booleans, which are always a mistake in a duration.
+    negatives, booleans, `nan`/`inf` and anything over ten years, which are always a mistake
+    (and `inf` or `99999999999w` would overflow the first datetime they meet).
     """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}: {_DURATION_HINT}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r}: {_DURATION_HINT}")
-    text = value.strip().lower().replace(" ", "")
-    try:
-        number = float(text)
-    except ValueError:
-        pass
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"invalid duration {show(value)}: {_DURATION_HINT}")
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        elif text and _DURATION_FULL.fullmatch(text):
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(f"invalid duration {show(value)}: {_DURATION_HINT}")
+    elif isinstance(value, int):
+        # Clamped before float(): a huge TOML integer would raise OverflowError there.
+        seconds = float(max(-1, min(value, int(MAX_DURATION) + 1)))
     else:
-        if number < 0 or number != number or number == float("inf"):
-            raise ValueError(f"invalid duration {value!r}: must be a finite, positive number")
-        return number
-    if not text or not _DURATION_FULL.fullmatch(text):
-        raise ValueError(f"invalid duration {value!r}: {_DURATION_HINT}")
-    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+        seconds = float(value)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"invalid duration {show(value)}: must be a finite number")
+    if seconds < 0:
+        raise ValueError(f"invalid duration {show(value)}: must not be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"invalid duration {show(value)}: at most 3650d (ten years)")
+    return seconds
+
+
+def parse_byte_size(value: object) -> int:
+    """Bytes from `1048576`, `"512KB"`, `"64MB"` (powers of 1000) or `"64MiB"` (of 1024)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"invalid size {show(value)}: {_BYTE_HINT}")
+    if isinstance(value, int):
+        return value
+    m = _BYTE_SIZE.fullmatch(value.strip().lower())
+    if m is None or m.group(2) not in _BYTE_UNITS or len(m.group(1)) > 20:
+        raise ValueError(f"invalid size {show(value)}: {_BYTE_HINT}")
+    return round(float(m.group(1)) * _BYTE_UNITS[m.group(2)])
+
+
+def format_byte_size(size: int) -> str:
+    """`67108864` → `64MiB`, `64000000` → `64MB`: the exact spelling, for summaries."""
+    for unit, factor in (("GiB", 1024**3), ("GB", 1000**3), ("MiB", 1024**2), ("MB", 1000**2),
+                         ("KiB", 1024), ("KB", 1000)):  # fmt: skip
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
 
 
 def format_duration(seconds: float) -> str:
@@ -83,36 +140,73 @@ def parse_rate_limit(value: object) -> RateLimit:
     if isinstance(value, RateLimit):
         return value
     if not isinstance(value, str) or "/" not in value:
-        raise ValueError(f"invalid rate limit {value!r}: expected 'COUNT/DURATION' like '600/5m'")
+        raise ValueError(
+            f"invalid rate limit {show(value)}: expected 'COUNT/DURATION' like '600/5m'"
+        )
     count_text, per_text = (p.strip() for p in value.split("/", 1))
-    if not count_text.isdigit() or int(count_text) <= 0:
-        raise ValueError(f"invalid rate limit {value!r}: the count must be a positive integer")
+    if not (count_text.isascii() and count_text.isdigit()) or len(count_text) > 9:
+        raise ValueError(f"invalid rate limit {show(value)}: the count must be a positive integer")
+    count = int(count_text)
+    if not 1 <= count <= MAX_RATE_COUNT:
+        raise ValueError(
+            f"invalid rate limit {show(value)}: the count must be between 1 and {MAX_RATE_COUNT}"
+        )
     if per_text in _UNITS:
         per_text = "1" + per_text
     try:
         per = parse_duration(per_text)
     except ValueError as exc:
-        raise ValueError(f"invalid rate limit {value!r}: {exc}") from None
+        raise ValueError(f"invalid rate limit {show(value)}: {exc}") from None
     if per <= 0:
-        raise ValueError(f"invalid rate limit {value!r}: the period must be positive")
-    return RateLimit(int(count_text), per)
+        raise ValueError(f"invalid rate limit {show(value)}: the period must be positive")
+    return RateLimit(count, per)
+
+
+def mask_userinfo(url: str) -> str:
+    """`url` with any `user:password@` replaced, so an error message can quote the rest."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "[REDACTED]@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def check_http_url(value: str) -> str:
-    """Only http(s) with a host: anything else is a typo that would fail at the first request."""
-    parts = urlsplit(value)
+    """Only http(s) with a host and no credentials: anything else is a typo that would fail at
+    the first request, or a password that every summary and log line would then carry."""
+    shown = show(mask_userinfo(value), 80)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {shown}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid URL {value!r}: expected http:// or https:// and a host")
+        raise ValueError(f"invalid URL {shown}: expected http:// or https:// and a host")
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"invalid URL {shown}: credentials in the URL are not allowed; put them in the "
+            "upstream's own fields (user/key, password, client_id/client_secret)"
+        )
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError(f"invalid URL {shown}: contains whitespace or control characters")
     return value
 
 
 def check_listen(value: str) -> str:
     """`host:port` (`[::1]:8780` for IPv6); port 0 asks the OS for a free one."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"invalid listen address {value!r}: expected 'host:port'")
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or len(port) > 5
+        or not 0 <= int(port) <= 65535
+    ):
+        raise ValueError(f"invalid listen address {show(value)}: expected 'host:port'")
     if host.startswith("[") != host.endswith("]"):
-        raise ValueError(f"invalid listen address {value!r}: unbalanced brackets")
+        raise ValueError(f"invalid listen address {show(value)}: unbalanced brackets")
     return value
 
 
@@ -120,13 +214,32 @@ def check_network(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"invalid IP address or network {value!r}") from None
+        raise ValueError(f"invalid IP address or network {show(value)}") from None
     return value
 
 
+_CRON_REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
+
+
 def check_cron(value: str) -> str:
-    if not croniter.is_valid(value):
-        raise ValueError(f"invalid cron expression {value!r}")
+    """Five fields (minute hour day month weekday), UTC, and it must fire: `0 0 31 2 *` is a
+    valid expression for a job that would never run."""
+    if len(value.split()) != 5:
+        raise ValueError(
+            f"invalid cron expression {show(value)}: expected five fields "
+            "(minute hour day-of-month month day-of-week)"
+        )
+    errors = (ValueError, KeyError, TypeError, OverflowError, IndexError)
+    try:
+        valid = croniter.is_valid(value)
+    except errors:
+        valid = False
+    if not valid:
+        raise ValueError(f"invalid cron expression {show(value)}")
+    try:
+        croniter(value, _CRON_REFERENCE).get_next(datetime)
+    except errors:
+        raise ValueError(f"invalid cron expression {show(value)}: it never fires") from None
     return value
 
 
@@ -155,5 +268,10 @@ def _rate_limit(value: Any) -> Any:
     return None if value is None else parse_rate_limit(value)
 
 
+def _byte_size(value: Any) -> Any:
+    return parse_byte_size(value)
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 RateLimitValue = Annotated[RateLimit | None, BeforeValidator(_rate_limit)]
+ByteSize = Annotated[int, BeforeValidator(_byte_size)]
