@@ -9,6 +9,7 @@ hide a bad `[[rules]]` entry.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,24 +31,26 @@ from daemon.config.models import (
     UpstreamSettings,
     WebhooksSettings,
 )
-from daemon.config.secrets import insecure_mode, join, resolve_references
-from daemon.config.values import format_duration
+from daemon.config.secrets import Resolved, insecure_mode, join, resolve_references
+from daemon.config.values import expand_user, format_duration
 from daemon.errors import ConfigError, ConfigProblem
+from daemon.logs import redact_text
 
 SYSTEM_CONFIG = Path("/etc/integration-daemon/daemon.toml")
 SECTIONS = ("daemon", "http", "upstreams", "webhooks", "sync", "rules")
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
     """DESIGN §2's search order: `--config`, `$DAEMON_CONFIG`, `./daemon.toml`, `/etc/...`."""
     if explicit:
-        path = Path(explicit).expanduser()
+        path = _expand(explicit, "--config")
         if not path.is_file():
             raise ConfigError(f"configuration file {str(path)!r} (from --config) does not exist")
         return path
     from_env = env.get("DAEMON_CONFIG")
     if from_env:
-        path = Path(from_env).expanduser()
+        path = _expand(from_env, "$DAEMON_CONFIG")
         if not path.is_file():
             raise ConfigError(
                 f"configuration file {str(path)!r} (from $DAEMON_CONFIG) does not exist"
@@ -62,6 +65,50 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.enviro
     )
 
 
+def _expand(raw: str, origin: str) -> Path:
+    try:
+        return expand_user(raw)
+    except ValueError as exc:
+        raise ConfigError(f"configuration file (from {origin}): {exc}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML of `path`; every way it can be unreadable is a `ConfigError`."""
+    try:
+        # Non-blocking, so a FIFO cannot hang the load; checked on the descriptor.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"{str(path)!r} is not a regular file", source=str(path))
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            [ConfigProblem("", f"cannot read {str(path)!r}: {getattr(exc, 'strerror', 0) or exc}")],
+            source=str(path),
+        ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the file is larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB", source=str(path)
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})",
+            source=str(path),
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = f"TOML syntax error: {exc}"
+    except RecursionError:
+        message = "TOML syntax error: values are nested too deeply"
+    except ValueError as exc:  # e.g. an integer literal with thousands of digits
+        message = f"TOML syntax error: {exc}"
+    raise ConfigError([ConfigProblem("", message)], source=str(path))
+
+
 def load_settings(
     path: Path,
     env: Mapping[str, str] | None = None,
@@ -73,18 +120,7 @@ def load_settings(
     if credentials_dir is None:
         credentials_dir = env.get("CREDENTIALS_DIRECTORY")
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            [ConfigProblem("", f"TOML syntax error: {exc}")], source=str(path)
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem("", f"cannot read {str(path)!r}: {exc.strerror or exc}")],
-            source=str(path),
-        ) from None
+    data = read_config_file(path)
     try:
         return _parse(
             data,
@@ -116,7 +152,38 @@ def _parse(
     base_dir: Path,
     file: Path | None,
 ) -> Settings:
-    resolved = resolve_references(data, env=env, credentials_dir=credentials_dir, base_dir=base_dir)
+    """Resolve, validate, cross-check; whatever the input, the outcome is Settings or a
+    ConfigError (never a traceback: `check-config` is what an operator runs on a broken file),
+    and no problem message carries a resolved secret."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a table of sections, not {type(data).__name__}")
+    secrets: list[str] = []
+    try:
+        resolved = resolve_references(
+            data, env=env, credentials_dir=credentials_dir, base_dir=base_dir
+        )
+        secrets = resolved.secrets
+        return _validate(resolved, env=env, base_dir=base_dir, file=file)
+    except ConfigError as exc:
+        problems = [ConfigProblem(p.path, redact_text(p.message, secrets)) for p in exc.problems]
+        raise ConfigError(problems) from None
+    except RecursionError:
+        raise ConfigError("values are nested too deeply") from None
+    except Exception as exc:  # the boundary between untrusted input and exit 2
+        detail = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+        raise ConfigError(
+            f"could not validate the configuration ({detail}); this is a bug in the daemon, "
+            "please report it with the offending key"
+        ) from None
+
+
+def _validate(
+    resolved: Resolved,
+    *,
+    env: Mapping[str, str],
+    base_dir: Path,
+    file: Path | None,
+) -> Settings:
     c = Collector(resolved.failed)
     c.problems.extend(resolved.problems)
     raw = resolved.data

@@ -7,6 +7,7 @@ values, because a file holding literal secrets must not be readable by anyone bu
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config.values import expand_user
 from daemon.errors import ConfigProblem
 
 SECRET_KEYS = frozenset({"key", "password", "api_key", "app_secret", "client_secret", "secret"})
@@ -22,6 +24,12 @@ _REF_KINDS = ("file", "credential")
 # Secret-named keys count as secrets only in the sections that hold credentials: a Blesta
 # `params = { key = ... }` or a ticket field called `key` is ordinary data.
 _SECRET_SECTIONS = ("upstreams", "webhooks")
+# A secret file is read whole, so it must be small and a regular file: `/dev/urandom` or a FIFO
+# would hang the load. 64 KiB holds any key, token or certificate bundle.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+# Deeper than any real configuration (rules' ticket tables are the deepest, at about six
+# levels); a file nested hundreds deep is refused here, before anything recurses through it.
+MAX_DEPTH = 32
 
 
 def join(path: str, key: str | int) -> str:
@@ -62,13 +70,16 @@ class _Resolver:
         self.out.failed.add(path)
         return ""
 
-    def walk(self, node: Any, path: str, key: str | None) -> Any:
+    def walk(self, node: Any, path: str, key: str | None, depth: int = 0) -> Any:
+        if isinstance(node, dict | list) and depth >= MAX_DEPTH:
+            self.fail(path or "(top level)", f"nested more than {MAX_DEPTH} levels deep")
+            return None
         if isinstance(node, dict):
             if path and _is_reference(node):
                 return self.reference(node, path, key)
-            return {k: self.walk(v, join(path, k), k) for k, v in node.items()}
+            return {k: self.walk(v, join(path, k), k, depth + 1) for k, v in node.items()}
         if isinstance(node, list):
-            return [self.walk(v, join(path, i), key) for i, v in enumerate(node)]
+            return [self.walk(v, join(path, i), key, depth + 1) for i, v in enumerate(node)]
         if isinstance(node, str):
             m = _ENV_REF.match(node)
             if m:
@@ -76,16 +87,21 @@ class _Resolver:
                 if value is None:
                     return self.fail(path, f"environment variable {m.group(1)} is not set")
                 if key in SECRET_KEYS:
+                    if not value.strip():
+                        return self.fail(path, f"environment variable {m.group(1)} is empty")
                     self.out.secrets.append(value)
                 return value
-            if key in SECRET_KEYS and path.startswith(_SECRET_SECTIONS):
+            if key in SECRET_KEYS and path.startswith(_SECRET_SECTIONS) and node:
                 self.out.literal_secrets.append(path)
         return node
 
     def reference(self, node: Mapping[str, Any], path: str, key: str | None) -> str:
         kind, target = next(iter(node.items()))
         if kind == "file":
-            file = Path(target).expanduser()
+            try:
+                file = expand_user(target)
+            except ValueError as exc:
+                return self.fail(path, str(exc))
             file = file if file.is_absolute() else self.base_dir / file
             where = f"secret file {str(file)!r}"
         else:
@@ -95,19 +111,66 @@ class _Resolver:
                     f"credential {target!r} needs $CREDENTIALS_DIRECTORY "
                     "(systemd LoadCredential=/SetCredential=), which is not set",
                 )
-            if not target or "/" in target or target in (".", ".."):
+            if not target or "/" in target or "\x00" in target or target in (".", ".."):
                 return self.fail(path, f"invalid credential name {target!r}")
             file = Path(self.credentials_dir) / target
             where = f"credential {target!r} ({file})"
         try:
-            value = file.read_text(encoding="utf-8").rstrip("\r\n")
+            value = read_secret_file(file).rstrip("\r\n")
         except FileNotFoundError:
             return self.fail(path, f"{where} does not exist")
-        except (OSError, UnicodeDecodeError) as exc:
-            return self.fail(path, f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}")
+        except SecretFileError as exc:
+            return self.fail(path, f"{where} {exc}")
+        except OSError as exc:
+            return self.fail(path, f"cannot read {where}: {exc.strerror or exc}")
+        if not value.strip():
+            return self.fail(path, f"{where} is empty")
         # File and credential contents are secret material wherever they are used.
         self.out.secrets.append(value)
         return value
+
+
+class SecretFileError(Exception):
+    """Why a secret file is refused (completes "secret file '/x' ...")."""
+
+
+def read_secret_file(file: Path) -> str:
+    """The text of a `{ file = ... }` / `{ credential = ... }` secret, read safely.
+
+    Opened non-blocking (a FIFO cannot hang the load), then checked on the open descriptor (no
+    race with a rename): a regular file, at most MAX_SECRET_FILE_BYTES, not writable by group
+    or others (anyone who can write it can choose our credentials), UTF-8.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(file, flags)
+    except ValueError:  # an embedded NUL
+        raise SecretFileError("is not a valid path") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretFileError("is not a regular file")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SecretFileError(
+                f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                "chmod go-w it"
+            )
+        if st.st_size > MAX_SECRET_FILE_BYTES:
+            raise SecretFileError(f"is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB")
+        data = b""
+        while len(data) <= MAX_SECRET_FILE_BYTES:
+            chunk = os.read(fd, MAX_SECRET_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_SECRET_FILE_BYTES:
+            raise SecretFileError(f"is larger than {MAX_SECRET_FILE_BYTES // 1024} KiB")
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretFileError("is not UTF-8 text") from None
 
 
 def resolve_references(
