@@ -1,17 +1,14 @@
-"""A simulated NetSapiens PBX (API v2), faithful to upstream-apis §5.
+"""A simulated NetSapiens PBX (API v2), faithful to upstream-apis §5: the HTTP side.
 
 What it reproduces, so the client, the keeper and the backfill are tested against the PBX's
 behaviour rather than our assumptions: the JSON token endpoint (password and refresh grants,
 configurable lifetime, rotating refresh tokens where each refresh spends the old one,
 revocation), 401 "The access token provided has expired", `~` as "my domain/user", messaging
 (new session → 200 Message, send in session → 202 Accepted, session id rules), message session
-and message lists, CDRs with datetime filters and 0-based `start`/`limit` paging, and the
-subscription table: explicit or token-bound expiry, expired rows vanishing, 409 on an exact
-duplicate, `pending` → `active` after the first delivery and `error` after failures.
-
-`emit()` delivers like the PBX does: one POST of a JSON array per live subscription of the model,
-counting a status > 302 or an unreachable URL as an error. Times come from injectable `now`
-(monotonic seconds, token expiry) and `wall` (aware UTC datetime) so tests share a `FakeClock`.
+and message lists, CDRs with datetime filters, 0-based `start`/`limit` paging on every list, and
+the subscription table: explicit or token-bound expiry, expired rows vanishing, 409 on an exact
+duplicate, `pending` → `active` after the first delivery and `error` after failures. The state
+and the delivery of events live in `netsapiens_state`.
 """
 
 from __future__ import annotations
@@ -19,274 +16,41 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import aiohttp
 from aiohttp import web
 
-from daemon.config import NETSAPIENS_MODELS
-from daemon.sandbox.faults import Faults, Handler, SimStats, fault_middleware
+from daemon.sandbox.faults import Handler, fault_middleware
+from daemon.sandbox.listing import Query
+from daemon.sandbox.netsapiens_state import (
+    MODELS,
+    Delivery,
+    NetsapiensState,
+    Record,
+    iso,
+    ns_dt,
+    parse_dt,
+)
 from daemon.sandbox.server import serve_app
 
-Record = dict[str, Any]
+__all__ = [
+    "MODELS",
+    "PREFIX",
+    "SIM_INBOUND_PATH",
+    "Delivery",
+    "NetsapiensState",
+    "iso",
+    "make_netsapiens_app",
+    "ns_dt",
+    "serve_netsapiens",
+]
+
 PREFIX = "/ns-api/v2"
 SIM_INBOUND_PATH = "/sandbox/inbound-sms"  # simulator control, outside the API (no token)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_]{32,}$")
-MODELS = frozenset(NETSAPIENS_MODELS)  # the subscribable models (upstream-apis.md §5)
 MESSAGE_TYPES = frozenset({"sms", "mms", "chat", "chat-media"})
-
-
-def _wall_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def ns_dt(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def parse_dt(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    text = value.strip().replace("Z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
-
-
-@dataclass
-class Delivery:
-    """One POST the emitter made."""
-
-    subscription_id: str
-    model: str
-    url: str
-    status: int | None  # None: could not connect
-    count: int
-
-
-@dataclass
-class NetsapiensState:
-    client_id: str = "ns-client"
-    client_secret: str = "ns-secret"  # noqa: S105 - simulator demo credential
-    username: str = "api@demo"
-    password: str = "demo-password"  # noqa: S105 - simulator demo credential
-    domain: str = "demo"
-    user: str = "101"
-    territory: str = "demo-territory"
-    scope: str = "Super User"
-    token_ttl: float = 3600.0
-    refresh_refused_status: int = 400  # the status of a refused refresh token is unknown [U]
-    error_after: int = 3  # consecutive failed posts before a subscription shows `error`
-    now: Callable[[], float] = time.monotonic
-    wall: Callable[[], datetime] = _wall_now
-    faults: Faults = field(default_factory=Faults)
-    stats: SimStats = field(default_factory=SimStats)
-    tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry (now())
-    refresh_tokens: set[str] = field(default_factory=set)
-    grants: list[str] = field(default_factory=list)  # grant types asked for, in order
-    sent: list[Record] = field(default_factory=list)  # messages the API was asked to send
-    sessions: dict[str, Record] = field(default_factory=dict)
-    messages: dict[str, list[Record]] = field(default_factory=dict)  # session id -> messages
-    cdrs: list[Record] = field(default_factory=list)
-    subscriptions: dict[str, Record] = field(default_factory=dict)
-    deliveries: list[Delivery] = field(default_factory=list)
-    _failures: dict[str, int] = field(default_factory=dict)
-    _token_expiry_wall: dict[str, datetime] = field(default_factory=dict)
-
-    # -- tokens -------------------------------------------------------------------------------
-
-    def revoke(self) -> None:
-        """Every access and refresh token stops working (a password change, an admin action)."""
-        self.tokens.clear()
-        self.refresh_tokens.clear()
-
-    def expire_tokens(self) -> None:
-        """Access tokens expire server-side now; refresh tokens stay valid."""
-        for tok in self.tokens:
-            self.tokens[tok] = self.now() - 1
-
-    def issue(self) -> Record:
-        access, refresh = secrets.token_hex(20), secrets.token_hex(20)
-        self.tokens[access] = self.now() + self.token_ttl
-        self._token_expiry_wall[access] = self.wall() + timedelta(seconds=self.token_ttl)
-        self.refresh_tokens.add(refresh)
-        return {
-            "username": self.username,
-            "user": self.user,
-            "territory": self.territory,
-            "domain": self.domain,
-            "site": "",
-            "group": "",
-            "department": "",
-            "uid": f"{self.user}@{self.domain}",
-            "login": f"{self.user}@{self.domain}",
-            "scope": self.scope,
-            "user_email": self.username,
-            "displayName": "API User",
-            "access_token": access,
-            "expires_in": int(self.token_ttl),
-            "token_type": "Bearer",
-            "refresh_token": refresh,
-            "client_id": self.client_id,
-            "apiversion": "Version: 44.1.2",
-        }
-
-    # -- data ---------------------------------------------------------------------------------
-
-    def live_subscriptions(self, model: str | None = None) -> list[Record]:
-        """Expired subscriptions vanish once `wall()` passes their expiry."""
-        now = self.wall()
-        for sid in [
-            s["id"]
-            for s in self.subscriptions.values()
-            if (parse_dt(s["subscription-expires-datetime"]) or now) <= now
-        ]:
-            del self.subscriptions[sid]
-        return [s for s in self.subscriptions.values() if model is None or s["model"] == model]
-
-    def _session_for(self, user: str, remote: str, number: str) -> str:
-        for sid, s in self.sessions.items():
-            if s["user"] == user and s["messagesession-remote"] == remote:
-                return sid
-        sid = secrets.token_hex(16)
-        self.sessions[sid] = {
-            "user": user,
-            "domain": self.domain,
-            "messagesession-id": sid,
-            "messagesession-remote": remote,
-            "messagesession-sms-number": number,
-            "messagesession-type": "sms",
-            "messagesession-participants": [remote],
-        }
-        self.messages[sid] = []
-        return sid
-
-    def _store_message(self, sid: str, msg: Record) -> None:
-        self.messages.setdefault(sid, []).append(msg)
-        s = self.sessions[sid]
-        s["messagesession-last-datetime"] = msg["timestamp"]
-        s["messagesession-last-message"] = msg.get("text", "")
-        s["messagesession-last-sender"] = msg.get("from-number", "")
-
-    def record_inbound_sms(
-        self, from_number: str, to_number: str, text: str, *, user: str | None = None
-    ) -> Record:
-        """Store a realistic inbound Message (as the PBX would on receipt) without posting it."""
-        user = user or self.user
-        sid = self._session_for(user, from_number, to_number)
-        msg: Record = {
-            "id": secrets.token_hex(16),
-            "timestamp": iso(self.wall()),
-            "type": "sms",
-            "domain": self.domain,
-            "direction": "orig",
-            "from-number": from_number,
-            "from-user-id": "",
-            "dialed": to_number,
-            "text": text,
-            "terminating-user-id": user,
-            "terminating-number": to_number,
-            "status": "received",
-            "media-type": "",
-            "media-size": 0,
-            "messagesession-id": sid,
-            "messagesession-participants": [from_number],
-            "messagesession-reciever-hostname": "core1.demo",
-        }
-        self._store_message(sid, msg)
-        return msg
-
-    async def inbound_sms(
-        self, from_number: str, to_number: str, text: str, *, user: str | None = None
-    ) -> Record:
-        """An SMS arrives: stored (so the API can list it) and posted to `message` subscribers."""
-        msg = self.record_inbound_sms(from_number, to_number, text, user=user)
-        await self.emit("message", [msg])
-        return msg
-
-    def add_cdr(
-        self,
-        caller: str,
-        callee: str,
-        *,
-        duration: int = 60,
-        user: str | None = None,
-        start: datetime | None = None,
-    ) -> Record:
-        """Store a completed (or, with duration 0, missed) call in v2 `call-*` form."""
-        begin = start or self.wall()
-        answered = ns_dt(begin + timedelta(seconds=5)) if duration else ""
-        cdr: Record = {
-            "cdr-id": secrets.token_hex(16),
-            "domain": self.domain,
-            "call-orig-call-id": secrets.token_hex(8),
-            "call-term-call-id": secrets.token_hex(8),
-            "call-orig-caller-id": caller,
-            "call-orig-user": caller,
-            "call-dialed-number": callee,
-            "call-term-user": user or self.user,
-            "call-direction": "inbound",
-            "call-start-datetime": ns_dt(begin),
-            "call-answer-datetime": answered,
-            "call-disconnect-datetime": ns_dt(begin + timedelta(seconds=duration + 5)),
-            "call-total-duration-seconds": duration + 5,
-            "call-talking-duration-seconds": duration,
-            "call-disposition": "Answered" if duration else "Missed",
-        }
-        self.cdrs.append(cdr)
-        return cdr
-
-    async def emit(self, model: str, payloads: list[Record]) -> list[Delivery]:
-        """POST `payloads` (one JSON array) to every live subscription of `model`."""
-        made: list[Delivery] = []
-        targets = self.live_subscriptions(model)
-        if not targets:
-            return made
-        body = json.dumps(payloads)
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            for sub in targets:
-                status: int | None
-                try:
-                    async with http.post(
-                        sub["post-url"],
-                        data=body,
-                        headers={
-                            "Content-Type": "application/json",
-                            "X-Correlation-ID": sub["id"],
-                        },
-                    ) as resp:
-                        await resp.read()
-                        status = resp.status
-                except (aiohttp.ClientError, OSError, TimeoutError):
-                    status = None
-                self._record(sub, status)
-                made.append(Delivery(sub["id"], model, sub["post-url"], status, len(payloads)))
-        self.deliveries.extend(made)
-        return made
-
-    def _record(self, sub: Record, status: int | None) -> None:
-        sid = sub["id"]
-        if status is not None and status <= 302:
-            sub["posts-count"] += 1
-            sub["status"] = "active"
-            self._failures[sid] = 0
-            return
-        sub["error-count"] += 1
-        self._failures[sid] = self._failures.get(sid, 0) + 1
-        if self._failures[sid] >= self.error_after:
-            sub["status"] = "error"
 
 
 STATE = web.AppKey("netsapiens_state", NetsapiensState)
@@ -409,16 +173,18 @@ def _outbound(st: NetsapiensState, user: str, sid: str, body: Record) -> Record:
     st.sent.append({**body, "user": user, "messagesession-id": sid, "id": msg["id"]})
     if sid not in st.sessions:
         remote = dest if isinstance(dest, str) else str(dest[0])
-        st.sessions[sid] = {
-            "user": user,
-            "domain": st.domain,
-            "messagesession-id": sid,
-            "messagesession-remote": remote,
-            "messagesession-sms-number": body.get("from-number", ""),
-            "messagesession-type": body["type"],
-            "messagesession-participants": msg["messagesession-participants"],
-        }
-    st._store_message(sid, msg)
+        st.add_session(
+            {
+                "user": user,
+                "domain": st.domain,
+                "messagesession-id": sid,
+                "messagesession-remote": remote,
+                "messagesession-sms-number": body.get("from-number", ""),
+                "messagesession-type": body["type"],
+                "messagesession-participants": msg["messagesession-participants"],
+            }
+        )
+    st.store_message(sid, msg)
     return msg
 
 
@@ -443,46 +209,50 @@ async def send_in_session(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
+    """Newest conversation first, from an indexed view of the sessions."""
     st, domain = _st(request), _domain(request)
-    user = _user(request) if "user" in request.match_info else None
-    _, limit = _paging(request)
-    rows = [
-        s
-        for s in st.sessions.values()
-        if s["domain"] == domain and (user is None or s["user"] == user)
-    ]
-    rows.sort(key=lambda s: s.get("messagesession-last-datetime", ""), reverse=True)
-    return web.json_response(rows[:limit])
+    equal = [("domain", (domain,))]
+    if "user" in request.match_info:
+        equal.append(("user", (_user(request),)))
+    newest_first = (("messagesession-last-datetime", True),)
+    rows = st.session_list.select(Query(equal=tuple(equal), order=newest_first))
+    start, limit = _paging(request)
+    return web.json_response(list(rows[start : start + limit]))
 
 
 async def list_messages(request: web.Request) -> web.Response:
+    """A session's messages, oldest first; without `start`, the latest `limit` of them."""
     st, sid = _st(request), request.match_info["sid"]
     session = st.sessions.get(sid)
     if session is None or session["user"] != _user(request):
         return _err(404, "Message session not found")
-    _, limit = _paging(request)
-    return web.json_response(st.messages.get(sid, [])[-limit:])
+    start, limit = _paging(request)
+    messages = st.messages.get(sid, [])
+    if "start" not in request.query:
+        return web.json_response(messages[-limit:])
+    return web.json_response(messages[start : start + limit])
 
 
-def _cdr_rows(request: web.Request) -> list[Record]:
+def _cdr_rows(request: web.Request) -> Sequence[Record]:
     st, domain = _st(request), _domain(request)
-    user = _user(request) if "user" in request.match_info else None
+    equal = [("domain", (domain,))]
+    if "user" in request.match_info:
+        equal.append(("call-term-user", (_user(request),)))
     start = parse_dt(request.query.get("datetime-start"))
     end = parse_dt(request.query.get("datetime-end"))
-    rows = []
-    for c in st.cdrs:
+    if start is None and end is None:
+        return st.cdrs.select(Query(equal=tuple(equal)))
+
+    def in_range(c: Record) -> bool:
         began = parse_dt(c["call-start-datetime"])
-        if c["domain"] != domain or (user is not None and c["call-term-user"] != user):
-            continue
-        if began is not None and ((start and began < start) or (end and began > end)):
-            continue
-        rows.append(c)
-    return rows
+        return began is None or not ((start and began < start) or (end and began > end))
+
+    return st.cdrs.select(Query(equal=tuple(equal), extra=(start, end), test=in_range))
 
 
 async def list_cdrs(request: web.Request) -> web.Response:
     start, limit = _paging(request, 500)
-    return web.json_response(_cdr_rows(request)[start : start + limit])
+    return web.json_response(list(_cdr_rows(request)[start : start + limit]))
 
 
 async def count_cdrs(request: web.Request) -> web.Response:
