@@ -3,6 +3,11 @@
 Tests (and `daemon sandbox` users) turn faults on through the object directly, or over HTTP with
 `POST /__sim__/faults` (JSON body with any of the `Faults` fields), so a CLI in a subprocess can
 be exercised against a misbehaving upstream too. `GET /__sim__/stats` returns the counters.
+
+Two kinds of fault: counters (`*_next`) hit exactly the next N requests, for tests that need a
+precise sequence; ratios (`*_ratio`, a probability per request) make a steadily flaky upstream
+for soak runs and benchmarks. Ratios draw from `random.Random(seed)`, so a given seed and
+request order always fail the same requests; setting `seed` restarts the sequence.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,14 +41,49 @@ class Faults:
     slow_seconds: float = 5.0
     html_next: int = 0  # next N requests answer a 502 HTML page, as a proxy would
     path_filter: str | None = None  # only requests whose path contains this are affected
+    fail_ratio: float = 0.0  # each request answers `fail_status` with this probability
+    drop_ratio: float = 0.0  # each request's connection is dropped with this probability
+    slow_ratio: float = 0.0  # each request waits `slow_seconds` with this probability
+    seed: int | None = None  # seeds the ratios' random sequence (None: unpredictable)
+
+    def __post_init__(self) -> None:
+        self._check(dataclasses.asdict(self))
+        self._rng = random.Random(self.seed)
 
     def update(self, values: dict[str, Any]) -> None:
+        """Set fields (as `POST /__sim__/faults` does); rejects unknown names and bad values
+        before changing anything."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        self._check(values)
         for k, v in values.items():
             setattr(self, k, v)
+        if "seed" in values:
+            self._rng = random.Random(self.seed)
+
+    @staticmethod
+    def _check(values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if name.endswith("_ratio"):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"{name} must be a number from 0 to 1")
+                if not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"{name} must be from 0 to 1, not {value}")
+            elif name.endswith("_next") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be a whole number")
+            elif name == "seed" and value is not None and not isinstance(value, int):
+                raise ValueError("seed must be a whole number or null")
+
+    def chance(self, ratio: float) -> bool:
+        """One draw: True with probability `ratio` (no draw at all when it is 0 or 1, so
+        unrelated settings do not shift a seeded sequence)."""
+        if ratio <= 0.0:
+            return False
+        if ratio >= 1.0:
+            return True
+        return self._rng.random() < ratio
 
 
 @dataclass
@@ -63,11 +104,13 @@ class SimStats:
 
 
 def _take(faults: Faults, name: str) -> bool:
+    """Consume one of the `name` counter's requests, else roll its `*_ratio` (if any)."""
     n = getattr(faults, name)
     if n > 0:
         setattr(faults, name, n - 1)
         return True
-    return False
+    ratio = name.replace("_next", "_ratio")
+    return hasattr(faults, ratio) and faults.chance(getattr(faults, ratio))
 
 
 def fault_middleware(faults: Faults, stats: SimStats) -> Any:
