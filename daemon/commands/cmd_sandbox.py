@@ -1,10 +1,14 @@
-"""`daemon sandbox [--run-once] [--port P] [--dir D]`: the embedded default.
+"""`daemon sandbox [--run-once] [--port P] [--dir D] [--demo-size N]`: the embedded default.
 
 Starts simulated Blesta, Reseller, Billomat, Halo and NetSapiens servers on loopback with demo
 data, writes `D/sandbox.toml` pointing at them, and prints `config: <path>` first so other
 commands can use it while the sandbox runs. With `--run-once` it runs every sync job once
 against them, prints the summary and exits (0 when every job succeeded). Without it the
 simulators stay up until Ctrl-C / SIGTERM.
+
+`--demo-size N` gives every simulator N records (Blesta clients, each with contacts, invoices,
+services and transactions; Reseller licences; Billomat and Halo records per resource;
+NetSapiens CDRs), e.g. `--demo-size 100000` to try a large sync; building 100k takes seconds.
 """
 
 from __future__ import annotations
@@ -38,7 +42,24 @@ def register(
     )
     p.add_argument("--dir", type=Path, default=None, metavar="D", help="where to write files")
     p.add_argument("--json", action="store_true", help="with --run-once: summary as JSON")
+    p.add_argument(
+        "--demo-size",
+        type=_demo_size,
+        default=None,
+        metavar="N",
+        help="records per simulator (default: a small demo; e.g. 100000 to try a large sync)",
+    )
     p.set_defaults(handler=handle)
+
+
+def _demo_size(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError("must be from 1 to 10000000")
+    return value
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -51,7 +72,9 @@ async def _main(directory: Path, args: argparse.Namespace) -> int:
     from daemon.commands.common import load_cli_settings
     from daemon.sandbox.orchestra import run_sandbox
 
-    async with run_sandbox(directory, port=args.port, now=SystemClock().now()) as sandbox:
+    async with run_sandbox(
+        directory, port=args.port, now=SystemClock().now(), demo_size=args.demo_size
+    ) as sandbox:
         print(f"config: {sandbox.config_path}", flush=True)
         settings = load_cli_settings(str(sandbox.config_path))
         if args.run_once:

@@ -2,8 +2,15 @@
 
 `daemon sandbox` and the end-to-end tests use this, so "it works in the sandbox" means the same
 real clients, store and sync engine ran against servers that behave like the upstreams. The
-written config holds only the simulators' demo credentials, and is created with mode 0600 like
-any config with literal secrets must be.
+written config holds only the simulators' demo credentials (including a registered Billomat app,
+so the higher quota applies), and is created with mode 0600 like any config with literal secrets
+must be. The config spells everything as the real APIs do (Reseller resources are method names:
+`search`, `getcredit`).
+
+`demo_size` scales every simulator's demo data: Blesta clients (each with contacts, invoices,
+services and transactions), Reseller licences, Billomat and Halo records per resource, and
+NetSapiens CDRs (with a conversation per 20); listings are indexed, so 100k records page as fast
+as the default handful.
 """
 
 from __future__ import annotations
@@ -28,6 +35,23 @@ from daemon.sandbox.server import serve_app
 
 WEBHOOK_SECRET = "sandbox-webhook-secret-0123456789"  # noqa: S105 - demo only
 OWN_NUMBER = "+15559870000"
+# records per simulator when no demo size is given: enough to page, quick to start
+DEFAULT_SIZES = {"blesta": 60, "reseller": 40, "billomat": 60, "halo": 120, "netsapiens": 40}
+
+
+def demo_states(demo_size: int | None = None) -> dict[str, Any]:
+    """Every simulator's state with deterministic demo data (`demo_size` records each)."""
+
+    def size(name: str) -> int:
+        return DEFAULT_SIZES[name] if demo_size is None else demo_size
+
+    return {
+        "blesta": BlestaState.demo(clients=size("blesta"), seed=1),
+        "reseller": ResellerState.demo(licenses=size("reseller"), seed=1),
+        "billomat": BillomatState(demo_size=size("billomat")),
+        "halo": HaloState(demo_size=size("halo")),
+        "netsapiens": NetsapiensState.demo(size("netsapiens"), seed=1),
+    }
 
 
 @dataclass
@@ -46,17 +70,17 @@ def _port(base: int, offset: int) -> int:
 
 @asynccontextmanager
 async def run_sandbox(
-    directory: Path, *, port: int = 0, now: datetime, listen: str = "127.0.0.1:8780"
+    directory: Path,
+    *,
+    port: int = 0,
+    now: datetime,
+    listen: str = "127.0.0.1:8780",
+    demo_size: int | None = None,
 ) -> AsyncIterator[Sandbox]:
-    """Start all five simulators (ports `port`..`port+4`, or free ones when 0) and write
-    `directory/sandbox.toml`; everything stops when the block exits."""
-    states: dict[str, Any] = {
-        "blesta": BlestaState.demo(clients=60, seed=1),
-        "reseller": ResellerState.demo(licenses=40, seed=1),
-        "billomat": BillomatState(),
-        "halo": HaloState(),
-        "netsapiens": NetsapiensState(),
-    }
+    """Start all five simulators (ports `port`..`port+4`, or free ones when 0) with
+    `demo_size` records each (see the module docstring) and write `directory/sandbox.toml`;
+    everything stops when the block exits."""
+    states = demo_states(demo_size)
     sandbox = Sandbox(directory, directory / "sandbox.toml", states=states)
     async with AsyncExitStack() as stack:
         blesta_root = await stack.enter_async_context(
@@ -89,6 +113,7 @@ def _q(value: str) -> str:
 
 def write_config(sandbox: Sandbox, *, now: datetime, listen: str) -> None:
     s, u = sandbox.states, sandbox.urls
+    app_id = sorted(s["billomat"].apps)[0]  # the demo app: Billomat's registered-app quota
     start_month = f"{now.year - (1 if now.month <= 2 else 0)}-{(now.month - 3) % 12 + 1:02d}"
     text = f"""# Written by `daemon sandbox`: each upstream is a loopback simulator with demo data.
 # The credentials below are the simulators' demo credentials, not real secrets.
@@ -118,6 +143,8 @@ password = {_q(s["reseller"].users["reseller"])}
 billomat_id = {_q(s["billomat"].billomat_id)}
 url = {_q(u["billomat"])}
 api_key = {_q(sorted(s["billomat"].api_keys)[0])}
+app_id = {_q(app_id)}
+app_secret = {_q(s["billomat"].apps[app_id])}
 
 [upstreams.halo]
 tenant_url = {_q(u["halo"])}
