@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -104,7 +105,7 @@ class ResellerState:
         row = {
             "status": "active",
             "date_added": dd.blesta_time(added),
-            "date_renews": dd.blesta_time(added.replace(year=added.year + 1)),
+            "date_renews": dd.blesta_time(_a_year_after(added)),
             "date_suspended": None,
             "date_canceled": None,
             "pricing_id": pricing_id,
@@ -134,6 +135,13 @@ class ResellerState:
             return lic
         # a licence a test appended directly is not in the key index yet
         return next((lic for lic in self.licenses if key_of(lic) == key), None)
+
+
+def _a_year_after(when: datetime) -> datetime:
+    try:
+        return when.replace(year=when.year + 1)
+    except ValueError:  # 29 February
+        return when.replace(year=when.year + 1, day=28)
 
 
 def _vars(args: dict[str, Any]) -> dict[str, Any]:
