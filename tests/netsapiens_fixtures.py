@@ -12,15 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 
 from daemon.clients.netsapiens import NetsapiensClient
 from daemon.clock import FakeClock
+from daemon.config import NetsapiensUpstream
 from daemon.sandbox.netsapiens_sim import NetsapiensState, serve_netsapiens
 from daemon.sandbox.server import serve_app
 from daemon.store import NewEvent, Store
@@ -30,23 +29,23 @@ T0 = datetime(2025, 1, 2, 15, 0, 0, tzinfo=UTC)
 SECRET = "hook-secret-0123456789"
 
 
-def ns_settings(url: str, **overrides: Any) -> SimpleNamespace:
+def ns_settings(url: str, **overrides: Any) -> NetsapiensUpstream:
     """An `[upstreams.netsapiens]` table pointing at the simulator."""
     values: dict[str, Any] = {
         "name": "netsapiens",
         "kind": "netsapiens",
         "api_url": url,
         "client_id": "ns-client",
-        "client_secret": SecretStr("ns-secret"),
+        "client_secret": "ns-secret",
         "username": "api@demo",
-        "password": SecretStr("demo-password"),
+        "password": "demo-password",
         "timeout": 10.0,
         "max_retries": 2,
         "max_concurrency": 8,
         "rate_limit": None,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return NetsapiensUpstream.model_validate(values)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -30,8 +30,9 @@ from daemon.clients.auth import StaticHeaders
 from daemon.clients.errormap import ErrorDetail
 from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
-from daemon.clients.settings import options_from_settings, seconds, secret_value
+from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
+from daemon.config.models import BillomatUpstream
 from daemon.errors import (
     MalformedResponse,
     RateLimited,
@@ -337,12 +338,6 @@ class InvoiceResource(BillomatResource):
         raise MalformedResponse("invoice pdf: expected a 'pdf' object", upstream=self._client.name)
 
 
-def base_url(cfg: Any) -> str:
-    """`cfg.base_url` (the settings' property), else the url override, else the account's."""
-    explicit = getattr(cfg, "base_url", None) or getattr(cfg, "url", None)
-    return str(explicit) if explicit else f"https://{cfg.billomat_id}.billomat.net/api"
-
-
 class BillomatClient(UpstreamClient):
     """Billomat over one `UpstreamSession`; use as `async with BillomatClient.from_settings(...)`.
 
@@ -373,15 +368,15 @@ class BillomatClient(UpstreamClient):
         }
 
     @classmethod
-    def from_settings(cls, cfg: Any, *, clock: Clock) -> BillomatClient:
+    def from_settings(cls, cfg: BillomatUpstream, *, clock: Clock) -> BillomatClient:
         """Build from an `[upstreams.<name>]` table of kind billomat (unopened)."""
         api_key = secret_value(cfg.api_key)
-        app_id = getattr(cfg, "app_id", None) or None
-        app_secret = secret_value(getattr(cfg, "app_secret", None))
+        app_id = cfg.app_id or None
+        app_secret = secret_value(cfg.app_secret)
         headers = {"X-BillomatApiKey": api_key}
         if app_id and app_secret:
             headers.update({"X-AppId": str(app_id), "X-AppSecret": app_secret})
-        max_wait = seconds(getattr(cfg, "max_rate_wait", None), 60.0)
+        max_wait = cfg.max_rate_wait
         options = options_from_settings(cfg, retry_after_cap=max_wait)
         # Waiting for the next quota window is one wait of up to max_rate_wait: allow it.
         options = replace(options, max_retry_wait=max(options.max_retry_wait, max_wait))
@@ -393,7 +388,7 @@ class BillomatClient(UpstreamClient):
 
         session = UpstreamSession(
             str(cfg.name),
-            base_url(cfg),
+            cfg.base_url,
             options,
             clock=clock,
             auth=StaticHeaders(headers),

@@ -45,6 +45,7 @@ from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
+from daemon.config.models import BlestaUpstream
 from daemon.errors import AuthError, MalformedResponse, UpstreamError
 
 __all__ = [
@@ -138,14 +139,14 @@ class BlestaClient(UpstreamClient):
         return cls(session)
 
     @classmethod
-    def from_settings(cls, cfg: Any, *, clock: Clock) -> BlestaClient:
+    def from_settings(cls, cfg: BlestaUpstream, *, clock: Clock) -> BlestaClient:
         return cls.create(
             str(cfg.url),
             str(cfg.user),
             secret_value(cfg.key),
             clock=clock,
             name=str(cfg.name),
-            auth=str(getattr(cfg, "auth", "basic") or "basic"),
+            auth=cfg.auth,
             options=options_from_settings(cfg),
         )
 

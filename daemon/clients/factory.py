@@ -10,10 +10,21 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from daemon.clock import Clock
+from daemon.config.models import UpstreamSettings
 from daemon.errors import ConfigError
+
+if TYPE_CHECKING:  # imported lazily below: `daemon --help` must not load every client
+    from daemon.clients.billomat import BillomatClient
+    from daemon.clients.blesta import BlestaClient
+    from daemon.clients.blesta_reseller import ResellerClient
+    from daemon.clients.halo import HaloClient
+    from daemon.clients.netsapiens import NetsapiensClient
+    from daemon.config import Settings
+
+    AnyClient = BlestaClient | ResellerClient | BillomatClient | HaloClient | NetsapiensClient
 
 CLIENT_CLASSES: dict[str, tuple[str, str]] = {
     "blesta": ("daemon.clients.blesta", "BlestaClient"),
@@ -32,16 +43,16 @@ def client_class(kind: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def build_client(upstream: Any, *, clock: Clock) -> Any:
+def build_client(upstream: UpstreamSettings, *, clock: Clock) -> AnyClient:
     """An unopened client for one `[upstreams.<name>]` table."""
-    return client_class(upstream.kind).from_settings(upstream, clock=clock)
+    return cast("AnyClient", client_class(upstream.kind).from_settings(upstream, clock=clock))
 
 
 async def open_clients(
-    settings: Any, names: Iterable[str], *, clock: Clock, stack: AsyncExitStack
-) -> dict[str, Any]:
+    settings: Settings, names: Iterable[str], *, clock: Clock, stack: AsyncExitStack
+) -> dict[str, AnyClient]:
     """Open a client per upstream name; each closes when `stack` unwinds."""
-    clients: dict[str, Any] = {}
+    clients: dict[str, AnyClient] = {}
     for name in dict.fromkeys(names):
         try:
             upstream = settings.upstreams[name]
@@ -51,7 +62,7 @@ async def open_clients(
     return clients
 
 
-def first_of_kind(settings: Any, kind: str, explicit: str | None = None) -> str:
+def first_of_kind(settings: Settings, kind: str, explicit: str | None = None) -> str:
     """The upstream `daemon api <kind>` talks to: `--upstream NAME`, else the first of its kind."""
     if explicit:
         up = settings.upstreams.get(explicit)

@@ -35,6 +35,7 @@ from daemon.clients.halo_resources import (
 from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
+from daemon.config.models import HaloUpstream
 from daemon.errors import AuthError, UpstreamError, redact_excerpt
 
 __all__ = ["RESOURCES", "HaloClient", "HaloPage", "HaloResource", "ResourceSpec"]
@@ -205,14 +206,14 @@ class HaloClient(UpstreamClient):
         self.quotations = res("quotations")
 
     @classmethod
-    def from_settings(cls, cfg: Any, *, clock: Clock) -> HaloClient:
+    def from_settings(cls, cfg: HaloUpstream, *, clock: Clock) -> HaloClient:
         """Build from an `[upstreams.<name>]` table of kind halo (unopened)."""
         secret = secret_value(cfg.client_secret)
         auth = HaloAuth(
             str(cfg.client_id),
             secret,
-            scope=str(getattr(cfg, "scope", None) or "all"),
-            tenant=getattr(cfg, "tenant", None) or None,
+            scope=cfg.scope or "all",
+            tenant=cfg.tenant or None,
         )
         session = UpstreamSession(
             str(cfg.name),

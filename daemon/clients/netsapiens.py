@@ -41,6 +41,7 @@ from daemon.clients.http import Response, UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
+from daemon.config.models import NetsapiensUpstream
 from daemon.errors import (
     AuthError,
     MalformedResponse,
@@ -390,7 +391,7 @@ class NetsapiensClient(UpstreamClient):
         self.subscriptions = SubscriptionsApi(self)
 
     @classmethod
-    def from_settings(cls, cfg: Any, *, clock: Clock) -> NetsapiensClient:
+    def from_settings(cls, cfg: NetsapiensUpstream, *, clock: Clock) -> NetsapiensClient:
         """Build from an `[upstreams.<name>]` table of kind netsapiens (unopened)."""
         api_url = str(cfg.api_url).rstrip("/")
         client_secret, password = secret_value(cfg.client_secret), secret_value(cfg.password)

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 
 from daemon.clock import Clock
+from daemon.config.values import RateLimit
 
-
-@dataclass(frozen=True)
-class RateLimit:
-    """`count` requests per `per` seconds (config: "600/5m")."""
-
-    count: int
-    per: float
+__all__ = ["RateBudget", "RateLimit"]
 
 
 class RateBudget:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -126,7 +127,7 @@ class JobRunner:
         job: SyncJob,
         fetcher: Fetcher,
         result: RunResult,
-        run_started_at: Any,
+        run_started_at: datetime,
         started_mono: float,
         progress: Progress | None,
     ) -> None:
@@ -163,7 +164,7 @@ class JobRunner:
                 progress(result)
 
     async def _tombstones(
-        self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: Any
+        self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
     ) -> None:
         verdict = fetcher.completeness()
         reason = verdict.reason if not verdict.complete else None
@@ -200,7 +201,11 @@ class JobRunner:
         result.deleted = outcome.deleted
 
     async def _record(
-        self, job: SyncJob, result: RunResult, run_started_at: Any, failure: BaseException | None
+        self,
+        job: SyncJob,
+        result: RunResult,
+        run_started_at: datetime,
+        failure: BaseException | None,
     ) -> None:
         """Write the run's row and its one log line; never raises (the database may be the
         thing that failed)."""

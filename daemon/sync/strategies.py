@@ -28,6 +28,7 @@ from daemon.clients.blesta import BlestaClient
 from daemon.clients.blesta_reseller import ResellerClient
 from daemon.clients.halo import HaloClient
 from daemon.clients.halo_resources import HaloResource
+from daemon.clients.netsapiens import NetsapiensClient
 from daemon.clients.paging import WalkReport
 from daemon.config.models import RESELLER_ALIASES, RESELLER_RESOURCES, SyncJob
 from daemon.config.values import parse_months
@@ -247,7 +248,9 @@ class HaloFetcher(ResourceFetcher):
                 yield page.records
 
 
-def build_fetcher(job: SyncJob, client: SyncClient, kind: str, *, now: datetime) -> Fetcher:
+def build_fetcher(
+    job: SyncJob, client: SyncClient | NetsapiensClient, kind: str, *, now: datetime
+) -> Fetcher:
     """The fetcher for `job` on an upstream of `kind`; `now` dates report series."""
     if kind == "blesta" and isinstance(client, BlestaClient):
         return BlestaFetcher(job, client, current_month=f"{now:%Y-%m}")

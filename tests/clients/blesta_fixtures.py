@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
 from daemon.clients.blesta import BlestaClient
 from daemon.clients.blesta_reseller import ResellerClient
 from daemon.clients.http import HttpOptions
 from daemon.clock import FakeClock
+from daemon.config import BlestaUpstream, ResellerUpstream
 from daemon.sandbox.blesta_sim import BlestaState
 from daemon.sandbox.blesta_sim import make_app as make_blesta_app
 from daemon.sandbox.reseller_sim import BASE_PATH as RESELLER_PATH
@@ -36,14 +35,14 @@ def fast_options(**kw: Any) -> HttpOptions:
     return HttpOptions(**values)
 
 
-def blesta_settings(url: str, **overrides: Any) -> SimpleNamespace:
+def blesta_settings(url: str, **overrides: Any) -> BlestaUpstream:
     """An `[upstreams.blesta]` table shaped like the config model."""
     values: dict[str, Any] = {
         "name": "blesta",
         "kind": "blesta",
         "url": url,
         "user": BLESTA_USER,
-        "key": SecretStr(BLESTA_KEY),
+        "key": BLESTA_KEY,
         "auth": "basic",
         "timeout": 5.0,
         "max_retries": 3,
@@ -51,23 +50,23 @@ def blesta_settings(url: str, **overrides: Any) -> SimpleNamespace:
         "rate_limit": None,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return BlestaUpstream.model_validate(values)
 
 
-def reseller_settings(url: str, **overrides: Any) -> SimpleNamespace:
+def reseller_settings(url: str, **overrides: Any) -> ResellerUpstream:
     values: dict[str, Any] = {
         "name": "reseller",
         "kind": "blesta_reseller",
         "url": url,
         "user": RESELLER_USER,
-        "password": SecretStr(RESELLER_PASSWORD),
+        "password": RESELLER_PASSWORD,
         "timeout": 5.0,
         "max_retries": 3,
         "max_concurrency": 4,
         "rate_limit": None,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return ResellerUpstream.model_validate(values)
 
 
 @pytest.fixture

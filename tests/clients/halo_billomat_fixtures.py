@@ -1,7 +1,7 @@
 """Fixtures and settings builders for the Halo and Billomat client tests.
 
-The simulators run on loopback (port 0); settings are plain namespaces shaped like the config
-models (`SecretStr` secrets), so the clients are built exactly as the service builds them.
+The simulators run on loopback (port 0); settings are the real config models, so the clients
+are built exactly as the service builds them (and a renamed config field breaks these tests).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
+from daemon.config import BillomatUpstream, HaloUpstream
 from daemon.sandbox.billomat_sim import BillomatState, serve_billomat
 from daemon.sandbox.halo_sim import HaloState, serve_halo
 
@@ -32,35 +31,33 @@ __all__ = [
 ]
 
 
-def halo_settings(url: str, **overrides: Any) -> SimpleNamespace:
+def halo_settings(url: str, **overrides: Any) -> HaloUpstream:
     """An `[upstreams.halo]` table pointing at a simulator."""
     values: dict[str, Any] = {
         "name": "halo",
         "kind": "halo",
         "tenant_url": url,
         "client_id": "halo-client",
-        "client_secret": SecretStr("halo-secret"),
+        "client_secret": "halo-secret",
         "scope": "all",
-        "tenant": None,
+        "tenant": "",
         "timeout": 10.0,
         "max_retries": 3,
         "max_concurrency": 4,
         "rate_limit": None,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return HaloUpstream.model_validate(values)
 
 
-def billomat_settings(url: str, **overrides: Any) -> SimpleNamespace:
+def billomat_settings(url: str, **overrides: Any) -> BillomatUpstream:
     """An `[upstreams.billomat]` table pointing at a simulator (`url` is the API base)."""
     values: dict[str, Any] = {
         "name": "billomat",
         "kind": "billomat",
         "billomat_id": "demo",
-        "api_key": SecretStr("demo-key"),
-        "app_id": None,
-        "app_secret": None,
-        "base_url": url,
+        "api_key": "demo-key",
+        **({"url": url} if url else {}),
         "max_rate_wait": 900.0,
         "timeout": 10.0,
         "max_retries": 3,
@@ -68,7 +65,7 @@ def billomat_settings(url: str, **overrides: Any) -> SimpleNamespace:
         "rate_limit": None,
     }
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return BillomatUpstream.model_validate(values)
 
 
 @pytest.fixture

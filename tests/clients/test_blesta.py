@@ -240,19 +240,18 @@ async def test_bad_key_is_auth_error_without_the_key(
 
 
 def test_from_settings_builds_options(blesta_sim: str) -> None:
-    from types import SimpleNamespace
-
     cfg = blesta_settings(
-        blesta_sim, timeout=12.0, max_retries=2, max_concurrency=3,
-        rate_limit=SimpleNamespace(count=600, per=300.0),
+        blesta_sim, timeout=12.0, max_retries=2, max_concurrency=3, rate_limit="600/5m",
+        max_response_bytes="2MB", max_retry_wait="90s",
     )  # fmt: skip
     client = BlestaClient.from_settings(cfg, clock=FakeClock())
     opts = client.session.options
     assert (opts.timeout, opts.max_retries, opts.max_concurrency) == (12.0, 2, 3)
     assert opts.rate_limit is not None and opts.rate_limit.count == 600
+    assert (opts.max_response_bytes, opts.max_retry_wait) == (cfg.max_response_bytes, 90.0)
     assert BLESTA_KEY in client.session.secrets
     with pytest.raises(ValueError):
-        BlestaClient.from_settings(blesta_settings(blesta_sim, auth="oauth"), clock=FakeClock())
+        BlestaClient.create("http://x", "u", "k", clock=FakeClock(), auth="oauth")
 
 
 # -- pagination -----------------------------------------------------------------------------------
