@@ -325,10 +325,9 @@ async def walk_pages(
             # Short: the last page. Longer than asked: the server ignored the page size and sent
             # everything at once (some bare-array endpoints); asking again would repeat it.
             more = False
-        elif total is not None and total == n1 and asked is None:
-            more = False  # exactly the predicted records on a page of unknown size
-        # Otherwise (no total, a full first page, or a total *smaller* than page 1) one more
-        # page shows whether there is more.
+        # Otherwise (no total, a full first page, a page of unknown size that holds exactly
+        # the total, or a total *smaller* than page 1) one more page shows whether there is
+        # more: a total that lies low must not end the walk.
     # Sequential: no total, or the list grew past it.
     while more and last_len >= size:
         n = last_page + 1
