@@ -3,6 +3,9 @@
 Exit codes (DESIGN §2): 0 success, 1 the work failed, 2 bad usage or invalid configuration.
 Each subcommand lives in `daemon/commands/<name>.py` and registers its own parser, so this
 module stays a thin dispatcher and only it turns exceptions into exit codes.
+
+Everything a command writes to stdout or stderr passes the log redactor (`redacted_stdio`), so
+no output path can carry a secret the config resolved or a token issued since, in any spelling.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 
 from daemon import __version__
 from daemon.commands import API_MODULES, COMMAND_MODULES
 from daemon.errors import ConfigError, DaemonError, UpstreamError
-from daemon.logs import configure_logging
+from daemon.logs import configure_logging, redact_strings, redact_text, redacted_stdio
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,8 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:  # pragma: no cover - argparse enforces a subcommand
         parser.print_help()
         return EXIT_USAGE
-    # Until a command loads its config, log warnings and worse to stderr: stdout is the answer.
-    configure_logging("warning", "auto", stream=sys.stderr)
+    with redacted_stdio():
+        # Until a command loads its config, log warnings and worse to stderr: stdout is the
+        # answer.
+        configure_logging("warning", "auto", stream=sys.stderr)
+        return _run(handler, args)
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return int(handler(args))
     except BrokenPipeError:
@@ -81,14 +91,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        _error(str(exc))
         return EXIT_USAGE
     except UpstreamError as exc:
-        print(json.dumps(exc.as_dict(), indent=2), file=sys.stderr)
+        _error(json.dumps(redact_strings(exc.as_dict()), indent=2))
         return EXIT_FAILED
     except DaemonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _error("interrupted")
         return 130
+    except Exception as exc:  # the last boundary: a bug, reported without leaking a secret
+        if os.environ.get("DAEMON_DEBUG"):
+            _error(traceback.format_exc())
+        _error(
+            f"error: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in the daemon; set DAEMON_DEBUG=1 for the traceback."
+        )
+        return EXIT_FAILED
+
+
+def _error(text: str) -> None:
+    print(redact_text(text), file=sys.stderr)

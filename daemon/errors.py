@@ -64,10 +64,13 @@ class ConfigError(DaemonError):
 
 
 def redact_excerpt(text: str, secrets: Iterable[str] = (), limit: int = EXCERPT_LIMIT) -> str:
-    """Shorten an upstream body for an error message, replacing any known secret value."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[REDACTED]")
+    """Shorten an upstream body for an error message, masking every known secret — the
+    caller's `secrets` and all the log redactor knows (config secrets, Basic pairs, tokens) —
+    in every spelling an echo can carry (JSON-escaped, URL-encoded, base64). Masked before it
+    is shortened, so a cut can never leave half a secret behind."""
+    from daemon.logs import redact_text  # lazy: this module is the bottom layer
+
+    text = redact_text(text, secrets)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -6,23 +6,42 @@ shape whoever wrote it. Redaction is the last step before the bytes leave, and i
 on the event dict (so secret-named keys and known secret values are masked field by field) and
 on the rendered line (so a secret that reached the output some other way — an exception's repr,
 a pretty traceback — is still masked).
+
+The same redactor guards every other way out: the CLI's stdout and stderr (`RedactingStream`),
+error text stored in the database (`redact_text`) and upstream error excerpts. A secret is
+registered with the spellings it takes on the wire (`secret_forms`): as is, JSON-escaped,
+URL-encoded, base64 — and a Basic credential as the base64 of its `user:secret` pair — because
+an upstream that echoes a request echoes it encoded.
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 4
+# Secrets shorter than this are still masked, but `check-config` warns: a short value matches
+# ordinary text too, and one under MIN_SECRET_LENGTH cannot be masked at all.
+RECOMMENDED_SECRET_LENGTH = 8
+# Tokens issued at runtime are kept for this many registrations: an hourly token would
+# otherwise grow the pattern every log line is matched against for as long as the process runs.
+MAX_TRANSIENT_SECRETS = 64
+# Above this size, text is first scanned for each registered spelling (a C-speed substring
+# search) and the regex runs only over the spellings present.
+_SCAN_THRESHOLD = 4096
 SECRET_KEY_NAMES = frozenset(
     {
         "password",
@@ -66,43 +85,106 @@ def is_secret_key(name: object) -> bool:
     return norm in SECRET_KEY_NAMES or norm.endswith(_SECRET_SUFFIXES)
 
 
+def _b64(text: str) -> str:
+    # Unpadded: a prefix of the padded form, so it matches whether or not the `=` survived.
+    return base64.b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+def _spellings(bases: Iterable[str]) -> set[str]:
+    out: set[str] = set()
+    for base in bases:
+        escaped = json.dumps(base)[1:-1]
+        for form in (
+            base,
+            escaped,
+            json.dumps(base, ensure_ascii=False)[1:-1],
+            json.dumps(escaped)[1:-1],  # a JSON request body echoed inside a JSON answer
+            quote(base, safe=""),
+            quote_plus(base, safe=""),
+        ):
+            out.update((form, _lower_hex(form)))
+    return {f for f in out if len(f) >= MIN_SECRET_LENGTH}
+
+
+def secret_forms(value: str) -> set[str]:
+    """Every spelling of `value` to mask: as is, JSON-escaped (ASCII or not, once or twice),
+    URL-encoded (`%20` and `+` styles, either hex case) and base64 — and each encoding of the
+    base64 too.
+    Empty when `value` is shorter than MIN_SECRET_LENGTH."""
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        return set()
+    return _spellings((value, _b64(value)))
+
+
+def basic_pair_forms(user: str, secret: str) -> set[str]:
+    """The spellings of HTTP Basic credentials: base64 of `user:secret`, as
+    `Authorization: Basic ...` carries them, in every encoding `secret_forms` knows."""
+    if not secret:
+        return set()
+    return _spellings((_b64(f"{user}:{secret}"),))
+
+
 class Redactor:
     """Masks secret-named fields and known secret values, in event dicts and in text.
 
     The set of secrets grows at runtime (`add_secrets`) because OAuth tokens only exist after
-    the first login; it is the one piece of module state besides `log`.
+    the first login; it is the one piece of module state besides `log`. Secrets from the
+    configuration stay registered; transient ones (tokens) are kept for the last
+    MAX_TRANSIENT_SECRETS registrations.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._permanent: set[str] = set()
+        self._transient: collections.deque[frozenset[str]] = collections.deque(
+            maxlen=MAX_TRANSIENT_SECRETS
+        )
         self._secrets: frozenset[str] = frozenset()
         self._pattern: re.Pattern[str] | None = None
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str], *, transient: bool = False) -> None:
+        forms: set[str] = set()
+        for value in values:
+            forms |= secret_forms(value)
+        self.add_forms(forms, transient=transient)
+
+    def add_forms(self, forms: Iterable[str], *, transient: bool = False) -> None:
+        """Register already-derived spellings (see `secret_forms`, `basic_pair_forms`)."""
+        forms = frozenset(f for f in forms if isinstance(f, str) and len(f) >= MIN_SECRET_LENGTH)
+        if not forms:
+            return
         with self._lock:
-            new = set(self._secrets)
-            for value in values:
-                if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
-                    new.add(value)
-                    # The same secret as it appears inside rendered JSON (quotes, backslashes,
-                    # non-ASCII escaped), so the final text pass matches it too.
-                    escaped = json.dumps(value)[1:-1]
-                    if escaped != value:
-                        new.add(escaped)
+            if transient:
+                if forms not in self._transient:
+                    self._transient.append(forms)
+            else:
+                self._permanent |= forms
+            new = frozenset(self._permanent.union(*self._transient))
             if new != self._secrets:
-                self._secrets = frozenset(new)
-                # Longest first, so a secret containing another is masked whole.
-                alternatives = sorted(self._secrets, key=len, reverse=True)
-                self._pattern = re.compile("|".join(map(re.escape, alternatives)))
+                self._secrets = new
+                self._pattern = _pattern(new)
 
     def clear(self) -> None:
         with self._lock:
+            self._permanent = set()
+            self._transient.clear()
             self._secrets = frozenset()
             self._pattern = None
 
     def text(self, value: str) -> str:
-        pattern = self._pattern
-        return pattern.sub(REDACTED, value) if pattern is not None else value
+        pattern, secrets = self._pattern, self._secrets
+        if pattern is None:
+            return value
+        if len(value) > _SCAN_THRESHOLD:
+            present = [s for s in secrets if s in value]
+            if not present:
+                return value
+            pattern = _pattern(present)
+        return pattern.sub(REDACTED, value)
 
     def value(self, value: Any, key: object = None) -> Any:
         if is_secret_key(key) and value is not None and value != "":
@@ -128,12 +210,23 @@ class Redactor:
         }
 
 
+def _pattern(spellings: Iterable[str]) -> re.Pattern[str]:
+    # Longest first, so a secret containing another is masked whole.
+    return re.compile("|".join(map(re.escape, sorted(spellings, key=len, reverse=True))))
+
+
 _REDACTOR = Redactor()
 
 
-def add_secrets(values: Iterable[str]) -> None:
-    """Register secret values learned at runtime (tokens) so they are masked from now on."""
-    _REDACTOR.add(values)
+def add_secrets(values: Iterable[str], *, transient: bool = False) -> None:
+    """Register secret values (config secrets; tokens with `transient=True` as they are
+    issued) so they are masked, in every spelling, from now on."""
+    _REDACTOR.add(values, transient=transient)
+
+
+def add_basic_pair(user: str, secret: str) -> None:
+    """Register an HTTP Basic credential: its `Authorization` header is base64 of the pair."""
+    _REDACTOR.add_forms(basic_pair_forms(user, secret))
 
 
 def clear_secrets() -> None:
@@ -142,10 +235,98 @@ def clear_secrets() -> None:
 
 
 def redact_text(text: str, extra: Iterable[str] = ()) -> str:
-    """`text` with every registered secret (and `extra`) masked, for output outside logging."""
-    for secret in sorted((s for s in extra if len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    """`text` with every registered secret (and `extra`) masked in every spelling, for output
+    outside logging: CLI output, error text stored in the database, error excerpts."""
+    forms: set[str] = set()
+    for secret in extra:
+        forms |= secret_forms(secret)
+    if forms:
+        text = _pattern(forms).sub(REDACTED, text)
     return _REDACTOR.text(text)
+
+
+def redact_strings(value: Any) -> Any:
+    """`value` (JSON-like data) with every string, key or value, passed through `redact_text`
+    — before it is encoded, so a secret that an echo JSON-escaped once is still recognised
+    when the encoder escapes it a second time. Keys are not judged by name: this is for
+    answers and error reports, where a field called `key` is data."""
+    if isinstance(value, str):
+        return _REDACTOR.text(value)
+    if isinstance(value, Mapping):
+        return {redact_strings(k): redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_strings(v) for v in value]
+    return value
+
+
+def mask_webhook_url(url: str, secrets: Iterable[str] = ()) -> str:
+    """A webhook post URL fit to show: `https://hooks.example.com/webhooks/netsapiens/message/
+    [REDACTED]`. The last path segment is the secret by construction (`<public_url>/<model>/
+    <secret>`), so it is masked even when the secret is not known here (a URL recorded under an
+    older secret); any user info and query are masked too, and known secrets anywhere."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url, secrets) if url else url
+    if not parts.scheme or not parts.netloc:
+        return redact_text(url, secrets)
+    head, _, last = parts.path.rstrip("/").rpartition("/")
+    path = f"{head}/{REDACTED}" if last else parts.path
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = REDACTED if parts.query else ""
+    return redact_text(urlunsplit((parts.scheme, netloc, path, query, "")), secrets)
+
+
+class RedactingStream:
+    """A text stream that masks every registered secret before it writes: the CLI's stdout and
+    stderr pass through one, so no command's output can carry a secret, whoever printed it.
+
+    Text is held until a line ends (or `flush`), so a secret split across two `write` calls is
+    still seen whole; everything up to the last line break is masked and written in one piece.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        cut = max(self._pending.rfind("\n"), self._pending.rfind("\r")) + 1
+        if cut:
+            ready, self._pending = self._pending[:cut], self._pending[cut:]
+            self.stream.write(_REDACTOR.text(ready))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            ready, self._pending = self._pending, ""
+            self.stream.write(_REDACTOR.text(ready))
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return _isatty(self.stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def redacted_stdio() -> Iterator[None]:
+    """Route `sys.stdout` and `sys.stderr` through `RedactingStream` for the duration."""
+    saved = sys.stdout, sys.stderr
+    out, err = RedactingStream(saved[0]), RedactingStream(saved[1])
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        for stream in (out, err):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed pipe: nothing more can be written anyway
+        sys.stdout, sys.stderr = saved
 
 
 class _RedactedRenderer:
@@ -184,18 +365,22 @@ def configure_logging(
     fmt: str = "auto",
     *,
     secrets: Iterable[str] = (),
+    basic_pairs: Iterable[tuple[str, str]] = (),
     stream: TextIO | None = None,
 ) -> None:
     """Set up structlog and the stdlib root logger; safe to call again (reload, tests).
 
-    `secrets` are added to the redactor; earlier ones stay registered, because a line logged
-    after a reload may still carry a value from before it.
+    `secrets` (and the HTTP Basic `(user, secret)` pairs) are added to the redactor; earlier
+    ones stay registered, because a line logged after a reload may still carry a value from
+    before it.
     """
     stream = sys.stdout if stream is None else stream
     numeric = _LEVELS.get(level.lower())
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
     add_secrets(secrets)
+    for user, secret in basic_pairs:
+        add_basic_pair(user, secret)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
+import re
+import sys
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
 import structlog
 
 from daemon.logs import (
+    MAX_TRANSIENT_SECRETS,
     REDACTED,
+    RedactingStream,
+    add_basic_pair,
     add_secrets,
     clear_secrets,
     configure_logging,
     is_secret_key,
     log,
+    mask_webhook_url,
+    redact_strings,
     redact_text,
+    redacted_stdio,
 )
 
 SECRET = "s3cr3t-Value-42"
@@ -173,3 +183,119 @@ def test_bad_level_or_format() -> None:
         configure_logging("loud", "json", stream=io.StringIO())
     with pytest.raises(ValueError, match="format"):
         configure_logging("info", "xml", stream=io.StringIO())
+
+
+# --- every spelling, every way out --------------------------------------------------------------
+
+TRICKY = 'Kx/+=é"\\ q&%7!'  # changes under JSON, URL and base64 encoding alike
+
+
+def spellings(user: str, secret: str) -> dict[str, str]:
+    """How an echoing upstream can carry a secret back: the forms the redactor must know."""
+    pair = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    alone = base64.b64encode(secret.encode()).decode()
+    return {
+        "plain": secret,
+        "json": json.dumps(secret)[1:-1],
+        "json-utf8": json.dumps(secret, ensure_ascii=False)[1:-1],
+        "quote": quote(secret, safe=""),
+        "quote_plus": quote_plus(secret, safe=""),
+        "quote-lower": re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(secret, safe="")),
+        "form": urlencode({"client_secret": secret}).partition("=")[2],
+        "basic-pair": pair,
+        "basic-pair-unpadded": pair.rstrip("="),
+        "basic-pair-url": quote(pair, safe=""),
+        "base64": alone,
+    }
+
+
+@pytest.mark.parametrize("form", sorted(spellings("sync", TRICKY)))
+def test_redact_text_masks_every_spelling(form: str) -> None:
+    add_secrets([TRICKY])
+    add_basic_pair("sync", TRICKY)
+    leaked = spellings("sync", TRICKY)[form]
+    text = f"echo: Authorization: Basic {leaked}; body=client_secret={leaked}&x=1"
+    assert leaked not in redact_text(text)
+    assert leaked not in redact_text(text * 500)  # the long-text path
+
+
+def test_extra_secrets_get_every_spelling_too() -> None:
+    for form, leaked in spellings("u", TRICKY).items():
+        if not form.startswith("basic-pair"):
+            assert leaked not in redact_text(f"[{leaked}]", [TRICKY]), form
+
+
+def test_basic_pair_is_masked_in_the_log() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", basic_pairs=[("sync", "k3y-value")], stream=out)
+    header = "Basic " + base64.b64encode(b"sync:k3y-value").decode()
+    log.warning("http.giving_up", excerpt=f'{{"headers": {{"Authorization": "{header}"}}}}')
+    assert base64.b64encode(b"sync:k3y-value").decode().rstrip("=") not in out.getvalue()
+    assert "Basic [REDACTED]" in out.getvalue()
+
+
+def test_tokens_are_transient_and_bounded() -> None:
+    add_secrets(["config-secret-1"])
+    first = "token-number-0000"
+    add_secrets([first], transient=True)
+    assert redact_text(first) == REDACTED
+    for i in range(1, MAX_TRANSIENT_SECRETS + 1):
+        add_secrets([f"token-number-{i:04d}"], transient=True)
+    assert redact_text(first) == first  # long expired: the pattern stays small
+    assert redact_text(f"token-number-{MAX_TRANSIENT_SECRETS:04d}") == REDACTED
+    assert redact_text("config-secret-1") == REDACTED  # config secrets are never dropped
+
+
+def test_redact_strings_walks_keys_and_values_without_judging_names() -> None:
+    add_secrets([TRICKY])
+    escaped = json.dumps(TRICKY)[1:-1]
+    data = {"key": "data, not a secret", "excerpt": f"echo {escaped}", escaped: [TRICKY, 5]}
+    out = redact_strings(data)
+    assert out == {
+        "key": "data, not a secret",
+        "excerpt": f"echo {REDACTED}",
+        REDACTED: [REDACTED, 5],
+    }
+
+
+def test_redacting_stream_sees_a_secret_split_across_writes() -> None:
+    add_secrets([SECRET])
+    sink = io.StringIO()
+    stream = RedactingStream(sink)
+    stream.write("one " + SECRET[:5])
+    stream.write(SECRET[5:] + " two\nthree ")
+    assert sink.getvalue() == f"one {REDACTED} two\n"
+    stream.write(SECRET)
+    stream.flush()
+    assert sink.getvalue() == f"one {REDACTED} two\nthree {REDACTED}"
+
+
+def test_redacted_stdio_covers_print(capsys: pytest.CaptureFixture[str]) -> None:
+    add_secrets([SECRET])
+    with redacted_stdio():
+        print(f"out {SECRET}")
+        print(f"err {SECRET}", file=sys.stderr)
+    captured = capsys.readouterr()
+    assert captured.out == f"out {REDACTED}\n" and captured.err == f"err {REDACTED}\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("https://hooks.example.com/webhooks/netsapiens/message/abcdef0123456789",
+         "https://hooks.example.com/webhooks/netsapiens/message/[REDACTED]"),
+        ("https://hooks.example.com/webhooks/netsapiens/message/abcdef0123456789/",
+         "https://hooks.example.com/webhooks/netsapiens/message/[REDACTED]"),
+        ("https://u:p@hooks.example.com/w/m/s?token=t",
+         "https://[REDACTED]@hooks.example.com/w/m/[REDACTED]?[REDACTED]"),
+        ("", ""),
+        ("not a url", "not a url"),
+    ],
+)  # fmt: skip
+def test_mask_webhook_url(url: str, masked: str) -> None:
+    assert mask_webhook_url(url) == masked
+
+
+def test_mask_webhook_url_masks_a_known_secret_anywhere() -> None:
+    url = "https://hooks.example.com/SECRET-in-public-url/message/SECRET-in-public-url"
+    assert "SECRET" not in mask_webhook_url(url, ["SECRET-in-public-url"])

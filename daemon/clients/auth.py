@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from daemon.errors import AuthError, UpstreamError
+from daemon.logs import add_secrets
 
 if TYPE_CHECKING:
     from daemon.clients.http import UpstreamSession
@@ -160,6 +161,12 @@ class TokenAuth(ABC):
                 raise err from exc
             except UpstreamError:
                 raise  # transient (network, 5xx): not an auth verdict; callers retry later
+            # Registered before anything can log or fail with them: the session's excerpt
+            # filter and the one redactor every log line and CLI output passes.
+            tokens = [t for t in (self.state.access_token, self.state.refresh_token) if t]
+            for secret in tokens:
+                session.add_secret(secret)
+            add_secrets(tokens, transient=True)
             self.refreshes += 1
             self._failed_until = None
             self._failure = None
@@ -167,9 +174,6 @@ class TokenAuth(ABC):
                 log.info("auth.recovered", upstream=session.name)
             self.healthy = True
             self.last_error = None
-            for secret in (self.state.access_token, self.state.refresh_token):
-                if secret:
-                    session.add_secret(secret)
             log.info(
                 "auth.token_refreshed",
                 upstream=session.name,

@@ -3,6 +3,8 @@
 Like `arq --check`, the exit code is the health check: 0 when the last finished run of every
 job is ok and there are no dead letters, 1 otherwise (or when the database is missing), 2 for
 bad configuration. It opens the database read-only, so it is safe beside a running service.
+Subscription post URLs are shown with their secret segment masked, and the whole answer passes
+the redactor (an old run's error text may predate a secret's registration).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.clock import Clock, SystemClock
+from daemon.logs import mask_webhook_url, redact_text
 
 ORDER = 30
 
@@ -45,6 +48,7 @@ def handle(args: argparse.Namespace) -> int:
     from daemon.commands.common import load_cli_settings
 
     settings = load_cli_settings(args.config, log_level="warning")
+    secrets = settings.secret_values()
     database = Path(settings.daemon.database)
     configured = [str(job.name) for job in getattr(settings, "sync", None) or []]
     if not database.exists():
@@ -54,8 +58,10 @@ def handle(args: argparse.Namespace) -> int:
         else:
             print(message)
         return EXIT_UNHEALTHY
-    report = asyncio.run(collect_status(database, clock=SystemClock(), jobs=configured))
-    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    report = asyncio.run(
+        collect_status(database, clock=SystemClock(), jobs=configured, secrets=secrets)
+    )
+    print(redact_text(json.dumps(report, indent=2) if args.json else render_text(report), secrets))
     return EXIT_OK if report["healthy"] else EXIT_UNHEALTHY
 
 
@@ -64,9 +70,11 @@ def _iso(when: datetime | None) -> str | None:
 
 
 async def collect_status(
-    database: Path, *, clock: Clock, jobs: Iterable[str] = ()
+    database: Path, *, clock: Clock, jobs: Iterable[str] = (), secrets: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """Everything `status` shows, as one JSON-ready dict with a `healthy` verdict."""
+    """Everything `status` shows, as one JSON-ready dict with a `healthy` verdict; webhook
+    URLs masked (`secrets`: known secrets to mask anywhere else in them)."""
+    secrets = list(secrets)
     from daemon.store import Store
 
     async with Store.open(database, clock=clock, read_only=True) as store:
@@ -112,7 +120,7 @@ async def collect_status(
             "id": s.id,
             "model": s.model,
             "status": s.status,
-            "post_url": s.post_url,
+            "post_url": mask_webhook_url(s.post_url, secrets),
             "expires_at": _iso(s.expires_at),
             "expires_in_s": None
             if s.expires_at is None

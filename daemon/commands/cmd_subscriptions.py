@@ -1,7 +1,7 @@
 """`daemon subscriptions list|sync|delete ID`: the NetSapiens event subscriptions.
 
 - `list` shows what NetSapiens has (upstream) beside what the daemon recorded (local), post urls
-  redacted because they carry the webhook secret;
+  with their last segment masked because it is the webhook secret;
 - `sync` runs one SubscriptionKeeper pass (create, adopt, renew, replace, clean duplicates) now;
 - `delete ID` deletes one upstream and from the local table.
 
@@ -18,9 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from daemon.clients.settings import seconds, secret_value
 from daemon.clock import Clock, SystemClock
 from daemon.errors import ConfigError, NotFoundError
+from daemon.logs import mask_webhook_url
 
 ORDER = 60
 EXIT_OK = 0
@@ -66,8 +66,9 @@ async def run(
     """The work of each subcommand, given loaded settings (tests call this directly)."""
     from daemon.clients.factory import first_of_kind
     from daemon.clients.netsapiens import NetsapiensClient
+    from daemon.clients.settings import seconds, secret_value
     from daemon.store import Store
-    from daemon.sync.subscriptions import SubscriptionKeeper, redact_url
+    from daemon.sync.subscriptions import SubscriptionKeeper
 
     clock = clock or SystemClock()
     hooks = webhook_settings(settings)
@@ -87,14 +88,14 @@ async def run(
             local = await store.list_subscriptions()
             return {
                 "upstream": [
-                    {**s, "post-url": redact_url(str(s.get("post-url", "")), secret)}
+                    {**s, "post-url": mask_webhook_url(str(s.get("post-url", "")), [secret])}
                     for s in remote
                 ],
                 "local": [
                     {
                         "id": r.id,
                         "model": r.model,
-                        "post_url": redact_url(r.post_url, secret),
+                        "post_url": mask_webhook_url(r.post_url, [secret]),
                         "expires_at": r.expires_at.isoformat() if r.expires_at else None,
                         "status": r.status,
                     }
