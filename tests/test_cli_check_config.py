@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from daemon.cli import main as cli_main
 from daemon.commands.cmd_check_config import next_runs, summarize
 from daemon.config import load_settings
 from daemon.logs import clear_secrets, configure_logging, log
@@ -167,3 +169,157 @@ def test_config_secrets_never_reach_the_log() -> None:
     assert text.count("\n") == 3
     assert_no_secrets(text)
     assert "[REDACTED]" in text
+
+
+# --- configuration errors are exit 2, always, and never a traceback ----------------------------
+
+
+def run_all(configs: dict[str, Path], env: dict[str, str]) -> dict[str, tuple[int, str, str]]:
+    """`check-config` on each file, all at once (each is a fresh interpreter)."""
+    clean = {k: v for k, v in os.environ.items() if k not in EXAMPLE_ENV and k != "DAEMON_CONFIG"}
+    path = os.pathsep.join(p for p in (str(ROOT), clean.get("PYTHONPATH", "")) if p)
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "daemon", "check-config", "--config", str(config)],
+            env={**clean, "PYTHONPATH": path, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for name, config in configs.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        results[name] = (proc.returncode, out, err)
+    return results
+
+
+def _variant(old: str, new: str, text: str | None = None) -> str:
+    text = EXAMPLE.read_text() if text is None else text
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def _tables(text: str, names: list[str]) -> str:
+    for name in names:
+        text += f'\n[[sync]]\nname = "t-{len(text)}"\nupstream = "blesta"\nresource = "c"\n'
+        text += f'every = "1h"\ntable = "{name}"\n'
+    return text
+
+
+# Every value problem of issue 14 §5 in one file: each must be reported at its key.
+MANY_PROBLEMS = {
+    "sync[0].every": ('every = "15m"', "every = inf"),
+    "sync[1].every": ('every = "1h"', 'every = "99999999999w"'),
+    "sync[2].cron": ('cron = "30 2 * * *"', 'cron = "0 0 31 2 *"'),
+    "upstreams.blesta.timeout": ('\ntimeout = "30s"', "\ntimeout = nan"),
+    "daemon.retention": ('retention = "90d"', "retention = nan"),
+    "upstreams.blesta.key": ('key = "${BLESTA_API_KEY}"', 'key = ""'),
+    "upstreams.reseller.url": (
+        '"https://account.blesta.com/plugin/blesta_reseller/v2/index"',
+        '"http://user:hunter2-password@account.example.com"',
+    ),
+    "upstreams.billomat.api_key": ('"${BILLOMAT_API_KEY}"', '{ file = "/dev/urandom" }'),
+    "upstreams.halo.client_secret": ('"${HALO_CLIENT_SECRET}"', '{ file = "fifo" }'),
+}
+TABLES = ["select", "key", "values", "order", "clients\\n"]
+EXAMPLE_JOBS = EXAMPLE.read_text().count("[[sync]]")
+
+
+def test_bad_configs_are_exit_2_without_traceback(tmp_path: Path) -> None:
+    """In a subprocess, as an operator runs it: exit 2, every problem, no traceback."""
+    text = EXAMPLE.read_text()
+    for old, new in MANY_PROBLEMS.values():
+        text = _variant(old, new, text)
+    os.mkfifo(tmp_path / "fifo")
+    configs = {
+        "many": tmp_path / "many.toml",
+        "not-utf8": tmp_path / "not-utf8.toml",
+        "tables-400-deep": tmp_path / "deep.toml",
+        "array-400-deep": tmp_path / "deep-array.toml",
+    }
+    configs["many"].write_text(_tables(text, TABLES))
+    configs["not-utf8"].write_bytes(EXAMPLE.read_bytes() + b"\n# caf\xe9\n")
+    configs["tables-400-deep"].write_text("x = " + "{a=" * 400 + "1" + "}" * 400 + "\n")
+    configs["array-400-deep"].write_text(
+        _variant("params = {", "params = { deep = " + "[" * 400 + "]" * 400 + ", ")
+    )
+    for path in configs.values():
+        path.chmod(0o600)
+    results = run_all(configs, EXAMPLE_ENV)
+    for name, (code, out, err) in results.items():
+        assert code == 2, (name, err)
+        assert "Traceback" not in err and out == "", (name, err)
+        assert "invalid configuration" in err, (name, err)
+        assert_no_secrets(out, err)
+    err = results["many"][2]
+    for key in MANY_PROBLEMS:
+        assert f"\n  {key}: " in err, (key, err)
+    for i, _name in enumerate(TABLES, start=EXAMPLE_JOBS):
+        assert f"\n  sync[{i}].table: invalid table name" in err, (i, err)
+    assert "hunter2-password" not in err
+    assert "not UTF-8 text (byte 0xe9" in results["not-utf8"][2]
+    assert "nested" in results["tables-400-deep"][2]
+    assert "nested more than 32 levels deep" in results["array-400-deep"][2]
+
+
+def test_empty_environment_secret_is_exit_2() -> None:
+    proc = run("--config", str(EXAMPLE), env={**EXAMPLE_ENV, "BLESTA_API_KEY": ""})
+    assert proc.returncode == 2
+    assert "upstreams.blesta.key: environment variable BLESTA_API_KEY is empty" in proc.stderr
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_database_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my precious notes\n")
+    os.mkfifo(tmp_path / "fifo.db")
+    existing = tmp_path / "state.db"
+    sqlite3.connect(existing).execute("CREATE TABLE t (x)").connection.close()
+    cases = {
+        tmp_path: 2,
+        Path("/dev/null"): 2,
+        tmp_path / "fifo.db": 2,
+        notes: 2,
+        notes / "state.db": 2,
+        tmp_path / "new" / "dir" / "state.db": 0,
+        existing: 0,
+    }
+    for database, expected in cases.items():
+        path = tmp_path / "daemon.toml"
+        path.write_text(
+            _variant(
+                'database = "/var/lib/integration-daemon/state.db"', f'database = "{database}"'
+            )
+        )
+        code = cli_main(["check-config", "--config", str(path)])
+        err = capsys.readouterr().err
+        assert code == expected, (database, err)
+        if expected:
+            assert "daemon.database:" in err and "Traceback" not in err, (database, err)
+    assert notes.read_text() == "my precious notes\n"
+
+
+def test_short_secrets_are_warned_about() -> None:
+    proc = run(
+        "--config",
+        str(EXAMPLE),
+        env={**EXAMPLE_ENV, "BLESTA_API_KEY": "abc", "HALO_CLIENT_SECRET": "abcdefg"},
+    )
+    assert proc.returncode == 0
+    assert "warning: upstreams.blesta.key is shorter than 4 characters" in proc.stderr
+    assert "warning: upstreams.halo.client_secret is shorter than 8 characters" in proc.stderr
+
+
+def test_summary_shows_the_limits() -> None:
+    proc = run("--config", str(EXAMPLE), "--json", env=EXAMPLE_ENV)
+    data = json.loads(proc.stdout)
+    assert data["upstreams"][0]["max_response_bytes"] == "64MiB"
+    assert data["sync"][0]["max_pages"] == 100000
+    assert data["sync"][0]["max_tombstone_fraction"] == 0.5

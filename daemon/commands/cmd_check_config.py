@@ -3,31 +3,40 @@
 The summary is what an operator checks after an edit — which database, which listener, which
 upstreams with which credentials present, when each job will next run, the rule order — and it
 is safe to paste into a ticket: credentials show as `[set]`, and the whole output goes through
-the redactor with every resolved secret as a last guard. Invalid configuration raises
-`ConfigError`, which `cli.py` prints (every problem, with its key path) and turns into exit 2.
+the redactor with every resolved secret (in every spelling) as a last guard. Invalid
+configuration raises `ConfigError`, which `cli.py` prints (every problem, with its key path) and
+turns into exit 2; so does a `daemon.database` that is a directory, a device or not SQLite.
+Secrets too short to be masked reliably are warned about on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timedelta
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
+from pydantic import SecretStr
 
 from daemon.clock import SystemClock
+from daemon.commands.common import register_secrets
 from daemon.config import (
     Settings,
     SyncJob,
     UpstreamSettings,
+    database_problem,
+    format_byte_size,
     format_duration,
     load_settings,
     resolve_config_path,
     schedule_description,
 )
-from daemon.logs import redact_text
+from daemon.config.values import mask_userinfo
+from daemon.errors import ConfigError, ConfigProblem
+from daemon.logs import MIN_SECRET_LENGTH, RECOMMENDED_SECRET_LENGTH, redact_text
+from daemon.sync.schedule import Schedule, upcoming
 
 ORDER = 20
 NEXT_RUNS = 3
@@ -62,10 +71,44 @@ def register(
 def handle(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
     settings = load_settings(path)
+    register_secrets(settings)
+    problem = database_problem(Path(settings.daemon.database))
+    if problem is not None:
+        raise ConfigError(
+            [ConfigProblem("daemon.database", f"{str(settings.daemon.database)!r} {problem}")],
+            source=str(path),
+        )
+    for warning in short_secret_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     summary = summarize(settings, path, now=SystemClock().now())
     text = json.dumps(summary, indent=2) if args.json else render_text(summary)
     print(redact_text(text, settings.secret_values()))
     return 0
+
+
+def short_secret_warnings(settings: Settings) -> list[str]:
+    """One line per configured secret too short to be masked reliably in output."""
+    sections: list[tuple[str, Any]] = [(f"upstreams.{n}", u) for n, u in settings.upstreams.items()]
+    if settings.webhooks.netsapiens is not None:
+        sections.append(("webhooks.netsapiens", settings.webhooks.netsapiens))
+    out: list[str] = []
+    for where, section in sections:
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if not isinstance(value, SecretStr):
+                continue
+            length = len(value.get_secret_value())
+            if length < MIN_SECRET_LENGTH:
+                out.append(
+                    f"{where}.{field_name} is shorter than {MIN_SECRET_LENGTH} characters: it "
+                    "cannot be masked in logs and output at all"
+                )
+            elif length < RECOMMENDED_SECRET_LENGTH:
+                out.append(
+                    f"{where}.{field_name} is shorter than {RECOMMENDED_SECRET_LENGTH} "
+                    "characters: masking it also masks ordinary text that happens to match"
+                )
+    return out
 
 
 def _iso(when: datetime) -> str:
@@ -73,13 +116,8 @@ def _iso(when: datetime) -> str:
 
 
 def next_runs(job: SyncJob, now: datetime, count: int = NEXT_RUNS) -> list[datetime]:
-    """Nominal ticks after `now` (before jitter): cron in UTC, `every` counted from now as a
-    first start would."""
-    if job.every is not None:
-        return [now + timedelta(seconds=job.every * k) for k in range(1, count + 1)]
-    assert job.cron is not None
-    it = croniter(job.cron, now)
-    return [it.get_next(datetime) for _ in range(count)]
+    """Nominal ticks after `now` (before jitter), by the scheduler's own rule."""
+    return upcoming(Schedule(every=job.every, cron=job.cron), now, count)
 
 
 def _upstream(up: UpstreamSettings) -> dict[str, Any]:
@@ -88,6 +126,7 @@ def _upstream(up: UpstreamSettings) -> dict[str, Any]:
         if up.kind == "billomat"
         else next((getattr(up, f) for f in URL_FIELDS if getattr(up, f, None)), None)
     )
+    url = None if url is None else mask_userinfo(url)
     fields = [f for f in type(up).model_fields if f in AUTH_FIELDS]
     auth = {f: "[set]" if getattr(up, f) else "[unset]" for f in fields}
     return {
@@ -99,6 +138,8 @@ def _upstream(up: UpstreamSettings) -> dict[str, Any]:
         "max_retries": up.max_retries,
         "max_concurrency": up.max_concurrency,
         "rate_limit": str(up.rate_limit) if up.rate_limit else None,
+        "max_response_bytes": format_byte_size(up.max_response_bytes),
+        "max_retry_wait": format_duration(up.max_retry_wait),
     }
 
 
@@ -112,6 +153,9 @@ def _job(job: SyncJob, now: datetime) -> dict[str, Any]:
         "mode": job.mode,
         "schedule": schedule_description(job),
         "next_runs": [_iso(t) for t in next_runs(job, now)],
+        "max_pages": job.max_pages,
+        "max_duration": format_duration(job.max_duration),
+        "max_tombstone_fraction": job.max_tombstone_fraction,
     }
 
 
@@ -123,7 +167,7 @@ def summarize(settings: Settings, path: Path, *, now: datetime) -> dict[str, Any
     if ns is not None:
         webhooks["netsapiens"] = {
             "secret": "[set]",
-            "public_url": ns.public_url,
+            "public_url": mask_userinfo(ns.public_url),
             "listener": f"/webhooks/netsapiens/<model>/{'[secret]'}",
             "subscribe": list(ns.subscribe),
             "domain": ns.domain,
@@ -176,6 +220,7 @@ def render_text(s: dict[str, Any]) -> str:
         limits += f"concurrency {u['max_concurrency']}"
         if u["rate_limit"]:
             limits += f", rate limit {u['rate_limit']}"
+        limits += f", responses ≤ {u['max_response_bytes']}, retry waits ≤ {u['max_retry_wait']}"
         lines += [f"  {u['name']} [{u['kind']}] {u['url']}", f"    {auth}", f"    {limits}"]
     lines += ["", f"sync jobs ({len(s['sync'])}):"]
     for j in s["sync"]:
@@ -183,6 +228,8 @@ def render_text(s: dict[str, Any]) -> str:
         lines += [
             f"  {j['name']}: {j['upstream']} {j['what']}{months} → {j['table']} ({j['mode']})",
             f"    {j['schedule']}; next: {', '.join(j['next_runs'])}",
+            f"    ends after {j['max_pages']} pages or {j['max_duration']}; tombstones at most "
+            f"{j['max_tombstone_fraction']:.0%} of the table",
         ]
     lines += ["", f"rules ({len(s['rules'])}, tried in order):"]
     for i, r in enumerate(s["rules"], 1):

@@ -259,10 +259,10 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 def database_problem(path: Path) -> str | None:
     """Why `path` cannot be the daemon's SQLite file, or None.
 
-    A missing file is fine (the store creates it) when its directory exists or can be
-    created; an existing one must be a regular file that starts with SQLite's header — a
-    directory, a device, a FIFO or someone else's file is refused before the store opens it.
-    Opened non-blocking, so a FIFO cannot hang the check.
+    A missing file is fine (the store creates it and its directory) unless some component of
+    its path is an existing non-directory. An existing one must be a regular file that starts
+    with SQLite's header: a directory, a device, a FIFO or someone else's file is refused
+    before the store opens it. Opened non-blocking, so a FIFO cannot hang the check.
     """
     try:
         st = path.stat()
@@ -274,8 +274,8 @@ def database_problem(path: Path) -> str | None:
             parent = parent.parent
         if not parent.is_dir():
             return f"cannot be created: {str(parent)!r} is not a directory"
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"cannot be created: the directory {str(parent)!r} is not writable"
+        # Whether the service's user may write there is not judged: check-config often runs
+        # as another user (an admin, or before systemd creates StateDirectory=).
         return None
     except (OSError, ValueError) as exc:
         return f"cannot be checked: {getattr(exc, 'strerror', None) or exc}"
