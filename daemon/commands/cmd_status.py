@@ -50,7 +50,7 @@ def handle(args: argparse.Namespace) -> int:
     settings = load_cli_settings(args.config, log_level="warning")
     secrets = settings.secret_values()
     database = Path(settings.daemon.database)
-    configured = [str(job.name) for job in getattr(settings, "sync", None) or []]
+    configured = [job.name for job in settings.sync]
     if not database.exists():
         message = f"database {database} does not exist (has the daemon run yet?)"
         if args.json:

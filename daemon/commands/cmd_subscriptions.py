@@ -16,9 +16,10 @@ import asyncio
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from daemon.clock import Clock, SystemClock
+from daemon.config import NetsapiensUpstream, NetsapiensWebhookSettings, Settings
 from daemon.errors import ConfigError, NotFoundError
 from daemon.logs import mask_webhook_url
 
@@ -53,29 +54,30 @@ def handle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def webhook_settings(settings: Any) -> Any:
-    hooks = getattr(getattr(settings, "webhooks", None), "netsapiens", None)
+def webhook_settings(settings: Settings) -> NetsapiensWebhookSettings:
+    hooks = settings.webhooks.netsapiens
     if hooks is None:
         raise ConfigError("[webhooks.netsapiens] is not configured")
     return hooks
 
 
 async def run(
-    settings: Any, command: str, sub_id: str | None, *, clock: Clock | None = None
+    settings: Settings, command: str, sub_id: str | None, *, clock: Clock | None = None
 ) -> Any:
     """The work of each subcommand, given loaded settings (tests call this directly)."""
     from daemon.clients.factory import first_of_kind
     from daemon.clients.netsapiens import NetsapiensClient
-    from daemon.clients.settings import seconds, secret_value
     from daemon.store import Store
     from daemon.sync.subscriptions import SubscriptionKeeper
 
     clock = clock or SystemClock()
     hooks = webhook_settings(settings)
-    secret = secret_value(hooks.secret)
-    upstream = settings.upstreams[
-        first_of_kind(settings, "netsapiens", getattr(hooks, "upstream", None))
-    ]
+    secret = hooks.secret.get_secret_value()
+    # first_of_kind has checked the kind.
+    upstream = cast(
+        NetsapiensUpstream,
+        settings.upstreams[first_of_kind(settings, "netsapiens", hooks.upstream)],
+    )
     async with AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             NetsapiensClient.from_settings(upstream, clock=clock)
@@ -110,8 +112,8 @@ async def run(
                 public_url=str(hooks.public_url),
                 secret=secret,
                 models=list(hooks.subscribe),
-                domain=str(getattr(hooks, "domain", None) or "*"),
-                renew_before=timedelta(seconds=seconds(getattr(hooks, "renew_before", None), 900)),
+                domain=hooks.domain,
+                renew_before=timedelta(seconds=hooks.renew_before),
             )
             report = await keeper.sync_once()
             return report.as_dict()
