@@ -8,7 +8,8 @@ simulators stay up until Ctrl-C / SIGTERM.
 
 `--demo-size N` gives every simulator N records (Blesta clients, each with contacts, invoices,
 services and transactions; Reseller licences; Billomat and Halo records per resource;
-NetSapiens CDRs), e.g. `--demo-size 100000` to try a large sync; building 100k takes seconds.
+NetSapiens CDRs), e.g. `--demo-size 100000` to try a large sync; building 100k takes seconds,
+and the config then leaves out hosted Halo's 300-requests-per-5-minutes budget so it finishes.
 """
 
 from __future__ import annotations

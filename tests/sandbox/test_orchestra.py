@@ -45,6 +45,10 @@ async def test_config_uses_the_api_spelling_and_a_demo_billomat_app(tmp_path: Pa
             config["upstreams"]["billomat"]["app_secret"]
         )
         assert len(sandbox.states["halo"].table("Tickets")) == 25
+        assert "rate_limit" not in config["upstreams"]["halo"]  # a large demo must finish
+    async with run_sandbox(tmp_path / "default", now=NOW) as default:
+        halo = tomllib.loads(default.config_path.read_text())["upstreams"]["halo"]
+        assert halo["rate_limit"] == "300/5m"  # hosted Halo's budget by default
     reseller_jobs = [j["resource"] for j in config["sync"] if j["upstream"] == "reseller"]
     assert reseller_jobs == ["search", "getcredit"]  # Reseller method names, as DESIGN gives
 
