@@ -11,20 +11,38 @@ or exception through its future.
 
 Reads use a separate connection: in WAL mode it sees the last committed state and never
 blocks the writer.
+
+Supervision: the writer is one task whose end is always seen. If it stops for any reason but
+`close()` (an unexpected exception, a broken connection), every waiting and later caller gets
+`StoreError("store writer stopped: ...")`, `healthy` turns false and `wait_writer()` raises, so
+the service can stop instead of acknowledging work it cannot store. `heartbeat` (the injected
+clock's monotonic time of the writer's last loop turn) and `writer_fresh()` let a watchdog
+notify systemd only while the writer is making progress.
+
+`close()` cannot be cut short: it runs to the end even when the caller is cancelled (an anyio
+cancel scope or `Task.cancel()`), commits what was queued before it, and closes both
+connections in a `finally`, so aiosqlite's threads never keep the process alive. It is bounded
+by `close_timeout` (real time: it guards against a stuck SQLite call, not a schedule).
+
+The database file and its `-wal`/`-shm` companions are private (0600): the file is created
+with that mode before SQLite opens it, and wider modes found on existing files are tightened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import aiosqlite
+import anyio
 import structlog
 
 from daemon.clock import Clock
@@ -39,6 +57,10 @@ WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 QUEUE_SIZE = 1000
 MAX_GROUP = 256
+CLOSE_TIMEOUT = 30.0  # seconds for close() to drain the queue before it gives up on it
+CONN_CLOSE_TIMEOUT = 10.0  # seconds for each connection to close (past busy_timeout)
+FILE_MODE = 0o600
+COMPANIONS = ("-wal", "-shm", "-journal")
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA busy_timeout = 5000",
@@ -71,6 +93,10 @@ class _Job:
 _STOP = object()
 
 
+class _ConnectionBroken(Exception):
+    """BEGIN/COMMIT failed because the writer connection itself is gone: fatal to the writer."""
+
+
 async def _shielded(aw: Awaitable[T]) -> T:
     """Finish `aw` even if we are cancelled meanwhile, then let the cancellation through.
 
@@ -84,6 +110,29 @@ async def _shielded(aw: Awaitable[T]) -> T:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+async def _run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` in its own task to the end whatever happens to the caller, then re-raise a
+    cancellation the caller received meanwhile.
+
+    Both kinds are held off: an anyio cancel scope (by the shielded scope, which also stops
+    anyio re-delivering the cancellation in a loop) and `Task.cancel()`, which passes through
+    anyio's shield and is therefore caught and remembered.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                cancelled = True
+    if cancelled:
+        with contextlib.suppress(BaseException):
+            task.result()  # retrieved, so asyncio does not report it as lost
+        raise asyncio.CancelledError
+    return task.result()
 
 
 @asynccontextmanager
@@ -108,36 +157,95 @@ async def _connect(target: str, *, uri: bool = False) -> aiosqlite.Connection:
         for pragma in PRAGMAS if not uri else READ_ONLY_PRAGMAS:
             await conn.execute(pragma)
     except BaseException:
-        await conn.close()
+        await _run_to_end(_close_conn(conn))
         raise
     return conn
+
+
+async def _close_conn(conn: aiosqlite.Connection) -> None:
+    """Close one connection within CONN_CLOSE_TIMEOUT; its thread is told to stop either way
+    (aiosqlite's close stops it in a `finally`), so it cannot keep the process alive."""
+    with anyio.move_on_after(CONN_CLOSE_TIMEOUT) as scope:
+        try:
+            await conn.close()
+        except Exception as exc:  # a broken connection still has its thread stopped
+            log.warning("store.close_failed", error=repr(exc))
+    if scope.cancelled_caught:
+        log.error("store.close_timeout", seconds=CONN_CLOSE_TIMEOUT)
+
+
+def _tighten(path: Path) -> None:
+    """Make an existing file 0600 if group or others have any access to it."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        os.chmod(path, FILE_MODE)
+        log.warning("store.permissions_tightened", path=str(path), was=f"{mode:04o}")
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file with mode 0600 before SQLite opens it (SQLite gives `-wal` and
+    `-shm` the database file's mode), or tighten an existing one."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        _tighten(path)
+        return
+    try:
+        os.fchmod(fd, FILE_MODE)  # a umask could have taken owner bits
+    finally:
+        os.close(fd)
 
 
 class Database:
     """The connection-owning core of `Store`; repositories add their methods on top."""
 
-    def __init__(self, path: Path, *, clock: Clock, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock,
+        read_only: bool = False,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
         self.path = Path(path)
         self.clock = clock
         self.read_only = read_only
+        self.close_timeout = close_timeout
         self.stats = StoreStats()
+        self.heartbeat: float | None = None  # clock.monotonic() at the writer's last turn
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Job | object] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
+        self._idle = False
+        self._ended = asyncio.Event()  # the writer task has finished, for whatever reason
+        self._failure: str | None = None  # why the writer stopped, when it was not close()
+        self._failure_cause: BaseException | None = None
         self._closed = False
+        self._close_done: asyncio.Event | None = None
         self._record_tables: dict[str, bool] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, path: Path, *, clock: Clock, read_only: bool = False) -> Self:
+    async def connect(
+        cls,
+        path: Path,
+        *,
+        clock: Clock,
+        read_only: bool = False,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> Self:
         """Open (creating and migrating unless `read_only`) and start the writer task.
 
         `read_only` is for inspection commands (`daemon status`): it never creates the file,
         never migrates and refuses writes, so it is safe beside a running service.
         """
-        store = cls(path, clock=clock, read_only=read_only)
+        store = cls(path, clock=clock, read_only=read_only, close_timeout=close_timeout)
         try:
             await store._open()
         except BaseException:
@@ -148,9 +256,16 @@ class Database:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, path: Path, *, clock: Clock, read_only: bool = False
+        cls,
+        path: Path,
+        *,
+        clock: Clock,
+        read_only: bool = False,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> AsyncIterator[Self]:
-        store = await cls.connect(path, clock=clock, read_only=read_only)
+        store = await cls.connect(
+            path, clock=clock, read_only=read_only, close_timeout=close_timeout
+        )
         try:
             yield store
         finally:
@@ -170,32 +285,100 @@ class Database:
                         f"{SCHEMA_VERSION}; start the service (or run-once) to migrate it"
                     )
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_file(self.path)
             self._writer = await _connect(str(self.path))
             await migrate(self._writer, str(self.path))
             self._reader = await _connect(str(self.path))
             await self._reader.execute("PRAGMA query_only = ON")
             self._reader.row_factory = sqlite3.Row
+            for suffix in COMPANIONS:  # left over from a time the file was not private
+                _tighten(self.path.with_name(self.path.name + suffix))
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
+        self.heartbeat = self.clock.monotonic()
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
-        """Let queued writes finish, then close both connections. Safe to call twice."""
-        if self._closed:
+        """Commit what is queued, stop the writer and close both connections.
+
+        Runs to the end even if the caller is cancelled (the cancellation is re-raised after).
+        Writes queued before `close()` are committed; if the writer is dead, or does not drain
+        within `close_timeout`, their callers get `StoreError` instead. Both connections are
+        closed whatever happened. Safe to call twice; a second call waits for the first.
+        """
+        if self._close_done is not None:
+            await self._close_done.wait()
             return
         self._closed = True
-        if self._task is not None:
-            if not self._task.done():
-                await self._queue.put(_STOP)
-            try:
-                await _shielded(self._task)
-            finally:
-                self._task = None
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                await conn.close()
-        self._writer = self._reader = None
+        self._close_done = asyncio.Event()
+        try:
+            await _run_to_end(self._shutdown())
+        finally:
+            self._close_done.set()
+
+    async def _shutdown(self) -> None:
+        try:
+            task = self._task
+            if task is not None and not task.done():
+                with anyio.move_on_after(self.close_timeout):
+                    await self._queue.put(_STOP)
+                    await asyncio.wait({task})
+                if not task.done():
+                    log.error("store.close_timeout", seconds=self.close_timeout)
+                    if self._writer is not None:
+                        with contextlib.suppress(Exception):
+                            await self._writer.interrupt()  # a long statement stops now
+                    task.cancel()
+                    with anyio.move_on_after(CONN_CLOSE_TIMEOUT):
+                        await asyncio.wait({task})
+        finally:
+            for conn in (self._writer, self._reader):
+                if conn is not None:
+                    await _close_conn(conn)
+            self._writer = self._reader = None
+            self._ended.set()  # also when the writer never started
+
+    # -- supervision -------------------------------------------------------------------------
+
+    @property
+    def writer_alive(self) -> bool:
+        """The writer task is running."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """Writes can be taken: the writer runs, has not failed, and the store is not closing."""
+        return self.writer_alive and self._failure is None and not self._closed
+
+    @property
+    def writer_error(self) -> StoreError | None:
+        """Why the writer stopped, when it stopped for any reason but `close()`."""
+        return None if self._failure is None else self._stopped_error()
+
+    def writer_fresh(self, max_age: float) -> bool:
+        """For a watchdog: the writer is alive and either waiting for work or its last loop
+        turn was at most `max_age` seconds ago on the store's clock."""
+        if not self.healthy or self.heartbeat is None:
+            return False
+        # Waiting on the queue is not being stuck, even if a job arrived a moment ago.
+        return self._idle or self.clock.monotonic() - self.heartbeat <= max_age
+
+    async def wait_writer(self) -> None:
+        """Wait for the writer task to end: returns after `close()` stopped it, raises the
+        `StoreError` that stopped it otherwise. A supervisor runs this in its task group."""
+        if self.read_only:
+            raise StoreError("store is read-only: it has no writer")
+        await self._ended.wait()
+        if self._failure is not None:
+            raise self._stopped_error()
+
+    def _stopped_error(self) -> StoreError:
+        err = StoreError(f"store writer stopped: {self._failure}")
+        err.__cause__ = self._failure_cause
+        return err
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -207,26 +390,40 @@ class Database:
         Once queued, the job runs even if the caller is cancelled (the wait is shielded): a
         write either happens or reports an error, it is never silently half-done.
         """
+        if self._failure is not None:
+            raise self._stopped_error()
         if self._closed or self._task is None:
             raise StoreError("store is closed" if not self.read_only else "store is read-only")
-        if self._task.done():
-            raise StoreError("store writer has stopped; reopen the store")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(fn, future, groupable, transactional))
+        if self._ended.is_set():  # queued behind the writer's end: it will never run
+            self._settle_leftover(future)
         try:
             return await asyncio.shield(future)
         except sqlite3.Error as exc:
             raise StoreError(f"database write failed: {exc}") from exc
 
+    def _beat(self) -> None:
+        self.heartbeat = self.clock.monotonic()
+
     async def _write_loop(self) -> None:
         carry: _Job | object | None = None
         pending: list[_Job] = []
+        stopping = False
         try:
             while True:
+                self._beat()
+                if carry is None and self._queue.empty():
+                    if stopping:
+                        return
+                    self._idle = True
                 item = carry if carry is not None else await self._queue.get()
+                self._idle = False
+                self._beat()
                 carry = None
                 if item is _STOP:
-                    return
+                    stopping = True  # finish what was queued, then end
+                    continue
                 assert isinstance(item, _Job)
                 pending = [item]
                 if item.groupable:
@@ -242,19 +439,40 @@ class Database:
                             break
                 await self._run_group(pending)
                 pending = []
+                self._beat()
         except BaseException as exc:
-            # Never leave a caller waiting forever on a writer that is gone.
-            failure = StoreError(f"store writer stopped: {exc!r}")
-            for job in pending:
-                if not job.future.done():
-                    job.future.set_exception(failure)
-            while not self._queue.empty():
-                left = self._queue.get_nowait()
-                if isinstance(left, _Job) and not left.future.done():
-                    left.future.set_exception(failure)
-            if not isinstance(exc, asyncio.CancelledError):
-                log.error("store.writer_failed", error=repr(exc))
-            raise
+            self._writer_died(exc, pending, carry)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            # Otherwise it is recorded and reported to every caller and to wait_writer().
+        finally:
+            self._idle = False
+            self._ended.set()
+            self._drain_leftovers()
+
+    def _writer_died(self, exc: BaseException, pending: list[_Job], carry: object) -> None:
+        cause = exc.__cause__ if isinstance(exc, _ConnectionBroken) else exc
+        if isinstance(exc, asyncio.CancelledError) and self._closed:
+            self._failure = "store closed before the write ran"
+        else:
+            self._failure = repr(cause)
+            log.error("store.writer_failed", error=repr(cause))
+        self._failure_cause = cause
+        for job in [*pending, *([carry] if isinstance(carry, _Job) else [])]:
+            _settle(job.future, exc=self._stopped_error())
+
+    def _settle_leftover(self, future: asyncio.Future[Any]) -> None:
+        if self._failure is not None:
+            _settle(future, exc=self._stopped_error())
+        else:
+            _settle(future, exc=StoreError("store is closed"))
+
+    def _drain_leftovers(self) -> None:
+        """Jobs still queued when the writer ended never run: tell their callers so."""
+        while not self._queue.empty():
+            left = self._queue.get_nowait()
+            if isinstance(left, _Job):
+                self._settle_leftover(left.future)
 
     async def _run_group(self, jobs: Sequence[_Job]) -> None:
         conn = self._writer
@@ -293,9 +511,11 @@ class Database:
                 await _shielded(conn.execute("ROLLBACK"))
                 self.stats.rollbacks += 1
         except Exception as exc:
+            if _broken(exc):
+                raise _ConnectionBroken() from exc
             # BEGIN or COMMIT failed (locked past busy_timeout, disk full): nothing landed.
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                if conn.in_transaction:
                     await _shielded(conn.execute("ROLLBACK"))
             self.stats.rollbacks += 1
             for job in jobs:
@@ -355,6 +575,12 @@ class Database:
             await conn.execute("PRAGMA optimize")
 
         await self.write(job, transactional=False)
+
+
+def _broken(exc: BaseException) -> bool:
+    """The connection itself is unusable (closed underneath us), not just this transaction:
+    aiosqlite says `ValueError('Connection closed')`, sqlite3 a `ProgrammingError`."""
+    return isinstance(exc, ValueError | sqlite3.ProgrammingError)
 
 
 def _settle(
