@@ -4,6 +4,15 @@ Modelled on Home Assistant's DataUpdateCoordinator: each job's next tick is plan
 its last start, a start is jittered so jobs sharing a schedule do not stampede one upstream, and
 only transitions are logged. A tick that finds the job still running is skipped (and logged as
 `sync.skipped`), so a slow upstream can never pile up concurrent runs of one job.
+
+`request_run(name)` (a webhook said something changed) is debounced like the coordinator's
+`async_request_refresh`: while the job is idle it starts now; while it runs, exactly one
+follow-up run is queued however many requests arrive, and starts as soon as the running one
+ends, so a change that happened mid-run is never missed.
+
+Shutdown: `stop_ticks()` stops new starts (ticks, requests, queued follow-ups) and lets running
+jobs finish; `wait_idle()` waits for them; `shutdown(timeout)` does both and then cancels what is
+still running, which ends `run()`.
 """
 
 from __future__ import annotations
@@ -55,10 +64,16 @@ class Scheduler:
         self.skipped: dict[str, int] = {j.name: 0 for j in jobs}
         self.started: dict[str, int] = {j.name: 0 for j in jobs}
         self.next_run: dict[str, datetime] = {}
+        self.follow_ups: set[str] = set()  # running jobs with one more run queued
+        self.ticking = True
         self._wake: dict[str, anyio.Event] = {}
+        self._run_ended = anyio.Event()
+        self._tg: TaskGroup | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Tick every job until cancelled, or until `stop_ticks()` and the last run's end."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for job in self.jobs:
                 now = self._clock.now()
                 self.next_run[job.name] = first_due(
@@ -68,12 +83,14 @@ class Scheduler:
             task_status.started()
 
     async def _loop(self, job: ScheduledJob, tg: TaskGroup) -> None:
-        while True:
+        while self.ticking:
             due = self.next_run[job.name]
             jitter = self._rng.uniform(0, job.schedule.jitter) if job.schedule.jitter else 0.0
             wait = (due - self._clock.now()).total_seconds() + jitter
             if wait > 0:
                 await self._wait(job.name, wait)
+                if not self.ticking:
+                    return
                 if self.next_run[job.name] < due:  # woken early by request_run
                     due = self.next_run[job.name]
             started = self._clock.now()
@@ -82,31 +99,87 @@ class Scheduler:
                 log.warning("sync.skipped", job=job.name, reason="previous run still running")
             else:
                 self.running.add(job.name)
-                self.started[job.name] += 1
                 tg.start_soon(self._guarded, job.name, name=f"sync:{job.name}")
             self.next_run[job.name] = next_due(job.schedule, due, started)
 
     async def _guarded(self, name: str) -> None:
-        """Run one job; its failure is the job's (logged by the runner), never the scheduler's."""
+        """Run the job, then its queued follow-up if one was requested meanwhile; a failure is
+        the job's (logged by the runner), never the scheduler's."""
         try:
-            await self._run_job(name)
-        except Exception:  # supervision boundary: one job must not stop the others
-            log.exception("sync.crashed", job=name)
+            while True:
+                self.follow_ups.discard(name)  # requests from now on want another run
+                self.started[name] += 1
+                try:
+                    await self._run_job(name)
+                except Exception:  # supervision boundary: one job must not stop the others
+                    log.exception("sync.crashed", job=name)
+                if name not in self.follow_ups or not self.ticking:
+                    break
+                log.info("sync.follow_up", job=name, reason="run requested while running")
         finally:
+            self.follow_ups.discard(name)
             self.running.discard(name)
+            ended, self._run_ended = self._run_ended, anyio.Event()
+            ended.set()
 
     def request_run(self, name: str) -> None:
-        """Run `name` as soon as possible; debounced (a running job is not doubled)."""
+        """Run `name` as soon as possible, debounced: an idle job starts now; a running job gets
+        exactly one follow-up run, however many requests arrive before it ends. Ignored once
+        `stop_ticks()` was called."""
         if name not in self.next_run:
             raise KeyError(name)
+        if not self.ticking:
+            return
+        if name in self.running:
+            self.follow_ups.add(name)
+            return
         now = self._clock.now()
         if self.next_run[name] > now:
             self.next_run[name] = now
             if name in self._wake:
                 self._wake[name].set()
 
+    def stop_ticks(self) -> None:
+        """Start nothing new (no ticks, requests or follow-ups); running jobs go on to their
+        end. `run()` returns once they have."""
+        self.ticking = False
+        for wake in self._wake.values():
+            wake.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no job is running (a queued follow-up counts as still running)."""
+        while self.running:
+            await self._run_ended.wait()
+
+    async def shutdown(self, grace: float) -> bool:
+        """`stop_ticks()`, give running jobs `grace` seconds of the clock to finish, then
+        cancel the rest (their runs are recorded `cancelled`). True when all finished in time."""
+        self.stop_ticks()
+        finished = False
+        async with anyio.create_task_group() as tg:
+
+            async def idle() -> None:
+                nonlocal finished
+                await self.wait_idle()
+                finished = True
+                tg.cancel_scope.cancel()
+
+            async def deadline() -> None:
+                await self._clock.sleep(grace)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(idle)
+            tg.start_soon(deadline)
+        if not finished:
+            log.warning("sync.shutdown_cancelled", jobs=sorted(self.running), grace=grace)
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        return finished
+
     async def _wait(self, name: str, seconds: float) -> None:
-        """Sleep on the clock, or less if `request_run` wakes this job."""
+        """Sleep on the clock, or less if `request_run` (or `stop_ticks`) wakes this job."""
+        if not self.ticking:
+            return
         wake = self._wake[name] = anyio.Event()
         async with anyio.create_task_group() as tg:
 

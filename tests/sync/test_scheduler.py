@@ -134,3 +134,132 @@ async def test_request_run_wakes_sleeping_job_and_failures_do_not_stop_it():
         with pytest.raises(KeyError):
             sched.request_run("nope")
         tg.cancel_scope.cancel()
+
+
+class Gated:
+    """Each run waits on its own gate (`gates[n]` for the n-th start), so a test can hold and
+    release runs one at a time; records starts, ends and cancellations."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock = clock
+        self.starts: list[tuple[str, datetime]] = []
+        self.ended: list[str] = []
+        self.cancelled: list[str] = []
+        self.gates: list[anyio.Event] = []
+
+    async def __call__(self, name: str) -> None:
+        self.starts.append((name, self.clock.now()))
+        gate = anyio.Event()
+        self.gates.append(gate)
+        try:
+            await gate.wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.append(name)
+            raise
+        self.ended.append(name)
+
+
+async def test_requests_during_a_run_queue_exactly_one_follow_up():
+    clock = FakeClock(T0)
+    job = Gated(clock)
+    sched = Scheduler(
+        [ScheduledJob("j", Schedule(every=3600))], job, clock=clock, last_runs={"j": T0}
+    )
+    with capture_logs() as logs, anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sched.run)
+            await settle()
+            assert job.starts == []  # not due for an hour
+            sched.request_run("j")
+            await settle()
+            assert len(job.starts) == 1 and sched.running == {"j"}
+            for _ in range(3):  # a burst of webhooks while it runs ...
+                sched.request_run("j")
+            await settle()
+            assert len(job.starts) == 1
+            assert sched.follow_ups == {"j"}
+            clock.advance(5)
+            job.gates[0].set()  # ... gives one follow-up, started as the first run ends
+            await settle()
+            assert job.starts[1] == ("j", T0 + timedelta(seconds=5))
+            assert sched.follow_ups == set() and sched.running == {"j"}
+            sched.request_run("j")  # a request during the follow-up queues another
+            job.gates[1].set()
+            await settle()
+            assert len(job.starts) == 3
+            job.gates[2].set()
+            await settle()
+            assert len(job.starts) == 3  # nothing asked for a fourth
+            assert sched.running == set() and sched.started["j"] == 3
+            tg.cancel_scope.cancel()
+    assert [e["job"] for e in logs if e["event"] == "sync.follow_up"] == ["j", "j"]
+
+
+async def test_stop_ticks_lets_running_jobs_finish_and_starts_nothing_new():
+    clock = FakeClock(T0)
+    job = Gated(clock)
+    sched = Scheduler(
+        [ScheduledJob("slow", Schedule(every=60)), ScheduledJob("fast", Schedule(every=60))],
+        job,
+        clock=clock,
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(sched.run)
+            await settle()
+            assert sorted(n for n, _ in job.starts) == ["fast", "slow"]
+            job.gates[[n for n, _ in job.starts].index("fast")].set()
+            await settle()
+            sched.request_run("slow")  # queued follow-up, dropped by stop_ticks below
+            sched.stop_ticks()
+            sched.request_run("fast")  # ignored: no new work once stopping
+            sched.request_run("slow")
+            clock.advance(600)  # ticks would have been due many times over
+            await settle()
+            assert len(job.starts) == 2
+            idle = anyio.Event()
+
+            async def waiter() -> None:
+                await sched.wait_idle()
+                idle.set()
+
+            tg.start_soon(waiter)
+            await settle()
+            assert not idle.is_set() and sched.running == {"slow"}
+            job.gates[[n for n, _ in job.starts].index("slow")].set()
+            await idle.wait()
+        # run() returned on its own: no cancel was needed
+    assert sorted(job.ended) == ["fast", "slow"] and job.cancelled == []
+    assert len(job.starts) == 2
+
+
+@pytest.mark.parametrize("finishes_in_time", [True, False])
+async def test_shutdown_gives_running_jobs_a_grace_period_then_cancels_them(
+    finishes_in_time: bool,
+):
+    clock = FakeClock(T0)
+    job = Gated(clock)
+    sched = Scheduler([ScheduledJob("j", Schedule(every=60))], job, clock=clock)
+    outcome: list[bool] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as outer:
+            await outer.start(sched.run)  # run() ends inside outer: shutdown makes it return
+            await settle()
+            assert len(job.starts) == 1
+
+            async def stop() -> None:
+                outcome.append(await sched.shutdown(30))
+
+            outer.start_soon(stop)
+            await settle()
+            clock.advance(29)
+            await settle()
+            assert outcome == [] and job.cancelled == []
+            if finishes_in_time:
+                job.gates[0].set()
+            else:
+                clock.advance(1)
+            await settle()
+    assert outcome == [finishes_in_time]
+    assert job.cancelled == ([] if finishes_in_time else ["j"])
+    assert sched.running == set() and len(job.starts) == 1
