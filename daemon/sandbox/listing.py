@@ -89,14 +89,18 @@ class Query:
 
 
 class _View:
-    """The records one query selects, in its order, with their sort keys for bisection."""
+    """The records one query selects, in its order, with their sort keys for bisection.
 
-    __slots__ = ("keys", "member", "query", "rows")
+    In canonical order a record's sort key is its canonical key, so membership is found by
+    bisection; an ordered view remembers each member's sort key (its fields may change)."""
+
+    __slots__ = ("keys", "member", "ordered", "query", "rows")
 
     def __init__(self, query: Query, rows: list[Record], keys: list[Any]):
         self.query = query
         self.rows = rows
         self.keys = keys
+        self.ordered = bool(query.order)
         self.member: dict[Hashable, Any] = {}
 
     def put(self, canon: Hashable, sort_key: Any, record: Record) -> None:
@@ -107,15 +111,20 @@ class _View:
             pos = bisect_left(self.keys, sort_key)
             self.keys.insert(pos, sort_key)
             self.rows.insert(pos, record)
-        self.member[canon] = sort_key
+        if self.ordered:
+            self.member[canon] = sort_key
 
     def drop(self, canon: Hashable) -> None:
-        sort_key = self.member.pop(canon, None)
-        if sort_key is None:
-            return
+        if self.ordered:
+            sort_key = self.member.pop(canon, None)
+            if sort_key is None:
+                return
+        else:
+            sort_key = canon
         pos = bisect_left(self.keys, sort_key)
-        del self.keys[pos]
-        del self.rows[pos]
+        if pos < len(self.keys) and self.keys[pos] == sort_key:
+            del self.keys[pos]
+            del self.rows[pos]
 
 
 class Table:
@@ -297,15 +306,17 @@ class Table:
     def _build(self, query: Query) -> _View:
         self.builds += 1
         key_of = self._key_of
-        chosen = [
-            (self._sort_key(query, r, key_of[id(r)]), r)
-            for r in self._base.rows
-            if query.matches(r)
-        ]
         if query.order:
-            chosen.sort(key=lambda pair: pair[0])
-        view = _View(query, [r for _, r in chosen], [k for k, _ in chosen])
-        view.member = {key_of[id(r)]: k for k, r in chosen}
+            chosen = sorted(
+                ((self._sort_key(query, r, key_of[id(r)]), r) for r in self._base.rows
+                 if query.matches(r)),
+                key=lambda pair: pair[0],
+            )
+            view = _View(query, [r for _, r in chosen], [k for k, _ in chosen])
+            view.member = {key_of[id(r)]: k for k, r in chosen}
+        else:  # canonical order: no sort, no pairs, no member map (fewer allocations)
+            rows = [r for r in self._base.rows if query.matches(r)]
+            view = _View(query, rows, [key_of[id(r)] for r in rows])
         self._views[query] = view
         while len(self._views) > self._max_views:
             self._views.popitem(last=False)
