@@ -8,19 +8,36 @@ deliveries harmless. Hence the window may start generously early (`overlap`).
 
 When to run is a pure decision (`should_backfill`): after a restart, when the keeper saw a
 subscription vanish or fail, or when the inbox has been silent longer than usual.
+
+Reading: the session list and each session's messages are read page by page to the end
+through the client (`limit` is the page size, `max_pages` the bound; a page that repeats raises
+`MalformedResponse`); CDRs are read with the window as a server-side filter.
+
+The cursor (`sync_state` key `netsapiens-backfill`) says "everything before this time is in the
+inbox". It moves to `until` only when one backfill read everything in its window, and only if
+that window reached back to the cursor (a later explicit `since` leaves a gap it does not
+vouch for). When reading fails part-way (one session's messages, the session list, the CDR
+call), whatever was read is still inserted, the failure is logged (`backfill.incomplete`) and
+raised, and the cursor stays where it was (or, on a first backfill, is set to the window's
+start), so the next backfill reads that window again; dedupe keys make the overlap free.
+Once a cursor exists it, not the newest inbox event, decides the next window: events are no
+proof of coverage (a partial backfill inserts recent events while older ones are still
+missing, and one model's deliveries can go on while another's subscription is failing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from daemon.clients.netsapiens import parse_ns_datetime
+from daemon.clients.paging import DEFAULT_MAX_PAGES
 from daemon.clock import Clock
+from daemon.errors import LimitExceeded, UpstreamError, UpstreamResponseError
 from daemon.store import NewEvent
 from daemon.webhooks.events import SOURCE, Event, parse_payload
 
@@ -29,6 +46,8 @@ log = structlog.get_logger(__name__)
 __all__ = ["JOB", "BackfillReport", "Backfiller", "InboxStore", "should_backfill"]
 
 JOB = "netsapiens-backfill"  # sync_state key holding the last backfilled-until time
+INSERT_BATCH = 500  # messages are inserted in batches as sessions are read
+READ_ERRORS = (UpstreamError, LimitExceeded)  # a read that failed: the window is incomplete
 
 
 class InboxStore(Protocol):
@@ -46,12 +65,16 @@ class InboxStore(Protocol):
 
 
 class BackfillClient(Protocol):
+    """The slice of `NetsapiensClient` the backfiller uses; both read every page."""
+
     async def get_messages(
         self,
         domain: str = "~",
         user: str | None = None,
         session_id: str | None = None,
         limit: int = 100,
+        *,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> list[dict[str, Any]]: ...
 
     async def list_cdrs(
@@ -60,7 +83,9 @@ class BackfillClient(Protocol):
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int = 500,
-        offset: int = 0,
+        *,
+        user: str | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -72,6 +97,12 @@ class BackfillReport:
     inserted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    sessions: int = 0  # sessions whose messages were read
+    errors: list[str] = field(default_factory=list)  # reads that failed, in order
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +112,9 @@ class BackfillReport:
             "inserted": self.inserted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "sessions": self.sessions,
+            "complete": self.complete,
+            "errors": list(self.errors),
         }
 
 
@@ -104,8 +138,8 @@ class Backfiller:
         first_lookback: timedelta = timedelta(hours=24),
         max_lookback: timedelta = timedelta(days=7),
         include_cdrs: bool = True,
-        session_limit: int = 1000,
-        message_limit: int = 1000,
+        page_size: int = 500,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ):
         self.client = client
         self.store = store
@@ -117,55 +151,118 @@ class Backfiller:
         self.first_lookback = first_lookback
         self.max_lookback = max_lookback
         self.include_cdrs = include_cdrs
-        self.session_limit = session_limit
-        self.message_limit = message_limit
+        self.page_size = page_size  # per request; every page is read
+        self.max_pages = max_pages  # per list, so a server that never stops cannot hold us
 
     async def default_since(self) -> datetime:
-        """The newest inbox event (or the last backfill) minus `overlap`, capped at
-        `max_lookback`; `first_lookback` ago when the inbox knows nothing."""
+        """The backfill cursor minus `overlap`; before the first backfill, the newest inbox event
+        minus `overlap`, or `first_lookback` ago when the inbox knows nothing. Never more than
+        `max_lookback` ago."""
         now = self.clock.now()
-        last = await self.store.last_event_time(SOURCE, "")
+        state = await self.store.get_sync_state(JOB)
+        last = parse_ns_datetime(getattr(state, "cursor", None)) if state else None
         if last is None:
-            state = await self.store.get_sync_state(JOB)
-            last = parse_ns_datetime(getattr(state, "cursor", None)) if state else None
+            last = await self.store.last_event_time(SOURCE, "")
         if last is None:
-            return now - self.first_lookback
+            return max(now - self.first_lookback, now - self.max_lookback)
         return max(last - self.overlap, now - self.max_lookback)
 
     async def backfill(self, since: datetime | None = None) -> BackfillReport:
+        """Read the window `since` (default: `default_since()`) .. now into the inbox.
+
+        Raises the first read failure after inserting what was read and logging the rest; the
+        cursor then stays put (see the module docstring)."""
+        state = await self.store.get_sync_state(JOB)
+        cursor = parse_ns_datetime(getattr(state, "cursor", None)) if state else None
         since = since if since is not None else await self.default_since()
         until = self.clock.now()
         report = BackfillReport(since=since, until=until)
-        messages = await self._messages(since)
-        await self._ingest("message", messages, since, report)
+        failures: list[Exception] = []
+        await self._messages(since, report, failures)
         if self.include_cdrs:
-            cdrs = await self.client.list_cdrs(self.domain, start=since, end=until)
-            await self._ingest("cdr", cdrs, since, report)
-        await self.store.set_sync_state(JOB, cursor=until.isoformat(), last_success_at=until)
+            try:
+                cdrs = await self.client.list_cdrs(
+                    self.domain,
+                    start=since,
+                    end=until,
+                    limit=self.page_size,
+                    max_pages=self.max_pages,
+                )
+            except READ_ERRORS as exc:
+                self._failed(report, failures, exc, "cdrs")
+            else:
+                await self._ingest("cdr", cdrs, since, report)
+        if failures:
+            # The cursor stays; a first backfill pins it at this window's start, because the
+            # events just inserted would otherwise make the next window start after them.
+            await self.store.set_sync_state(
+                JOB, **({"cursor": since.isoformat()} if cursor is None else {})
+            )
+            log.warning("backfill.incomplete", **report.as_dict())
+            raise failures[0]
+        contiguous = cursor is None or since <= cursor
+        await self.store.set_sync_state(
+            JOB,
+            last_success_at=until,
+            **({"cursor": until.isoformat()} if contiguous else {}),
+        )
         log.info("backfill.finished", **report.as_dict())
         return report
 
-    async def _messages(self, since: datetime) -> list[dict[str, Any]]:
-        sessions = await self.client.get_messages(self.domain, limit=self.session_limit)
-        out: list[dict[str, Any]] = []
+    def _failed(
+        self, report: BackfillReport, failures: list[Exception], exc: Exception, what: str
+    ) -> None:
+        failures.append(exc)
+        report.errors.append(f"{what}: {exc}")
+        log.warning("backfill.read_failed", what=what, error=str(exc))
+
+    async def _messages(
+        self, since: datetime, report: BackfillReport, failures: list[Exception]
+    ) -> None:
+        """Every session active since `since`, every message of each, inserted in batches."""
+        try:
+            sessions = await self.client.get_messages(
+                self.domain, limit=self.page_size, max_pages=self.max_pages
+            )
+        except READ_ERRORS as exc:
+            self._failed(report, failures, exc, "message sessions")
+            return
+        batch: list[dict[str, Any]] = []
         for session in sessions:
             last = parse_ns_datetime(session.get("messagesession-last-datetime"))
             sid, user = session.get("messagesession-id"), session.get("user")
             if (last is not None and last < since) or not sid or not user:
                 continue
             try:
-                out.extend(
+                batch.extend(
                     await self.client.get_messages(
-                        self.domain, str(user), str(sid), limit=self.message_limit
+                        self.domain,
+                        str(user),
+                        str(sid),
+                        limit=self.page_size,
+                        max_pages=self.max_pages,
                     )
                 )
             except ValueError:  # a session id we could not even ask about
                 log.warning("backfill.bad_session_id", session_id=str(sid)[:40])
-        return out
+                continue
+            except UpstreamResponseError as exc:  # a final answer about this session only
+                self._failed(report, failures, exc, f"session {str(sid)[:40]}")
+                continue
+            except READ_ERRORS as exc:  # the upstream is unwell: stop asking it
+                self._failed(report, failures, exc, f"session {str(sid)[:40]}")
+                break
+            report.sessions += 1
+            if len(batch) >= INSERT_BATCH:
+                await self._ingest("message", batch, since, report)
+                batch = []
+        await self._ingest("message", batch, since, report)
 
     async def _ingest(
         self, model: str, objects: list[dict[str, Any]], since: datetime, report: BackfillReport
     ) -> None:
+        if not objects:
+            return
         parsed = parse_payload(model, objects, default_region=self.default_region)
         report.rejected += len(parsed.rejected)
         events = [e for e in parsed.events if e.occurred_at is None or e.occurred_at >= since]

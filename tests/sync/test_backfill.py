@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.clients.netsapiens import NetsapiensClient
 from daemon.clock import FakeClock
+from daemon.errors import UpstreamError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.sandbox.server import serve_app
 from daemon.store import NewEvent, Store
@@ -98,17 +100,27 @@ async def test_backfill_skips_messages_before_since(
     assert (report.fetched, report.inserted) == (1, 1)
 
 
-async def test_default_since_without_history_and_from_cursor(
+async def test_default_since_without_history_from_the_inbox_and_from_cursor(
     ns_client: NetsapiensClient, ns_store: Store, ns_clock: FakeClock
 ) -> None:
     b = Backfiller(ns_client, ns_store, clock=ns_clock, first_lookback=timedelta(hours=6))
     assert await b.default_since() == T0 - timedelta(hours=6)
-    await ns_store.set_sync_state(JOB, cursor=(T0 - timedelta(hours=1)).isoformat())
-    assert await b.default_since() == T0 - timedelta(hours=1, minutes=10)
+    # Before any backfill, the newest inbox event says where deliveries stopped ...
     await ns_store.insert_events(
         [NewEvent("netsapiens", "message.received", "k", "{}", T0 - timedelta(days=30))]
     )
     assert await b.default_since() == T0 - timedelta(days=7)  # capped at max_lookback
+    await ns_store.insert_events(
+        [NewEvent("netsapiens", "message.received", "k2", "{}", T0 - timedelta(hours=2))]
+    )
+    assert await b.default_since() == T0 - timedelta(hours=2, minutes=10)
+    # ... after one, the cursor does, whatever the inbox holds.
+    await ns_store.set_sync_state(JOB, cursor=(T0 - timedelta(hours=3)).isoformat())
+    assert await b.default_since() == T0 - timedelta(hours=3, minutes=10)
+    await ns_store.insert_events([NewEvent("netsapiens", "message.received", "k3", "{}", T0)])
+    assert await b.default_since() == T0 - timedelta(hours=3, minutes=10)
+    await ns_store.set_sync_state(JOB, cursor=(T0 - timedelta(days=30)).isoformat())
+    assert await b.default_since() == T0 - timedelta(days=7)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +154,139 @@ async def test_sim_inbound_sms_over_http(
     assert answer["deliveries"] == [200]
     rows = await ns_store.list_events()
     assert [r.dedupe_key for r in rows] == [f"netsapiens:message:{answer['message']['id']}"]
+
+
+def conversations(
+    state: NetsapiensState, clock: FakeClock, people: int, messages: int
+) -> dict[str, list[str]]:
+    """`people` senders, each with `messages` inbound SMS in their own session, one second
+    apart (so the newest-first session listing has a fixed order); session id → message ids."""
+    out: dict[str, list[str]] = {}
+    for p in range(people):
+        clock.advance(1)
+        for m in range(messages):
+            msg = state.record_inbound_sms(f"1555000{p:04d}", "15559870000", f"msg {m}")
+            out.setdefault(msg["messagesession-id"], []).append(msg["id"])
+    return out
+
+
+def requests_to(state: NetsapiensState, ending: str) -> int:
+    return sum(n for path, n in state.stats.requests.items() if path.endswith(ending))
+
+
+async def message_keys(store: Store) -> set[str]:
+    return {r.dedupe_key for r in await store.list_events() if r.kind.startswith("message.")}
+
+
+def keys_of(sessions: dict[str, list[str]], *sids: str) -> set[str]:
+    return {f"netsapiens:message:{m}" for sid in (sids or sessions) for m in sessions[sid]}
+
+
+async def test_every_page_of_sessions_and_messages_is_read(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    sessions = conversations(ns_state, ns_clock, people=7, messages=5)
+    ns_clock.advance(60)
+    backfiller = Backfiller(ns_client, ns_store, clock=ns_clock, page_size=2, include_cdrs=False)
+    report = await backfiller.backfill()
+    assert (report.sessions, report.fetched, report.inserted) == (7, 35, 35)
+    assert report.complete
+    assert await message_keys(ns_store) == keys_of(sessions)
+    assert requests_to(ns_state, "/messagesessions") == 4  # 2 + 2 + 2 + 1
+    for sid in sessions:
+        assert requests_to(ns_state, f"/messagesessions/{sid}/messages") == 3  # 2 + 2 + 1
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None and state.cursor == ns_clock.now().isoformat()
+
+
+@pytest.mark.parametrize(
+    ("status", "others_read"),
+    [(404, True), (503, False)],  # a final answer about one session / the upstream is unwell
+)
+async def test_a_session_that_fails_keeps_the_cursor_and_the_next_backfill_reads_it(
+    ns_client: NetsapiensClient,
+    ns_store: Store,
+    ns_state: NetsapiensState,
+    ns_clock: FakeClock,
+    status: int,
+    others_read: bool,
+) -> None:
+    backfiller = Backfiller(ns_client, ns_store, clock=ns_clock, page_size=2)
+    await backfiller.backfill()  # nothing yet; sets the cursor
+    first = await ns_store.get_sync_state(JOB)
+    assert first is not None and first.cursor == T0.isoformat()
+
+    ns_clock.advance(600)
+    sessions = conversations(ns_state, ns_clock, people=4, messages=3)
+    ns_state.add_cdr("15557770000", "15559870000", duration=0, start=ns_clock.now())
+    broken = list(sessions)[1]  # the listing is newest first: the third one read
+    ns_state.faults.update(
+        {
+            "path_filter": f"/messagesessions/{broken}/messages",
+            "fail_next": 100,
+            "fail_status": status,
+        }
+    )
+    ns_clock.advance(60)
+    with capture_logs() as logs, pytest.raises(UpstreamError):
+        await backfiller.backfill()
+    incomplete = [e for e in logs if e["event"] == "backfill.incomplete"]
+    assert len(incomplete) == 1 and not incomplete[0]["complete"]
+    assert incomplete[0]["errors"][0].startswith(f"session {broken}")
+    got = await message_keys(ns_store)
+    assert not got & keys_of(sessions, broken)
+    read_first = [sid for sid in list(sessions)[::-1] if sid != broken]  # newest first
+    expected = keys_of(sessions, *read_first) if others_read else keys_of(sessions, *read_first[:2])
+    assert got == expected  # what was read before (and, for a 404, after) is kept
+    # the CDR call is separate and succeeded
+    assert len([r for r in await ns_store.list_events() if r.kind.startswith("call.")]) == 1
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None
+    assert (state.cursor, state.last_success_at) == (first.cursor, first.last_success_at)
+
+    ns_state.faults.update({"path_filter": None, "fail_next": 0})
+    ns_clock.advance(60)
+    assert await backfiller.default_since() == T0 - timedelta(minutes=10)
+    again = await backfiller.backfill()
+    assert again.complete
+    assert await message_keys(ns_store) == keys_of(sessions)
+    assert again.inserted == 12 - len(expected)
+    assert again.duplicates == len(expected) + 1  # and the CDR, read again
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None and state.cursor == ns_clock.now().isoformat()
+
+
+async def test_a_failed_cdr_listing_on_the_first_backfill_pins_the_cursor_at_its_start(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    sessions = conversations(ns_state, ns_clock, people=2, messages=2)
+    ns_state.add_cdr("15557770000", "15559870000", duration=0, start=ns_clock.now())
+    ns_state.faults.update({"path_filter": "/cdrs", "fail_next": 100, "fail_status": 500})
+    backfiller = Backfiller(ns_client, ns_store, clock=ns_clock, first_lookback=timedelta(hours=6))
+    started = ns_clock.now()
+    with pytest.raises(UpstreamError):
+        await backfiller.backfill()
+    assert await message_keys(ns_store) == keys_of(sessions)  # the messages were inserted
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None and state.last_success_at is None
+    assert state.cursor == (started - timedelta(hours=6)).isoformat()
+    # The messages just inserted do not move the next window past the missing CDR.
+    assert await backfiller.default_since() == started - timedelta(hours=6, minutes=10)
+
+    ns_state.faults.update({"path_filter": None, "fail_next": 0})
+    ns_clock.advance(60)
+    report = await backfiller.backfill()
+    assert (report.inserted, report.duplicates) == (1, 4)
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None and state.cursor == ns_clock.now().isoformat()
+
+
+async def test_a_later_explicit_window_does_not_move_the_cursor_over_a_gap(
+    ns_client: NetsapiensClient, ns_store: Store, ns_clock: FakeClock
+) -> None:
+    backfiller = Backfiller(ns_client, ns_store, clock=ns_clock)
+    await ns_store.set_sync_state(JOB, cursor=(T0 - timedelta(hours=2)).isoformat())
+    await backfiller.backfill(since=T0 - timedelta(minutes=5))  # [-2h, -5m] never read
+    state = await ns_store.get_sync_state(JOB)
+    assert state is not None and state.cursor == (T0 - timedelta(hours=2)).isoformat()
+    assert state.last_success_at == T0
