@@ -294,9 +294,7 @@ class Database:
             self._reader.row_factory = sqlite3.Row
             for suffix in COMPANIONS:  # left over from a time the file was not private
                 _tighten(self.path.with_name(self.path.name + suffix))
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
-        except OSError as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
         self.heartbeat = self.clock.monotonic()
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -355,7 +353,8 @@ class Database:
 
     @property
     def writer_error(self) -> StoreError | None:
-        """Why the writer stopped, when it stopped for any reason but `close()`."""
+        """Why the writer stopped when it did not end cleanly (it died, or `close()` had to
+        cancel it); None while it runs and after a clean close."""
         return None if self._failure is None else self._stopped_error()
 
     def writer_fresh(self, max_age: float) -> bool:
