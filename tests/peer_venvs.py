@@ -10,9 +10,10 @@ script with that virtualenv's python in a subprocess:
 The virtualenv lives outside the repository, in
 `$INTEGRATION_DAEMON_PEER_CACHE` (else `$XDG_CACHE_HOME/integration-daemon/peers`, else
 `~/.cache/integration-daemon/peers`), under `<name>-<hash>` where the hash covers the
-requirements and the interpreter, so CI's fresh clone reuses it on the next run and a changed pin
-or Python gets a new one. A build happens in a temporary directory renamed into place once pip
-succeeded, under a file lock, so concurrent test workers neither collide nor see half a venv.
+requirements and the base interpreter, so CI's fresh clone (and fresh virtualenv) reuses it on
+the next run and a changed pin or Python gets a new one. A build happens in a temporary
+directory renamed into place once pip succeeded, under a file lock, so concurrent test workers
+neither collide nor see half a venv.
 Standard library only: it must run before anything is installed.
 
 Command line (prints the python path): `python tests/peer_venvs.py NAME REQUIREMENT...`
@@ -55,21 +56,24 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "integration-daemon" / "peers"
 
 
+_PROBE = (
+    "import os, platform, sys;"
+    "print(os.path.realpath(getattr(sys, '_base_executable', sys.executable)),"
+    " sys.implementation.cache_tag, platform.machine())"
+)
+
+
 def venv_key(requirements: Sequence[str], python: str = sys.executable) -> str:
-    """A short hash of what makes two virtualenvs interchangeable: the requirements, and the
-    interpreter's path, version tag and machine."""
+    """A short hash of what makes two virtualenvs interchangeable: the requirements and the
+    base interpreter (a venv made from inside a venv links the base one), so the fresh
+    virtualenv CI makes for every run still finds the peers it built last time."""
     if python == sys.executable:
-        interpreter = f"{sys.implementation.cache_tag} {platform.machine()}"
+        base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        interpreter = f"{base} {sys.implementation.cache_tag} {platform.machine()}"
     else:
-        probe = [
-            python,
-            "-c",
-            "import sys, platform; print(sys.implementation.cache_tag, platform.machine())",
-        ]
-        interpreter = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
-    spec = json.dumps(
-        {"requirements": sorted(requirements), "python": [python, interpreter.strip()]}
-    )
+        probe = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, check=True)
+        interpreter = probe.stdout.strip()
+    spec = json.dumps({"requirements": sorted(requirements), "python": interpreter})
     return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
