@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,7 +226,7 @@ MANY_PROBLEMS = {
     "upstreams.halo.client_secret": ('"${HALO_CLIENT_SECRET}"', '{ file = "fifo" }'),
 }
 TABLES = ["select", "key", "values", "order", "clients\\n"]
-EXAMPLE_JOBS = EXAMPLE.read_text().count("[[sync]]")
+EXAMPLE_JOBS = len(tomllib.loads(EXAMPLE.read_text())["sync"])
 
 
 def test_bad_configs_are_exit_2_without_traceback(tmp_path: Path) -> None:
