@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
@@ -70,11 +71,16 @@ class TtyProgress:
 
 def handle(args: argparse.Namespace) -> int:
     from daemon.commands.common import load_cli_settings
-    from daemon.errors import ConfigError, DaemonError
+    from daemon.config.checks import database_problem
+    from daemon.errors import ConfigError, ConfigProblem, DaemonError
     from daemon.sync.batch import select_jobs
 
     settings = load_cli_settings(args.config)
     select_jobs(settings.sync, args.jobs)  # an unknown job name is exit 2, before any work
+    database = Path(settings.daemon.database)
+    problem = database_problem(database)
+    if problem is not None:
+        raise ConfigError([ConfigProblem("daemon.database", f"{str(database)!r} {problem}")])
     signalled: list[int] = []
 
     async def main() -> list[Any]:

@@ -31,6 +31,7 @@ from anyio.abc import TaskStatus
 from daemon.clients.netsapiens import Subscription, SubscriptionExists
 from daemon.clock import Clock
 from daemon.errors import AuthError, NotFoundError, UpstreamError
+from daemon.logs import mask_webhook_url
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +109,9 @@ class KeeperReport:
 
 
 def redact_url(url: str, secret: str) -> str:
-    """The post url with the webhook secret replaced, for logs and errors."""
-    return url.replace(secret, "***") if secret else url
+    """The post url with its secret segment masked, for logs and errors — also a URL recorded
+    under a secret that has since been rotated."""
+    return mask_webhook_url(url, [secret] if secret else [])
 
 
 def next_check_delay(
