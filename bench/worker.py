@@ -17,7 +17,6 @@ import resource
 import sqlite3
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 USER, KEY = "sync", "demo-blesta-key"
@@ -31,24 +30,14 @@ async def ours(url: str, db: Path, concurrency: int) -> dict[str, Any]:
     from daemon.clients.blesta import BlestaClient
     from daemon.clients.http import HttpOptions
     from daemon.clock import SystemClock
+    from daemon.config import SyncJob
     from daemon.store import Store
     from daemon.sync.runner import JobRunner
     from daemon.sync.strategies import build_fetcher
 
     clock = SystemClock()
-    job = SimpleNamespace(
-        name="blesta-clients",
-        table="blesta_clients",
-        upstream="blesta",
-        resource="clients",
-        method="getList",
-        params={},
-        mode="full",
-        cursor_field=None,
-        phone_fields=[],
-        report=None,
-        months=None,
-        page_size=None,
+    job = SyncJob.model_validate(
+        {"name": "blesta-clients", "upstream": "blesta", "resource": "clients", "every": "1h"}
     )
     options = HttpOptions(timeout=30, max_retries=2, max_concurrency=concurrency)
     async with Store.open(db, clock=clock) as store:
