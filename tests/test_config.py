@@ -350,7 +350,11 @@ BAD_REGEX = "invalid regular expression"
             "rules[0].sms_upstream",
             "expected netsapiens",
         ),
-        (rule(action="halo_note", halo_upstream="nope"), "rules[0].halo_upstream", "'nope'"),
+        (
+            rule(action="halo_ticket", ticket={"summary": "x"}, halo_upstream="nope"),
+            "rules[0].halo_upstream",
+            "'nope'",
+        ),
         (hook(secret="${NS_SECRET}"), "webhooks.netsapiens.secret", "16 characters"),
         (hook(subscribe=["message", "bogus"]), "webhooks.netsapiens.subscribe[1]", "message"),
         (

@@ -162,7 +162,6 @@ def check_upstream_refs(
     needs = {
         "sms_reply": ("sms_upstream", "netsapiens"),
         "halo_ticket": ("halo_upstream", "halo"),
-        "halo_note": ("halo_upstream", "halo"),
     }
     for i, rule in enumerate(rules):
         if rule is None:

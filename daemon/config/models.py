@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from daemon.config.dispatch import BusinessHours, DispatchSettings, LoopGuardSettings
 from daemon.config.values import (
     MAX_DURATION,
     ByteSize,
@@ -158,6 +159,8 @@ class DaemonSettings(_Model):
     # At least an hour: `retention = 90` is ninety seconds, and would prune everything.
     retention: Annotated[Duration, _between(minimum=HOUR)] = 90 * 86400.0
     allow_insecure_config: bool = False
+    business_hours: BusinessHours | None = None
+    dispatch: DispatchSettings = DispatchSettings()
 
     @field_validator("database")
     @classmethod
@@ -216,6 +219,9 @@ class _Upstream(_Model):
     max_response_bytes: Annotated[ByteSize, _sized(KiB, GiB)] = DEFAULT_MAX_RESPONSE_BYTES
     # All the waiting one request may do between its tries (backoff and Retry-After together).
     max_retry_wait: Annotated[Duration, _between(maximum=DAY)] = DEFAULT_MAX_RETRY_WAIT
+    # The share of `rate_limit` kept for actions (SMS replies, tickets): a sync may use the rest
+    # of the window, never this part, so a big sync cannot starve a reply.
+    action_reserve: float = Field(default=0.2, ge=0.0, le=0.9, allow_inf_nan=False)
 
 
 class BlestaUpstream(_Upstream):
@@ -312,6 +318,11 @@ class NetsapiensWebhookSettings(_Model):
     allow_from: list[Network] = []
     own_numbers: list[PhoneNumber] = []
     upstream: str = "netsapiens"
+    # Secret rotation: the old secret is still accepted for `rotation_grace` after the daemon
+    # first loads it here, while the keeper moves the subscriptions to the new one.
+    previous_secret: Secret | None = None
+    rotation_grace: Annotated[Duration, _between(maximum=30 * DAY, positive=True)] = DAY
+    guard: LoopGuardSettings = LoopGuardSettings()
 
     @field_validator("secret")
     @classmethod
@@ -424,10 +435,11 @@ class Rule(_Model):
     on: str = Field(min_length=1)
     match: dict[str, str | list[str]] = {}
     when: str | None = None
-    action: Literal["sms_reply", "halo_ticket", "halo_note", "ignore"]
+    action: Literal["sms_reply", "halo_ticket", "ignore"]
     text: str | None = None
     ticket: dict[str, Any] | None = None
     thread: bool = False
+    max_notes: int = Field(default=50, ge=1, le=10_000)  # notes per threaded ticket, then a new one
     cooldown: Duration | None = None
     continue_: bool = Field(default=False, alias="continue")
     enabled: bool = True

@@ -34,6 +34,10 @@ class NewEvent:
     dedupe_key: str
     payload: str
     received_at: datetime
+    sender: str | None = None  # E.164 of who sent it: one sender's events are handled in order
+    via: str = "webhook"  # or "backfill" (pulled through the API after a gap: never auto-replied)
+    occurred_at: datetime | None = None  # when it happened at the PBX, if it said
+    body_hash: str | None = None  # of the normalised message text (repeat and echo detection)
 
 
 @dataclass(frozen=True)
