@@ -68,7 +68,7 @@ async def run(
     from daemon.clients.factory import first_of_kind
     from daemon.clients.netsapiens import NetsapiensClient
     from daemon.store import Store
-    from daemon.sync.subscriptions import SubscriptionKeeper
+    from daemon.webhooks.keeper import SubscriptionKeeper
 
     clock = clock or SystemClock()
     hooks = webhook_settings(settings)

@@ -14,8 +14,8 @@ from daemon.errors import UpstreamError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.sandbox.server import serve_app
 from daemon.store import NewEvent, Store
-from daemon.sync.backfill import JOB, Backfiller, should_backfill
-from daemon.sync.subscriptions import SubscriptionKeeper
+from daemon.webhooks.gapfill import JOB, Backfiller, should_backfill
+from daemon.webhooks.keeper import SubscriptionKeeper
 from tests.netsapiens_fixtures import *  # noqa: F403 - fixtures
 from tests.netsapiens_fixtures import SECRET, T0, WebhookListener
 

@@ -14,7 +14,7 @@ from daemon.clock import FakeClock
 from daemon.errors import NotFoundError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.store import Store
-from daemon.sync.subscriptions import SubscriptionKeeper, next_check_delay, redact_url
+from daemon.webhooks.keeper import SubscriptionKeeper, next_check_delay, redact_url
 from tests.netsapiens_fixtures import *  # noqa: F403 - fixtures
 from tests.netsapiens_fixtures import SECRET, T0, WebhookListener, ns_settings, wait_for
 
