@@ -31,6 +31,7 @@ from yarl import URL
 
 from daemon import __version__
 from daemon.clients.errormap import ErrorReader, check_success, map_error
+from daemon.clients.priority import for_action
 from daemon.clients.ratelimit import RateBudget, RateLimit
 from daemon.clock import Clock
 from daemon.errors import (
@@ -70,6 +71,7 @@ class HttpOptions:
     retry_after_cap: float = 900.0  # never wait longer than this once on an upstream's say-so
     max_retry_wait: float = 600.0  # all the waiting one request may do between its tries
     max_response_bytes: int = 64 * MiB  # per answer, after decompression
+    action_reserve: float = 0.0  # share of the rate budget only actions may use
     user_agent: str = f"integration-daemon/{__version__}"
 
 
@@ -233,7 +235,11 @@ class UpstreamSession:
         self._rate_limited_backoff = rate_limited_backoff
         self._default_headers = dict(default_headers or {})
         self._rng = rng or random.Random()
-        self.budget = RateBudget(options.rate_limit, clock) if options.rate_limit else None
+        self.budget = (
+            RateBudget(options.rate_limit, clock, reserve=options.action_reserve)
+            if options.rate_limit
+            else None
+        )
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(max(1, options.max_concurrency))
         self.requests_sent = 0
@@ -304,7 +310,10 @@ class UpstreamSession:
             raise RuntimeError(f"session for {self.name} is not open")
         method = method.upper()
         idem = method in IDEMPOTENT if idempotent is None else idempotent
+        priority = for_action()
         retries = self.options.max_retries if max_retries is None else max_retries
+        if priority:
+            retries = 0  # the dispatcher owns an action's retries (daemon.clients.priority)
         url = self.url(path)
         auth_retried = False
         attempt = 0
@@ -322,7 +331,7 @@ class UpstreamSession:
                 # the slot so a recorded start is (almost) the moment the request leaves.
                 async with self._slots:
                     if self.budget is not None:
-                        await self.budget.acquire()
+                        await self.budget.acquire(priority=priority)
                     started = self.clock.monotonic()
                     resp = await self._send(method, url, params, data, json_body, req_headers)
             except UpstreamError as exc:

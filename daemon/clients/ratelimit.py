@@ -19,32 +19,46 @@ __all__ = ["RateBudget", "RateLimit"]
 class RateBudget:
     """Grants at most `limit.count` starts in any window of `limit.per` seconds, in FIFO order."""
 
-    def __init__(self, limit: RateLimit, clock: Clock, *, margin: float = 0.02):
+    def __init__(
+        self, limit: RateLimit, clock: Clock, *, margin: float = 0.02, reserve: float = 0.0
+    ):
         """`margin` widens the window we count over (2% by default): the upstream counts a
         request when it arrives, we count it when it leaves, so at a window's edge a request
         delayed in transit would otherwise be counted in the next window by us and in this
-        one by the upstream, and be answered 429."""
+        one by the upstream, and be answered 429.
+
+        `reserve` is the share of the window kept for priority callers (actions): ordinary
+        callers (syncs) may start only while fewer than `count - reserved` requests are in
+        the window, so a sync that uses its whole share still leaves room for a reply."""
         if limit.count < 1 or limit.per <= 0:
             raise ValueError("rate limit needs a positive count and window")
         self.limit = limit
         self.window = limit.per * (1 + max(0.0, margin))
+        self.reserved = min(limit.count - 1, int(limit.count * max(0.0, reserve)))
+        if reserve > 0 and limit.count > 1:
+            self.reserved = max(1, self.reserved)
         self._clock = clock
         self._starts: deque[float] = deque()
         self._lock = asyncio.Lock()
+        self._priority_lock = asyncio.Lock()
         self.waited = 0.0  # total seconds callers spent waiting, for metrics and tests
 
-    def _wait_needed(self) -> float:
+    def _wait_needed(self, cap: int) -> float:
         now = self._clock.monotonic()
         while self._starts and now - self._starts[0] >= self.window:
             self._starts.popleft()
-        if len(self._starts) < self.limit.count:
+        if len(self._starts) < cap:
             return 0.0
-        return self.window - (now - self._starts[0])
+        # The start whose expiry brings the count below `cap`.
+        return self.window - (now - self._starts[len(self._starts) - cap])
 
-    async def acquire(self) -> None:
-        """Wait until a request may start, then record it."""
-        async with self._lock:  # FIFO: later callers queue behind the one waiting
-            while (wait := self._wait_needed()) > 0:
+    async def acquire(self, *, priority: bool = False) -> None:
+        """Wait until a request may start, then record it. Priority callers (actions) queue
+        apart from the others and may use the reserved share too."""
+        cap = self.limit.count if priority else self.limit.count - self.reserved
+        lock = self._priority_lock if priority else self._lock
+        async with lock:  # FIFO within a lane: later callers queue behind the one waiting
+            while (wait := self._wait_needed(cap)) > 0:
                 self.waited += wait
                 await self._clock.sleep(wait)
             self._starts.append(self._clock.monotonic())

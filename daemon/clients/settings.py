@@ -43,5 +43,6 @@ def options_from_settings(cfg: UpstreamSettings, **overrides: Any) -> HttpOption
         rate_limit=cfg.rate_limit,
         max_retry_wait=cfg.max_retry_wait,
         max_response_bytes=cfg.max_response_bytes,
+        action_reserve=cfg.action_reserve,
     )
     return replace(options, **overrides)

@@ -1,0 +1,67 @@
+"""Actions draw on a reserved share of the rate budget and are not retried by the HTTP core."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from aiohttp import web
+
+from daemon.clients.http import HttpOptions, UpstreamSession
+from daemon.clients.priority import action_requests, for_action
+from daemon.clients.ratelimit import RateBudget, RateLimit
+from daemon.clock import FakeClock
+from daemon.errors import ServerError
+from daemon.sandbox.server import serve_app
+
+
+async def test_syncs_leave_the_reserved_share_to_actions() -> None:
+    clock = FakeClock()
+    budget = RateBudget(RateLimit(10, 60.0), clock, reserve=0.2)
+    assert budget.reserved == 2
+    for _ in range(8):
+        await budget.acquire()  # the sync's share: 8 of 10
+    blocked = anyio.Event()
+
+    async def ninth_sync() -> None:
+        await budget.acquire()
+        blocked.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ninth_sync)
+        await anyio.sleep(0)
+        assert not blocked.is_set()  # the sync waits for the window...
+        with anyio.fail_after(1):
+            await budget.acquire(priority=True)  # ...while an action starts at once
+            await budget.acquire(priority=True)
+        clock.advance(61.3)
+        with anyio.fail_after(1):
+            await blocked.wait()
+
+
+def test_no_reserve_without_a_share() -> None:
+    assert RateBudget(RateLimit(10, 60.0), FakeClock()).reserved == 0
+    assert RateBudget(RateLimit(1, 60.0), FakeClock(), reserve=0.5).reserved == 0
+
+
+async def test_an_action_request_is_not_retried_by_the_core() -> None:
+    calls = {"n": 0}
+
+    async def flaky(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        return web.json_response({"message": "busy"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/x", flaky)
+    options = HttpOptions(max_retries=3)
+    async with serve_app(app) as url:
+        async with UpstreamSession("t", url, options, clock=FakeClock(autojump=True)) as s:
+            with pytest.raises(ServerError):
+                await s.request("GET", "/x")
+            assert calls["n"] == 4  # a sync's request: retried
+            calls["n"] = 0
+            with action_requests():
+                assert for_action()
+                with pytest.raises(ServerError):
+                    await s.request("GET", "/x")
+            assert calls["n"] == 1  # an action's: the dispatcher decides when to try again
+    assert not for_action()
