@@ -32,6 +32,7 @@ class SmsRequest:
     session_id: str | None  # reply in the same message session when the PBX gave one
     domain: str | None
     user: str | None  # the PBX user that owns the receiving number
+    upstream: str | None = None  # the NetSapiens upstream to send through (None: the first)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TicketRequest:
     thread: bool  # later messages from the same number become notes on the open ticket
     max_notes: int
     note: str  # the text of the note when this event is added to an open ticket
+    upstream: str | None = None  # the Halo upstream (None: the first)
 
 
 @dataclass(frozen=True)
