@@ -185,6 +185,8 @@ def _outbound(st: NetsapiensState, user: str, sid: str, body: Record) -> Record:
             }
         )
     st.store_message(sid, msg)
+    for hook in list(st.on_sent):
+        hook(msg)
     return msg
 
 
@@ -201,6 +203,8 @@ async def send_in_session(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     if not SESSION_ID.match(sid):
         return _err(400, "messagesession id must be at least 32 characters of [A-Za-z0-9_]")
+    if st.reject_unknown_sessions and sid not in st.sessions:
+        return _err(404, "Message session not found")
     problem = _validate_message(body)
     if problem:
         return _err(400, problem)

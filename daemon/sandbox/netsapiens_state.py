@@ -109,6 +109,9 @@ class NetsapiensState:
     cdrs: Table = field(default_factory=Table)  # in order of arrival
     subscriptions: dict[str, Record] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
+    # Called with every message the API sends (the scripted auto-responder peer listens here).
+    on_sent: list[Callable[[Record], None]] = field(default_factory=list)
+    reject_unknown_sessions: bool = False  # answer 404 to a send into a session it never made
     _failures: dict[str, int] = field(default_factory=dict)
     _token_expiry_wall: dict[str, datetime] = field(default_factory=dict)
     _session_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (user, remote)
