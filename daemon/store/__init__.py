@@ -6,7 +6,6 @@ The layout for users is documented in docs/database.md.
 
 from daemon.store.actions import ACTION_STATUSES, ActionRow, HaloThread
 from daemon.store.contacts import Contact, ContactEntry
-from daemon.store.db import StoreStats
 from daemon.store.inbox import EVENT_STATUSES, EventRow, InsertedEvent, NewEvent
 from daemon.store.records import TombstoneResult, UpsertResult
 from daemon.store.runs import RUN_STATUSES, UNSET, RunRow, SyncState
@@ -14,6 +13,7 @@ from daemon.store.schema import SCHEMA_VERSION
 from daemon.store.store import Store
 from daemon.store.subscriptions import SubscriptionRow
 from daemon.store.util import to_db, validate_table_name
+from daemon.store.writer import StoreStats
 
 __all__ = [
     "ACTION_STATUSES",

@@ -1,0 +1,428 @@
+"""The single writer task: its queue, group commit, batches, and its supervision.
+
+Why one writer: SQLite allows one writer at a time anyway; funnelling every write through one
+task and one connection turns lock contention (and `database is locked` after busy_timeout)
+into an ordered queue with back-pressure, and lets the writer batch work.
+
+Group commit: jobs marked `groupable` that are queued together share one transaction and
+therefore one commit (the webhook inbox answers 2xx only after its events are durable, so
+concurrent deliveries would otherwise pay one fsync each). Within a group, consecutive jobs of
+the same *batch function* (`write_batched`) are merged into one call of that function, which
+writes every caller's items with one statement; so 64 concurrent webhook requests cost one
+INSERT and one COMMIT, not 64 SAVEPOINT/INSERT/RELEASE round trips.
+
+Isolation: when a group holds more than one job, each merged segment runs under a SAVEPOINT.
+If a segment fails, it is rolled back alone; a failed batch is then retried item by item, each
+under its own SAVEPOINT, so one caller's bad input fails that caller only. Every caller gets its
+own result or exception through its future.
+
+The queue is FIFO: long upkeep (retention, contacts rebuilds) is written as a series of short
+jobs, each queued after the previous one finished, so a write queued meanwhile waits for one
+chunk, never for the whole of it.
+
+Supervision: the writer's end is always seen. If it stops for any reason but `close()` (an
+unexpected exception, a broken connection), every waiting and later caller gets
+`StoreError("store writer stopped: ...")`, `healthy` turns false and `wait_writer()` raises, so
+the service can stop instead of acknowledging work it cannot store. `heartbeat` (the injected
+clock's monotonic time of the writer's last loop turn) and `writer_fresh()` let a watchdog
+notify systemd only while the writer is making progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiosqlite
+import anyio
+import structlog
+
+from daemon.clock import Clock
+from daemon.errors import StoreError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
+WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
+# Called with the items of every caller merged into one segment, in queue order; returns one
+# result per item, in the same order.
+BatchFn = Callable[[aiosqlite.Connection, Sequence[P]], Awaitable[Sequence[R]]]
+
+QUEUE_SIZE = 1000
+MAX_GROUP = 256
+
+
+@dataclass
+class StoreStats:
+    """Counters for tests and /metrics: how well group commit is working."""
+
+    commits: int = 0
+    rollbacks: int = 0
+    jobs: int = 0
+    failed_jobs: int = 0
+    largest_group: int = 0
+    batches: int = 0  # calls of a batch function (one per merged segment)
+    batched_jobs: int = 0  # caller jobs those calls served
+    largest_batch: int = 0
+
+
+@dataclass
+class _Job:
+    fn: Callable[[aiosqlite.Connection], Awaitable[Any]] | None
+    future: asyncio.Future[Any]
+    groupable: bool = False
+    transactional: bool = True
+    batch: BatchFn[Any, Any] | None = None
+    item: Any = None
+
+
+_STOP = object()
+
+
+class _ConnectionBroken(Exception):
+    """BEGIN/COMMIT failed because the writer connection itself is gone: fatal to the writer."""
+
+
+async def shielded(aw: Awaitable[T]) -> T:
+    """Finish `aw` even if we are cancelled meanwhile, then let the cancellation through.
+
+    A COMMIT or ROLLBACK that is abandoned half-way would leave the connection in a state we
+    cannot reason about; waiting for it is cheap and bounded by busy_timeout.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` in its own task to the end whatever happens to the caller, then re-raise a
+    cancellation the caller received meanwhile.
+
+    Both kinds are held off: an anyio cancel scope (by the shielded scope, which also stops
+    anyio re-delivering the cancellation in a loop) and `Task.cancel()`, which passes through
+    anyio's shield and is therefore caught and remembered.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    with anyio.CancelScope(shield=True):
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                cancelled = True
+    if cancelled:
+        with contextlib.suppress(BaseException):
+            task.result()  # retrieved, so asyncio does not report it as lost
+        raise asyncio.CancelledError
+    return task.result()
+
+
+def _broken(exc: BaseException) -> bool:
+    """The connection itself is unusable (closed underneath us), not just this transaction:
+    aiosqlite says `ValueError('Connection closed')`, sqlite3 a `ProgrammingError`."""
+    return isinstance(exc, ValueError | sqlite3.ProgrammingError)
+
+
+def _settle(
+    future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _segments(jobs: Sequence[_Job]) -> list[list[_Job]]:
+    """Consecutive jobs of the same batch function form one segment; any other job is one."""
+    out: list[list[_Job]] = []
+    for job in jobs:
+        if job.batch is not None and out and out[-1][0].batch is job.batch:
+            out[-1].append(job)
+        else:
+            out.append([job])
+    return out
+
+
+_Outcome = tuple[bool, Any]  # (succeeded, result or exception)
+
+
+class WriterLoop:
+    """The writer half of `Database`: the queue, the loop, and what the supervisor sees.
+
+    `Database` owns the connections and calls `_start_writer()` once the writer connection is
+    open; everything here runs on that connection.
+    """
+
+    clock: Clock
+    read_only: bool
+    _writer: aiosqlite.Connection | None
+    _closed: bool
+
+    def _init_writer(self) -> None:
+        self.stats = StoreStats()
+        self.heartbeat: float | None = None  # clock.monotonic() at the writer's last turn
+        self._queue: asyncio.Queue[_Job | object] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._task: asyncio.Task[None] | None = None
+        self._idle = False
+        self._ended = asyncio.Event()  # the writer task has finished, for whatever reason
+        self._failure: str | None = None  # why the writer stopped, when it was not close()
+        self._failure_cause: BaseException | None = None
+
+    def _start_writer(self) -> None:
+        self.heartbeat = self.clock.monotonic()
+        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    # -- supervision -------------------------------------------------------------------------
+
+    @property
+    def writer_alive(self) -> bool:
+        """The writer task is running."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def healthy(self) -> bool:
+        """Writes can be taken: the writer runs, has not failed, and the store is not closing."""
+        return self.writer_alive and self._failure is None and not self._closed
+
+    @property
+    def writer_error(self) -> StoreError | None:
+        """Why the writer stopped when it did not end cleanly (it died, or `close()` had to
+        cancel it); None while it runs and after a clean close."""
+        return None if self._failure is None else self._stopped_error()
+
+    def writer_fresh(self, max_age: float) -> bool:
+        """For a watchdog: the writer is alive and either waiting for work or its last loop
+        turn was at most `max_age` seconds ago on the store's clock."""
+        if not self.healthy or self.heartbeat is None:
+            return False
+        # Waiting on the queue is not being stuck, even if a job arrived a moment ago.
+        return self._idle or self.clock.monotonic() - self.heartbeat <= max_age
+
+    async def wait_writer(self) -> None:
+        """Wait for the writer task to end: returns after `close()` stopped it, raises the
+        `StoreError` that stopped it otherwise. A supervisor runs this in its task group."""
+        if self.read_only:
+            raise StoreError("store is read-only: it has no writer")
+        await self._ended.wait()
+        if self._failure is not None:
+            raise self._stopped_error()
+
+    def _stopped_error(self) -> StoreError:
+        err = StoreError(f"store writer stopped: {self._failure}")
+        err.__cause__ = self._failure_cause
+        return err
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def write(
+        self, fn: WriteFn[T], *, groupable: bool = False, transactional: bool = True
+    ) -> T:
+        """Run `fn(conn)` on the writer connection inside a transaction and return its result.
+
+        Once queued, the job runs even if the caller is cancelled (the wait is shielded): a
+        write either happens or reports an error, it is never silently half-done.
+        """
+        return await self._submit(_Job(fn, self._new_future(), groupable, transactional))  # type: ignore[no-any-return]
+
+    async def write_batched(self, fn: BatchFn[P, R], item: P) -> R:
+        """Have the writer call `fn(conn, [item, ...])` once for every caller queued together.
+
+        `fn` must return one result per item, in order; merging needs the *same* function
+        object, so pass a module-level function, not a closure. The call shares its group's
+        transaction like a `groupable` write. Should `fn` raise, it is called again for each
+        item alone, so only the callers whose item fails see the exception.
+        """
+        job = _Job(None, self._new_future(), groupable=True, batch=fn, item=item)
+        return await self._submit(job)  # type: ignore[no-any-return]
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._failure is not None:
+            raise self._stopped_error()
+        if self._closed or self._task is None:
+            raise StoreError("store is closed" if not self.read_only else "store is read-only")
+        await self._queue.put(job)
+        if self._ended.is_set():  # queued behind the writer's end: it will never run
+            self._settle_leftover(job.future)
+        try:
+            return await asyncio.shield(job.future)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database write failed: {exc}") from exc
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        self.heartbeat = self.clock.monotonic()
+
+    async def _write_loop(self) -> None:
+        carry: _Job | object | None = None
+        pending: list[_Job] = []
+        stopping = False
+        try:
+            while True:
+                self._beat()
+                if carry is None and self._queue.empty():
+                    if stopping:
+                        return
+                    self._idle = True
+                item = carry if carry is not None else await self._queue.get()
+                self._idle = False
+                self._beat()
+                carry = None
+                if item is _STOP:
+                    stopping = True  # finish what was queued, then end
+                    continue
+                assert isinstance(item, _Job)
+                pending = [item]
+                if item.groupable:
+                    while len(pending) < MAX_GROUP:
+                        try:
+                            nxt = self._queue.get_nowait()
+                        except asyncio.QueueEmpty:
+                            break
+                        if isinstance(nxt, _Job) and nxt.groupable:
+                            pending.append(nxt)
+                        else:
+                            carry = nxt
+                            break
+                await self._run_group(pending)
+                pending = []
+                self._beat()
+        except BaseException as exc:
+            self._writer_died(exc, pending, carry)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            # Otherwise it is recorded and reported to every caller and to wait_writer().
+        finally:
+            self._idle = False
+            self._ended.set()
+            self._drain_leftovers()
+
+    def _writer_died(self, exc: BaseException, pending: list[_Job], carry: object) -> None:
+        cause = exc.__cause__ if isinstance(exc, _ConnectionBroken) else exc
+        if isinstance(exc, asyncio.CancelledError) and self._closed:
+            self._failure = "store closed before the write ran"
+        else:
+            self._failure = repr(cause)
+            log.error("store.writer_failed", error=repr(cause))
+        self._failure_cause = cause
+        for job in [*pending, *([carry] if isinstance(carry, _Job) else [])]:
+            _settle(job.future, exc=self._stopped_error())
+
+    def _settle_leftover(self, future: asyncio.Future[Any]) -> None:
+        if self._failure is not None:
+            _settle(future, exc=self._stopped_error())
+        else:
+            _settle(future, exc=StoreError("store is closed"))
+
+    def _drain_leftovers(self) -> None:
+        """Jobs still queued when the writer ended never run: tell their callers so."""
+        while not self._queue.empty():
+            left = self._queue.get_nowait()
+            if isinstance(left, _Job):
+                self._settle_leftover(left.future)
+
+    async def _run_group(self, jobs: Sequence[_Job]) -> None:
+        conn = self._writer
+        assert conn is not None
+        self.stats.jobs += len(jobs)
+        self.stats.largest_group = max(self.stats.largest_group, len(jobs))
+        if not jobs[0].transactional:
+            job = jobs[0]
+            assert job.fn is not None
+            try:
+                result = await job.fn(conn)
+            except Exception as exc:
+                self.stats.failed_jobs += 1
+                _settle(job.future, exc=exc)
+            else:
+                _settle(job.future, result=result)
+            return
+        outcomes: list[_Outcome] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            if len(jobs) == 1:
+                # Alone in its transaction: a failure is undone by the ROLLBACK below.
+                outcomes = await self._run_alone(conn, jobs[0])
+            else:
+                for segment in _segments(jobs):
+                    outcomes += await self._run_saved(conn, segment)
+            if any(ok for ok, _ in outcomes):
+                await shielded(conn.execute("COMMIT"))
+                self.stats.commits += 1
+            else:
+                await shielded(conn.execute("ROLLBACK"))
+                self.stats.rollbacks += 1
+        except Exception as exc:
+            if _broken(exc):
+                raise _ConnectionBroken() from exc
+            # BEGIN or COMMIT failed (locked past busy_timeout, disk full): nothing landed.
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                if conn.in_transaction:
+                    await shielded(conn.execute("ROLLBACK"))
+            self.stats.rollbacks += 1
+            for job in jobs:
+                _settle(job.future, exc=exc)
+            return
+        for job, (ok, value) in zip(jobs, outcomes, strict=True):
+            if ok:
+                _settle(job.future, result=value)
+            else:
+                _settle(job.future, exc=value)
+
+    async def _call(self, conn: aiosqlite.Connection, segment: Sequence[_Job]) -> list[Any]:
+        """Run one segment: one batch call for all its jobs, or the one plain job."""
+        first = segment[0]
+        if first.batch is None:
+            assert first.fn is not None and len(segment) == 1
+            return [await first.fn(conn)]
+        self.stats.batches += 1
+        self.stats.batched_jobs += len(segment)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(segment))
+        results = list(await first.batch(conn, [job.item for job in segment]))
+        if len(results) != len(segment):
+            raise StoreError(f"batch returned {len(results)} results for {len(segment)} items")
+        return results
+
+    async def _run_alone(self, conn: aiosqlite.Connection, job: _Job) -> list[_Outcome]:
+        try:
+            return [(True, r) for r in await self._call(conn, [job])]
+        except Exception as exc:
+            # A broken connection shows at the ROLLBACK that follows, and stops the writer.
+            self.stats.failed_jobs += 1
+            return [(False, exc)]
+
+    async def _run_saved(
+        self, conn: aiosqlite.Connection, segment: Sequence[_Job]
+    ) -> list[_Outcome]:
+        """Run a segment under a SAVEPOINT; on failure undo it and, for a batch, try each
+        caller's item alone so that only the failing ones fail."""
+        await conn.execute("SAVEPOINT job")
+        try:
+            results = await self._call(conn, segment)
+        except Exception as exc:
+            await conn.execute("ROLLBACK TO job")  # raises if the connection itself is gone
+            await conn.execute("RELEASE job")
+            if len(segment) == 1:
+                self.stats.failed_jobs += 1
+                return [(False, exc)]
+            outcomes: list[_Outcome] = []
+            for job in segment:
+                outcomes += await self._run_saved(conn, [job])
+            return outcomes
+        await conn.execute("RELEASE job")
+        return [(True, r) for r in results]
