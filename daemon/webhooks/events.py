@@ -9,22 +9,31 @@ Shape tolerance is deliberate: one bad element is reported in `ParseResult.rejec
 of the batch is kept, CDRs are read in both the v1 underscore form and the v2 `call-*` form, and
 an unknown model becomes `netsapiens.<model>` rather than an error. Only a body that is not JSON
 (or is JSON but neither an object nor an array) raises `PayloadError`.
+
+No input makes it raise anything else: raw bodies go through `body.load_json` (depth, size,
+NaN), an already-decoded element nested deeper than `MAX_ELEMENT_DEPTH` is rejected rather than
+left to blow the stack when it is hashed or stored, and lone surrogates (which `\ud800` in
+JSON produces and SQLite cannot bind) are replaced in every text the event carries.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from daemon.canonical import canonical_json as _canonical
-from daemon.canonical import sha256_hex
+from daemon.canonical import repair_surrogates, sha256_hex
 from daemon.clients.netsapiens import parse_ns_datetime
 from daemon.phones import to_e164
+from daemon.webhooks.body import BodyError, load_json, nests_deeper
 
 SOURCE = "netsapiens"
+# How deep one element of a batch may nest (NetSapiens objects are flat; 2 levels at most).
+MAX_ELEMENT_DEPTH = 32
 
 __all__ = [
     "SOURCE",
@@ -32,13 +41,35 @@ __all__ = [
     "ParseResult",
     "PayloadError",
     "Rejected",
+    "body_hash",
     "canonical_json",
+    "normalise_text",
     "parse_payload",
 ]
 
 
 class PayloadError(ValueError):
-    """The whole body is unusable (not JSON, or JSON that is neither object nor array)."""
+    """The whole body is unusable (not JSON, or JSON that is neither object nor array).
+
+    The message is short fixed text that never echoes the body (the listener answers with it).
+    """
+
+
+def normalise_text(text: str) -> str:
+    """Message text as the loop guard compares it: compatibility-normalised (NFKC, so a
+    carrier's full-width or ligature rewrite of our own reply still matches), stripped,
+    whitespace runs collapsed to one space, case-folded."""
+    return " ".join(unicodedata.normalize("NFKC", repair_surrogates(text)).split()).casefold()
+
+
+def body_hash(text: str | None) -> str | None:
+    """sha256 (hex) of `normalise_text(text)`: what the inbox stores as `body_hash` and what the
+    dispatcher's echo and repeat guards compare outgoing text against. None for no text or for
+    text that is only whitespace — an empty body says nothing about echoes or repeats."""
+    if text is None:
+        return None
+    norm = normalise_text(text)
+    return sha256_hex(norm) if norm else None
 
 
 @dataclass(frozen=True)
@@ -140,10 +171,15 @@ def _text(obj: Mapping[str, Any], *keys: str) -> str | None:
         value = obj.get(key)
         if value is None or isinstance(value, (dict, list)):
             continue
-        text = str(value).strip()
+        text = repair_surrogates(str(value)).strip()
         if text:
             return text
     return None
+
+
+def _body(value: str) -> str:
+    """Message text kept as sent (inner whitespace matters to people), lone surrogates fixed."""
+    return repair_surrogates(value)
 
 
 def _int(obj: Mapping[str, Any], *keys: str) -> int | None:
@@ -216,7 +252,7 @@ def _message(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
         _text(obj, "id"),
         from_number=_number(_text(obj, "from-number"), ctx.region),
         to_number=_number(_text(obj, "dialed", "terminating-number", "destination"), ctx.region),
-        body=obj.get("text") if isinstance(obj.get("text"), str) else _text(obj, "text"),
+        body=_body(obj["text"]) if isinstance(obj.get("text"), str) else _text(obj, "text"),
         direction=direction,
         session_id=_text(obj, "messagesession-id"),
         user=_text(obj, "terminating-user-id", "user")
@@ -330,7 +366,7 @@ def _voicemail(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
             _text(obj, "voicemail-from-caller-id-number", "voicemail-from-user"), ctx.region
         ),
         to_number=None,
-        body=transcription if isinstance(transcription, str) and transcription else None,
+        body=_body(transcription) if isinstance(transcription, str) and transcription else None,
         direction="inbound",
         occurred_at=_when(obj, "recorded-datetime", "created-datetime"),
         duration=_int(obj, "file-duration-seconds"),
@@ -368,16 +404,12 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 
 
 def _load(body: Any) -> list[Any]:
-    if isinstance(body, (bytes, bytearray, memoryview)):
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
         try:
-            body = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PayloadError("body is not UTF-8 text") from exc
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError as exc:
-            raise PayloadError(f"body is not JSON: {exc}") from exc
+            body = load_json(raw, max_elements=1_000_000_000)  # size is the caller's business
+        except BodyError as exc:
+            raise PayloadError(exc.reason) from None
     if isinstance(body, dict):
         return [body]
     if isinstance(body, list):
@@ -398,6 +430,9 @@ def parse_payload(model: str, body: Any, *, default_region: str = "US") -> Parse
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             rejected.append(Rejected(index, f"element is {type(item).__name__}, not an object"))
+            continue
+        if nests_deeper(item, MAX_ELEMENT_DEPTH):
+            rejected.append(Rejected(index, f"element nests deeper than {MAX_ELEMENT_DEPTH}"))
             continue
         try:
             events.append(parser(item, ctx))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from daemon.phones import to_e164
-from daemon.webhooks.events import Event, PayloadError, parse_payload
+from daemon.webhooks.events import Event, ParseResult, PayloadError, body_hash, parse_payload
 
 SID = "s" * 40
 INBOUND = {
@@ -270,3 +270,64 @@ def test_default_region_applies() -> None:
 )
 def test_to_e164(raw: object, expected: str | None) -> None:
     assert to_e164(raw, "US") == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 3000 + b"]" * 3000,
+        '[{"a":' * 3000 + "1" + "}" * 3000 + "]",
+        b"[" * 100_000,
+        b"[NaN]",
+        b"[1e999]",
+    ],
+)
+def test_hostile_bodies_raise_only_payload_error(body: bytes | str) -> None:
+    with pytest.raises(PayloadError):
+        parse_payload("message", body)
+
+
+def test_decoded_element_nested_too_deep_is_rejected_not_raised() -> None:
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(5000):
+        child: dict[str, object] = {}
+        inner["x"] = child
+        inner = child
+    result = parse_payload("message", [{**INBOUND, "extra": deep}, INBOUND])
+    assert [e.dedupe_key for e in result.events] == ["netsapiens:message:a1"]
+    assert result.rejected[0].index == 0 and "deeper" in result.rejected[0].reason
+
+
+def test_lone_surrogates_are_replaced_everywhere() -> None:
+    body = json.dumps([{**INBOUND, "id": "\ud800x", "text": "hi \udc00"}])
+    event = one_of(parse_payload("message", body))
+    assert event.dedupe_key == "netsapiens:message:\ufffdx"
+    assert event.body == "hi \ufffd"
+    event.to_json().encode("utf-8")  # storable
+
+
+def one_of(result: ParseResult) -> Event:
+    assert len(result.events) == 1
+    return result.events[0]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Balance?", "  balance?  "),
+        ("Your balance is $0", "your   BALANCE\nis $0"),
+        ("Straße", "STRASSE"),
+        ("ｂａｌａｎｃｅ", "balance"),  # full-width (a carrier rewrite) folds by NFKC
+    ],
+)
+def test_body_hash_normalises(a: str, b: str) -> None:
+    assert body_hash(a) == body_hash(b) is not None
+
+
+def test_body_hash_edges() -> None:
+    assert body_hash(None) is None
+    assert body_hash("   \n") is None
+    assert body_hash("balance") != body_hash("balance!")
+    assert body_hash("x\ud800") == body_hash("x\ufffd")
+    assert len(body_hash("hello") or "") == 64
