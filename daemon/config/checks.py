@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ValidationError
 
 from daemon.config.models import (
@@ -26,6 +25,8 @@ from daemon.config.models import (
 )
 from daemon.config.secrets import join
 from daemon.errors import ConfigProblem
+from daemon.eventkinds import EVENT_FIELDS, EVENT_KINDS, pattern_is_known
+from daemon.templating import TemplateProblem, compile_template, compile_when, make_environment
 
 M = TypeVar("M", bound=BaseModel)
 _UNION_TAG = re.compile(
@@ -212,44 +213,71 @@ def check_unique(c: Collector, jobs: list[SyncJob | None], rules: list[Rule | No
 
 
 def check_rule_syntax(c: Collector, path: str, rule: Rule) -> None:
-    """Compile every regex and template now, so a typo fails the load, not the first event.
+    """Check a rule against the event vocabulary and compile every regex and template now, so
+    a typo fails the load, not the first event.
 
-    Templates are parsed, not compiled: parsing finds syntax errors without needing the filters
-    that `daemon.rules` registers on its own environment.
+    Templates are compiled in the environment the rules render them in
+    (`daemon.templating`), so an unknown filter is caught here too, and a `when` must be one
+    expression. `on` must be able to match some event kind (`eventkinds.pattern_is_known`)
+    and every `match` key must be an event field.
     """
+    if not pattern_is_known(rule.on):
+        c.add(
+            f"{path}.on",
+            f"unknown event kind {rule.on!r}: expected one of {', '.join(EVENT_KINDS)}, "
+            "a glob over them (message.*) or netsapiens.<model>",
+        )
     for key, patterns in rule.match.items():
-        for j, pattern in enumerate([patterns] if isinstance(patterns, str) else patterns):
-            where = join(path, f"match.{key}") + (f"[{j}]" if not isinstance(patterns, str) else "")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                c.add(where, f"invalid regular expression {pattern!r}: {exc}")
-    env = SandboxedEnvironment()
+        _check_match(c, join(path, f"match.{key}"), key, patterns)
+    env = make_environment()
     if rule.when is not None:
-        source = rule.when if "{{" in rule.when or "{%" in rule.when else f"{{{{ {rule.when} }}}}"
-        _parse_template(c, env, f"{path}.when", source)
+        try:
+            compile_when(env, rule.when)
+        except TemplateProblem as exc:
+            c.add(f"{path}.when", str(exc))
     if rule.text is not None:
-        _parse_template(c, env, f"{path}.text", rule.text)
+        _compile(c, env, f"{path}.text", rule.text)
+        if rule.action != "sms_reply":
+            c.add(f"{path}.text", f"only used by action = 'sms_reply', not {rule.action!r}")
     if rule.ticket is not None:
         _walk_templates(c, env, f"{path}.ticket", rule.ticket)
+        if rule.action != "halo_ticket":
+            c.add(f"{path}.ticket", f"only used by action = 'halo_ticket', not {rule.action!r}")
+
+
+def _check_match(c: Collector, where: str, key: str, patterns: str | list[str]) -> None:
+    if key not in EVENT_FIELDS:
+        c.add(where, f"unknown event field {key!r}: expected one of {', '.join(EVENT_FIELDS)}")
+        return
+    if isinstance(patterns, list) and not patterns:
+        c.add(where, "an empty list never matches: give at least one pattern")
+    for j, pattern in enumerate([patterns] if isinstance(patterns, str) else patterns):
+        at = where + (f"[{j}]" if not isinstance(patterns, str) else "")
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError) as exc:
+            c.add(at, f"invalid regular expression {pattern!r}: {exc}")
 
 
 def _walk_templates(c: Collector, env: jinja2.Environment, path: str, node: Any) -> None:
     if isinstance(node, str):
-        _parse_template(c, env, path, node)
+        _compile(c, env, path, node)
     elif isinstance(node, dict):
         for k, v in node.items():
             _walk_templates(c, env, join(path, k), v)
     elif isinstance(node, list):
         for i, v in enumerate(node):
             _walk_templates(c, env, join(path, i), v)
+    elif node is not None and not isinstance(node, bool | int | float):
+        # TOML dates and times: the ticket travels as JSON, which has no such type.
+        c.add(path, f"a TOML {type(node).__name__} cannot be sent; write it as a string")
 
 
-def _parse_template(c: Collector, env: jinja2.Environment, path: str, source: str) -> None:
+def _compile(c: Collector, env: jinja2.Environment, path: str, source: str) -> None:
     try:
-        env.parse(source)
-    except jinja2.TemplateSyntaxError as exc:
-        c.add(path, f"invalid template: {exc.message} (line {exc.lineno})")
+        compile_template(env, source)
+    except TemplateProblem as exc:
+        c.add(path, str(exc))
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
