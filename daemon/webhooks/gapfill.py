@@ -2,9 +2,11 @@
 
 NetSapiens does not promise redelivery: while the listener is down, a subscription is in
 `error`, or posts silently stop, events are simply lost. The backfiller reads the same objects
-through the API and runs them through the same `parse_payload`, so each gets the dedupe key the
-webhook path would have given it; the inbox's UNIQUE `dedupe_key` then makes overlap with live
-deliveries harmless. Hence the window may start generously early (`overlap`).
+through the API and runs them through the same `parse_payload` and `new_event` (with
+`via="backfill"`, so the dispatcher knows not to auto-reply to something hours old), so each gets
+the dedupe key, sender and body hash the webhook path would have given it; the inbox's UNIQUE
+`dedupe_key` then makes overlap with live deliveries harmless. Hence the window may start
+generously early (`overlap`).
 
 When to run is a pure decision (`should_backfill`): after a restart, when the keeper saw a
 subscription vanish or fail, or when the inbox has been silent longer than usual.
@@ -27,7 +29,6 @@ missing, and one model's deliveries can go on while another's subscription is fa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -38,8 +39,9 @@ from daemon.clients.netsapiens import parse_ns_datetime
 from daemon.clients.paging import DEFAULT_MAX_PAGES
 from daemon.clock import Clock
 from daemon.errors import LimitExceeded, UpstreamError, UpstreamResponseError
-from daemon.store import NewEvent
-from daemon.webhooks.events import SOURCE, Event, parse_payload
+from daemon.store import SyncState
+from daemon.webhooks.events import SOURCE, parse_payload
+from daemon.webhooks.inbox import InboxWriter, new_event
 
 log = structlog.get_logger(__name__)
 
@@ -50,17 +52,16 @@ INSERT_BATCH = 500  # messages are inserted in batches as sessions are read
 READ_ERRORS = (UpstreamError, LimitExceeded)  # a read that failed: the window is incomplete
 
 
-class InboxStore(Protocol):
-    """The slice of `daemon.store.Store` the backfiller uses."""
-
-    async def insert_events(self, events: Sequence[NewEvent]) -> Sequence[Any]: ...
+class InboxStore(InboxWriter, Protocol):
+    """The slice of `daemon.store.Store` the backfiller uses: the inbox, and its cursor in
+    `sync_state` (a keyword left out leaves that field as it was)."""
 
     async def last_event_time(self, source: str, kind_prefix: str = "") -> datetime | None: ...
 
-    async def get_sync_state(self, job: str) -> Any: ...
+    async def get_sync_state(self, job: str) -> SyncState | None: ...
 
     async def set_sync_state(
-        self, job: str, *, cursor: Any = ..., last_success_at: Any = ...
+        self, job: str, *, cursor: str | None = ..., last_success_at: datetime | None = ...
     ) -> None: ...
 
 
@@ -160,7 +161,7 @@ class Backfiller:
         `max_lookback` ago."""
         now = self.clock.now()
         state = await self.store.get_sync_state(JOB)
-        last = parse_ns_datetime(getattr(state, "cursor", None)) if state else None
+        last = parse_ns_datetime(state.cursor) if state else None
         if last is None:
             last = await self.store.last_event_time(SOURCE, "")
         if last is None:
@@ -173,7 +174,7 @@ class Backfiller:
         Raises the first read failure after inserting what was read and logging the rest; the
         cursor then stays put (see the module docstring)."""
         state = await self.store.get_sync_state(JOB)
-        cursor = parse_ns_datetime(getattr(state, "cursor", None)) if state else None
+        cursor = parse_ns_datetime(state.cursor) if state else None
         since = since if since is not None else await self.default_since()
         until = self.clock.now()
         report = BackfillReport(since=since, until=until)
@@ -195,17 +196,17 @@ class Backfiller:
         if failures:
             # The cursor stays; a first backfill pins it at this window's start, because the
             # events just inserted would otherwise make the next window start after them.
-            await self.store.set_sync_state(
-                JOB, **({"cursor": since.isoformat()} if cursor is None else {})
-            )
+            if cursor is None:
+                await self.store.set_sync_state(JOB, cursor=since.isoformat())
+            else:
+                await self.store.set_sync_state(JOB)  # records the attempt (last_run_at)
             log.warning("backfill.incomplete", **report.as_dict())
             raise failures[0]
         contiguous = cursor is None or since <= cursor
-        await self.store.set_sync_state(
-            JOB,
-            last_success_at=until,
-            **({"cursor": until.isoformat()} if contiguous else {}),
-        )
+        if contiguous:
+            await self.store.set_sync_state(JOB, last_success_at=until, cursor=until.isoformat())
+        else:
+            await self.store.set_sync_state(JOB, last_success_at=until)
         log.info("backfill.finished", **report.as_dict())
         return report
 
@@ -269,16 +270,10 @@ class Backfiller:
         report.fetched += len(events)
         if not events:
             return
-        results = await self.store.insert_events([self._new_event(e) for e in events])
+        received_at = self.clock.now()
+        results = await self.store.insert_events(
+            [new_event(e, via="backfill", received_at=received_at) for e in events]
+        )
         dup = sum(1 for r in results if r.duplicate)
         report.duplicates += dup
         report.inserted += len(results) - dup
-
-    def _new_event(self, event: Event) -> NewEvent:
-        return NewEvent(
-            source=event.source,
-            kind=event.kind,
-            dedupe_key=event.dedupe_key,
-            payload=event.to_json(),
-            received_at=self.clock.now(),
-        )

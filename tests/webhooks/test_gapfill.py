@@ -3,18 +3,23 @@ webhook deliveries produces no duplicates (same dedupe keys on both paths)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.clients.netsapiens import NetsapiensClient
+from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.clock import FakeClock
 from daemon.errors import UpstreamError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.sandbox.server import serve_app
-from daemon.store import NewEvent, Store
+from daemon.store import InsertedEvent, NewEvent, Store, SyncState
+from daemon.webhooks.events import body_hash, parse_payload
 from daemon.webhooks.gapfill import JOB, Backfiller, should_backfill
+from daemon.webhooks.inbox import new_event
 from daemon.webhooks.keeper import SubscriptionKeeper
 from tests.netsapiens_fixtures import *  # noqa: F403 - fixtures
 from tests.netsapiens_fixtures import SECRET, T0, WebhookListener
@@ -290,3 +295,47 @@ async def test_a_later_explicit_window_does_not_move_the_cursor_over_a_gap(
     state = await ns_store.get_sync_state(JOB)
     assert state is not None and state.cursor == (T0 - timedelta(hours=2)).isoformat()
     assert state.last_success_at == T0
+
+
+class RecordingInbox:
+    """The real store, with every NewEvent handed to insert_events kept for inspection."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.inserted: list[NewEvent] = []
+
+    async def insert_events(self, events: Sequence[NewEvent]) -> Sequence[InsertedEvent]:
+        self.inserted.extend(events)
+        return await self.store.insert_events(events)
+
+    async def last_event_time(self, source: str, kind_prefix: str = "") -> datetime | None:
+        return await self.store.last_event_time(source, kind_prefix)
+
+    async def get_sync_state(self, job: str) -> SyncState | None:
+        return await self.store.get_sync_state(job)
+
+    async def set_sync_state(self, job: str, **fields: Any) -> None:
+        await self.store.set_sync_state(job, **fields)  # a field left out stays as it was
+
+
+async def test_backfilled_events_say_via_backfill_with_sender_time_and_body_hash(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    msg = ns_state.record_inbound_sms("15551230000", "15559870000", "  Balance?  ")
+    ns_state.add_cdr("15557770000", "15559870000", duration=0, start=ns_clock.now())
+    ns_clock.advance(60)
+    inbox = RecordingInbox(ns_store)
+    report = await Backfiller(ns_client, inbox, clock=ns_clock).backfill()
+    assert report.inserted == 2
+    by_kind = {e.kind: e for e in inbox.inserted}
+    sms, call = by_kind["message.received"], by_kind["call.missed"]
+    assert {e.via for e in inbox.inserted} == {"backfill"}
+    assert sms.sender == "+15551230000" and call.sender == "+15557770000"
+    assert sms.body_hash == body_hash("balance?") and call.body_hash is None
+    assert sms.occurred_at == parse_ns_datetime(msg["timestamp"])
+    assert sms.received_at == ns_clock.now()
+    # exactly what the listener would have stored for the same object, apart from `via`
+    event = parse_payload("message", [msg]).events[0]
+    assert sms == replace(
+        new_event(event, via="webhook", received_at=ns_clock.now()), via="backfill"
+    )
