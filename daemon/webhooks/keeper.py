@@ -10,7 +10,10 @@ every delivery). So every `sync_once` reconciles the upstream table with what we
 - one in `error` (or pointing at a different domain) → replace it;
 - none → create with an explicit expiry (409 → re-list and adopt what exists);
 - expiring within `renew_before` → PUT a new expiry (404 → it vanished: create);
-- ours for a model no longer configured → delete.
+- ours for a model no longer configured → delete;
+- ours under a previous secret (a rotation: `previous_secrets`) → create the one with the current
+  secret first, then delete the old one, so deliveries never stop (the listener accepts the old
+  secret for its grace period meanwhile).
 
 Each kept subscription is recorded in the store's `subscriptions` table; rows for subscriptions
 that no longer exist are removed. The post url carries the webhook secret, so logs show it
@@ -32,6 +35,7 @@ from daemon.clients.netsapiens import Subscription, SubscriptionExists
 from daemon.clock import Clock
 from daemon.errors import AuthError, NotFoundError, UpstreamError
 from daemon.logs import mask_webhook_url
+from daemon.store import SubscriptionRow
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +60,7 @@ class SubscriptionStore(Protocol):
         status: str,
     ) -> None: ...
 
-    async def list_subscriptions(self) -> Sequence[Any]: ...
+    async def list_subscriptions(self) -> Sequence[SubscriptionRow]: ...
 
     async def delete_subscription(self, subscription_id: str) -> bool: ...
 
@@ -70,9 +74,9 @@ class SubscriptionsClient(Protocol):
 
     async def list(self) -> list[dict[str, Any]]: ...
 
-    async def update(self, subscription_id: str, **fields: Any) -> Any: ...
+    async def update(self, subscription_id: str, **fields: Any) -> object: ...
 
-    async def delete(self, subscription_id: str) -> Any: ...
+    async def delete(self, subscription_id: str) -> object: ...
 
 
 class KeeperClient(Protocol):
@@ -138,6 +142,7 @@ class SubscriptionKeeper:
         public_url: str,
         secret: str,
         models: Sequence[str],
+        previous_secrets: Sequence[str] = (),
         domain: str = "*",
         renew_before: timedelta = timedelta(minutes=15),
         lifetime: timedelta = timedelta(hours=24),
@@ -152,6 +157,9 @@ class SubscriptionKeeper:
         self.clock = clock
         self.public_url = public_url.rstrip("/")
         self.secret = secret
+        # Secrets our post urls carried before a rotation: subscriptions with them are ours, to
+        # be replaced by ones with the current secret.
+        self.previous_secrets = [p for p in dict.fromkeys(previous_secrets) if p and p != secret]
         self.models = list(dict.fromkeys(m.strip().lower() for m in models))
         self.domain = domain or "*"
         self.renew_before = renew_before
@@ -166,9 +174,18 @@ class SubscriptionKeeper:
         return f"{self.public_url}/{model}/{self.secret}"
 
     def _ours(self, sub: Subscription) -> bool:
-        """A subscription pointing at our listener (any model), recognised by url + secret."""
-        return sub.post_url.startswith(self.public_url + "/") and sub.post_url.endswith(
-            "/" + self.secret
+        """A subscription pointing at our listener (any model), recognised by url + secret,
+        the current one or a previous one."""
+        head, _, last = sub.post_url.rpartition("/")
+        return head.startswith(self.public_url + "/") and last in (
+            self.secret,
+            *self.previous_secrets,
+        )
+
+    def _rotated(self, sub: Subscription, model: str) -> bool:
+        """Ours for `model`, but under a previous secret."""
+        return sub.model == model and any(
+            sub.post_url == f"{self.public_url}/{model}/{old}" for old in self.previous_secrets
         )
 
     def _log(self, event: str, sub_id: str, model: str, **kw: Any) -> None:
@@ -215,6 +232,29 @@ class SubscriptionKeeper:
         now: datetime,
         report: KeeperReport,
     ) -> None:
+        rotated = [s for s in live if self._rotated(s, model)]
+        if not rotated:
+            await self._reconcile_current(model, live, known, now, report)
+            return
+        # The new one first: if creating it fails, the old one keeps delivering.
+        kept = await self._reconcile_current(model, live, known, now, report, rotating=True)
+        for old in rotated:
+            await self._delete(old, report, reason="secret rotated", log_event=None)
+            self._log("subscription.replaced", kept.id, model, old_id=old.id, reason="rotation")
+
+    async def _reconcile_current(
+        self,
+        model: str,
+        live: Sequence[Subscription],
+        known: dict[str, str],
+        now: datetime,
+        report: KeeperReport,
+        *,
+        rotating: bool = False,
+    ) -> Subscription:
+        """Keep exactly one healthy subscription with the current post url for `model`.
+        `rotating`: one under an older secret still delivers, so a missing one is no gap.
+        Returns the one kept."""
         url = self.post_url(model)
         mine = [s for s in live if s.model == model and s.post_url == url]
         stale = [s for s in mine if s.domain != self.domain]
@@ -228,10 +268,11 @@ class SubscriptionKeeper:
                 await self._delete(dup, report, reason="duplicate")
             mine = mine[:1]
         if not mine:
-            if model in known.values():
+            if model in known.values() and not rotating:
                 report.gap_suspected = True  # we had one and it vanished behind our back
             sub, adopted = await self._create(model, now)
-            self._keep(sub, report.adopted if adopted else report.created, report)
+            bucket = report.replaced if rotating else report.created
+            self._keep(sub, report.adopted if adopted else bucket, report)
             self._log(
                 "subscription.adopted" if adopted else "subscription.created",
                 sub.id,
@@ -239,7 +280,7 @@ class SubscriptionKeeper:
                 expires_at=sub.expires_at.isoformat() if sub.expires_at else None,
             )
             await self._record(sub)
-            return
+            return sub
         sub = mine[0]
         if sub.status == "error":
             report.gap_suspected = True
@@ -248,7 +289,7 @@ class SubscriptionKeeper:
             self._keep(new, report.replaced, report)
             self._log("subscription.replaced", new.id, model, old_id=sub.id, reason="error")
             await self._record(new)
-            return
+            return new
         if sub.expires_at is None or sub.expires_at - now <= self.renew_before:
             expires = now + self.lifetime
             try:
@@ -259,7 +300,7 @@ class SubscriptionKeeper:
                 self._keep(new, report.replaced, report)
                 self._log("subscription.replaced", new.id, model, old_id=sub.id, reason="vanished")
                 await self._record(new)
-                return
+                return new
             sub = _with_expiry(sub, expires)
             self._keep(sub, report.renewed, report)
             self._log("subscription.renewed", sub.id, model, expires_at=expires.isoformat())
@@ -269,6 +310,7 @@ class SubscriptionKeeper:
         else:
             self._keep(sub, report.unchanged, report)
         await self._record(sub)
+        return sub
 
     def _keep(self, sub: Subscription, bucket: list[str], report: KeeperReport) -> None:
         bucket.append(sub.id)

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.clock import FakeClock
-from daemon.errors import NotFoundError
+from daemon.errors import NotFoundError, ServerError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.store import Store
 from daemon.webhooks.keeper import SubscriptionKeeper, next_check_delay, redact_url
@@ -328,3 +328,90 @@ async def test_subscriptions_command_core(
     assert upstream(ns_state) == []
     again = await run(settings, "delete", synced["created"][0], clock=ns_clock)
     assert not again["upstream_deleted"] and not again["local_deleted"]
+
+
+NEW_SECRET = "rotated-secret-abcdef0123"
+
+
+async def test_rotation_replaces_subscriptions_carrying_the_previous_secret(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    before = await keeper(ns_client, ns_store, ns_clock).sync_once()  # under SECRET
+    old_ids = sorted(before.created)
+    rotated = keeper(ns_client, ns_store, ns_clock, secret=NEW_SECRET, previous_secrets=[SECRET])
+    with capture_logs() as logs:
+        report = await rotated.sync_once()
+    assert sorted(report.deleted) == old_ids
+    assert len(report.replaced) == 2 and not report.created and not report.gap_suspected
+    subs = upstream(ns_state)
+    assert sorted(s["id"] for s in subs) == sorted(report.replaced)
+    assert {s["post-url"] for s in subs} == {
+        f"{PUBLIC}/message/{NEW_SECRET}",
+        f"{PUBLIC}/cdr/{NEW_SECRET}",
+    }
+    rows = await ns_store.list_subscriptions()
+    assert sorted(r.id for r in rows) == sorted(report.replaced)
+    replaced = [e for e in logs if e["event"] == "subscription.replaced"]
+    assert sorted(e["old_id"] for e in replaced) == old_ids
+    assert {e["reason"] for e in replaced} == {"rotation"}
+    assert SECRET not in repr(logs) and NEW_SECRET not in repr(logs)
+    # the next pass has nothing left to rotate
+    again = await rotated.sync_once()
+    assert sorted(again.unchanged) == sorted(report.replaced) and not again.deleted
+
+
+async def test_rotation_keeps_the_old_subscription_when_creating_the_new_one_fails(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    before = await keeper(ns_client, ns_store, ns_clock, models=["message"]).sync_once()
+    rotated = keeper(
+        ns_client,
+        ns_store,
+        ns_clock,
+        models=["message"],
+        secret=NEW_SECRET,
+        previous_secrets=[SECRET],
+    )
+
+    async def refuse(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise ServerError("unavailable", upstream="netsapiens", status=503)
+
+    real_create = ns_client.subscriptions.create
+    ns_client.subscriptions.create = refuse  # type: ignore[method-assign]
+    try:
+        report = await rotated.sync_once()
+    finally:
+        ns_client.subscriptions.create = real_create  # type: ignore[method-assign]
+    assert "message" in report.errors and not report.deleted
+    assert [s["id"] for s in upstream(ns_state)] == before.created  # still delivering
+    report = await rotated.sync_once()
+    assert report.deleted == before.created and len(report.replaced) == 1
+
+
+async def test_rotated_subscription_for_a_dropped_model_is_deleted(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    before = await keeper(ns_client, ns_store, ns_clock).sync_once()
+    cdr_id = next(s["id"] for s in upstream(ns_state, "cdr"))
+    rotated = keeper(
+        ns_client,
+        ns_store,
+        ns_clock,
+        models=["message"],
+        secret=NEW_SECRET,
+        previous_secrets=[SECRET],
+    )
+    report = await rotated.sync_once()
+    assert cdr_id in report.deleted and len(before.created) == 2
+    assert [s["model"] for s in upstream(ns_state)] == ["message"]
+
+
+async def test_without_previous_secrets_an_old_secret_url_is_someone_elses(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    before = await keeper(ns_client, ns_store, ns_clock, models=["message"]).sync_once()
+    report = await keeper(
+        ns_client, ns_store, ns_clock, models=["message"], secret=NEW_SECRET
+    ).sync_once()
+    assert not report.deleted and len(report.created) == 1
+    assert before.created[0] in ns_state.subscriptions
