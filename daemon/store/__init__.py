@@ -4,7 +4,7 @@ SQL lives only in this package; everything else gets `Store` methods and datacla
 The layout for users is documented in docs/database.md.
 """
 
-from daemon.store.actions import ACTION_STATUSES, ActionRow, HaloThread
+from daemon.store.actions import ACTION_STATUSES, ActionRow, HaloThread, NewAction
 from daemon.store.contacts import Contact, ContactEntry
 from daemon.store.inbox import EVENT_STATUSES, EventRow, InsertedEvent, NewEvent
 from daemon.store.records import TombstoneResult, UpsertResult
@@ -27,6 +27,7 @@ __all__ = [
     "EventRow",
     "HaloThread",
     "InsertedEvent",
+    "NewAction",
     "NewEvent",
     "RunRow",
     "Store",

@@ -1,8 +1,12 @@
 """`actions` (what a rule did about an event) and `halo_threads` (open ticket per sender).
 
-The UNIQUE idempotency key makes a retried event find its earlier action instead of creating a
-second SMS or ticket: `create_action` returns the existing row's id with `created=False`, and
-the dispatcher looks at its status before sending again.
+Action rows are created with the event's plan (`InboxRepo.record_plan`), one per planned action,
+under a UNIQUE idempotency key: a retried event finds its earlier action instead of creating a
+second SMS or ticket. Each attempt is bracketed: `start_attempt` commits `attempt_started_at`
+before the upstream call, `finish_action` records the outcome (and counts the attempt), so a
+row with `attempt_started_at` set after a restart is an attempt whose outcome is unknown.
+
+`create_action`/`set_action_status` are the older one-row-at-a-time API, kept for tools.
 """
 
 from __future__ import annotations
@@ -21,6 +25,21 @@ ACTION_STATUSES = ("pending", "sent", "failed", "dead")
 
 
 @dataclass(frozen=True)
+class NewAction:
+    """One planned action as `record_plan` creates it."""
+
+    rule: str
+    kind: str
+    idempotency_key: str
+    request_json: str | None
+    phone: str | None = None  # the correspondent (E.164)
+    conversation: str | None = None  # session id, else "<our number>|<their number>"
+    body_hash: str | None = None  # of the text we would send (echo detection)
+    auto_reply: bool = False  # an SMS sent unasked: the loop guard counts these
+    error: str | None = None  # a template or rule error: created `dead` at once
+
+
+@dataclass(frozen=True)
 class ActionRow:
     id: int
     event_id: int | None
@@ -36,6 +55,11 @@ class ActionRow:
     upstream_ref: str | None
     next_attempt_at: datetime | None
     last_error: str | None
+    phone: str | None = None
+    conversation: str | None = None
+    body_hash: str | None = None
+    attempt_started_at: datetime | None = None  # an attempt whose outcome is not recorded yet
+    auto_reply: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,15 +68,24 @@ class HaloThread:
     rule: str
     ticket_id: str
     updated_at: datetime
+    notes: int = 0  # notes added to this ticket since it was opened
 
 
-_COLS = (
+ACTION_COLUMNS = (
     "id, event_id, rule, kind, idempotency_key, status, attempts, request, response, "
-    "created_at, done_at, upstream_ref, next_attempt_at, last_error"
+    "created_at, done_at, upstream_ref, next_attempt_at, last_error, phone, conversation, "
+    "body_hash, attempt_started_at, auto_reply"
 )
+_COLS = ACTION_COLUMNS
 
 
-def _action(r: Any) -> ActionRow:
+def _check_status(status: str) -> None:
+    if status not in ACTION_STATUSES:
+        raise StoreError(f"unknown action status {status!r}")
+
+
+def action_row(r: Any) -> ActionRow:
+    """From a read-connection Row or a writer tuple, selected as `ACTION_COLUMNS`."""
     return ActionRow(
         id=int(r[0]),
         event_id=r[1],
@@ -68,6 +101,11 @@ def _action(r: Any) -> ActionRow:
         upstream_ref=r[11],
         next_attempt_at=from_db(r[12]),
         last_error=r[13],
+        phone=r[14],
+        conversation=r[15],
+        body_hash=r[16],
+        attempt_started_at=from_db(r[17]),
+        auto_reply=bool(r[18]),
     )
 
 
@@ -115,8 +153,7 @@ class ActionsRepo(Database):
         `done_at` is set when the status is final (sent or dead). `response`/`upstream_ref`
         given as None keep what is stored.
         """
-        if status not in ACTION_STATUSES:
-            raise StoreError(f"unknown action status {status!r}")
+        _check_status(status)
         nxt = None if next_attempt_at is None else to_db(next_attempt_at)
 
         async def fn(conn: aiosqlite.Connection) -> None:
@@ -134,15 +171,69 @@ class ActionsRepo(Database):
 
         await self.write(fn)
 
+    async def start_attempt(self, action_id: int) -> datetime:
+        """Commit `attempt_started_at = now` before the upstream call; returns that time."""
+        now = self.clock.now()
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            changed = await execute(
+                conn,
+                "UPDATE actions SET attempt_started_at = ? WHERE id = ?",
+                (to_db(now), action_id),
+            )
+            if changed == 0:
+                raise StoreError(f"no action with id {action_id}")
+
+        await self.write(fn)
+        return now
+
+    async def finish_action(
+        self,
+        action_id: int,
+        status: str,
+        *,
+        response: str | None = None,
+        upstream_ref: str | None = None,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Record an attempt's outcome: `attempts` + 1, `attempt_started_at` cleared, `done_at`
+        set when final (sent or dead); `response`/`upstream_ref` given as None keep what is
+        stored."""
+        _check_status(status)
+        nxt = None if next_attempt_at is None else to_db(next_attempt_at)
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            done = to_db(self.clock.now()) if status in ("sent", "dead") else None
+            changed = await execute(
+                conn,
+                "UPDATE actions SET status = ?, attempts = attempts + 1, "
+                "response = COALESCE(?, response), upstream_ref = COALESCE(?, upstream_ref), "
+                "last_error = ?, next_attempt_at = ?, done_at = ?, attempt_started_at = NULL "
+                "WHERE id = ?",
+                (status, response, upstream_ref, error, nxt, done, action_id),
+            )
+            if changed == 0:
+                raise StoreError(f"no action with id {action_id}")
+
+        await self.write(fn)
+
+    async def actions_for_event(self, event_id: int) -> list[ActionRow]:
+        """The event's actions in id order (the order its plan listed them)."""
+        rows = await self.fetchall(
+            f"SELECT {_COLS} FROM actions WHERE event_id = ? ORDER BY id", (event_id,)
+        )
+        return [action_row(r) for r in rows]
+
     async def get_action(self, action_id: int) -> ActionRow | None:
         row = await self.fetchone(f"SELECT {_COLS} FROM actions WHERE id = ?", (action_id,))
-        return None if row is None else _action(row)
+        return None if row is None else action_row(row)
 
     async def get_action_by_key(self, idempotency_key: str) -> ActionRow | None:
         row = await self.fetchone(
             f"SELECT {_COLS} FROM actions WHERE idempotency_key = ?", (idempotency_key,)
         )
-        return None if row is None else _action(row)
+        return None if row is None else action_row(row)
 
     async def list_actions(
         self,
@@ -167,7 +258,7 @@ class ActionsRepo(Database):
         rows = await self.fetchall(
             f"SELECT {_COLS} FROM actions {clause} ORDER BY id DESC LIMIT ?", [*params, limit]
         )
-        return [_action(r) for r in rows]
+        return [action_row(r) for r in rows]
 
     async def count_actions_by_status(self) -> dict[str, int]:
         rows = await self.fetchall("SELECT status, COUNT(*) AS n FROM actions GROUP BY status")
@@ -177,27 +268,49 @@ class ActionsRepo(Database):
 
     async def get_halo_thread(self, phone: str, rule: str) -> HaloThread | None:
         row = await self.fetchone(
-            "SELECT phone, rule, ticket_id, updated_at FROM halo_threads "
+            "SELECT phone, rule, ticket_id, updated_at, notes FROM halo_threads "
             "WHERE phone = ? AND rule = ?",
             (phone, rule),
         )
         if row is None:
             return None
         return HaloThread(
-            row["phone"], row["rule"], row["ticket_id"], from_db_req(row["updated_at"])
+            row["phone"],
+            row["rule"],
+            row["ticket_id"],
+            from_db_req(row["updated_at"]),
+            int(row["notes"]),
         )
 
     async def set_halo_thread(self, phone: str, rule: str, ticket_id: str) -> None:
+        """Remember a newly opened ticket; its note count starts at 0."""
+
         async def fn(conn: aiosqlite.Connection) -> None:
             await execute(
                 conn,
-                "INSERT INTO halo_threads (phone, rule, ticket_id, updated_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO halo_threads (phone, rule, ticket_id, updated_at, notes) "
+                "VALUES (?, ?, ?, ?, 0) "
                 "ON CONFLICT (phone, rule) DO UPDATE SET ticket_id = excluded.ticket_id, "
-                "updated_at = excluded.updated_at",
+                "updated_at = excluded.updated_at, notes = 0",
                 (phone, rule, str(ticket_id), to_db(self.clock.now())),
             )
 
         await self.write(fn)
+
+    async def add_thread_note(self, phone: str, rule: str) -> int:
+        """Count a note added to the open ticket; returns the new count (0 when there is no
+        thread any more: it was cleared meanwhile)."""
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            rows = await conn.execute_fetchall(
+                "UPDATE halo_threads SET notes = notes + 1, updated_at = ? "
+                "WHERE phone = ? AND rule = ? RETURNING notes",
+                (to_db(self.clock.now()), phone, rule),
+            )
+            found = list(rows)
+            return int(found[0][0]) if found else 0
+
+        return await self.write(fn)
 
     async def clear_halo_thread(self, phone: str, rule: str) -> bool:
         """Forget the open ticket (it was closed upstream); True if there was one."""

@@ -1,17 +1,27 @@
 """The webhook inbox (`events`): durable first, processed later, each delivery at most once.
 
-`insert_events` is group-committed: concurrent webhook requests queue their inserts and the
-writer commits them together, so the listener can answer 2xx only after its events are on disk
-without paying one fsync per request. Redeliveries hit the UNIQUE `dedupe_key` and are
-reported back as duplicates, which the listener acknowledges without reprocessing.
+Ingest: `insert_events` is group-committed *and* batched: the writer merges the events of every
+request queued together into one `INSERT ... SELECT FROM json_each(?) ... ON CONFLICT DO
+NOTHING RETURNING` (plus one SELECT when some were duplicates), so the listener answers 2xx only
+after its events are committed without paying a commit, or even a statement, per request.
+Redeliveries hit the UNIQUE `dedupe_key` and are reported back as duplicates. Ids are assigned
+in queue order, and within a request in list order: `id` is the order of arrival.
 
-`claim_due_events` leases what it returns (attempts + 1, next_attempt_at = now + lease), so a
-dispatcher loop that polls again while work is in flight does not pick the same event twice,
-and a crash only delays an event until its lease runs out.
+Claims: `claim_events` leases what it returns (`lease_until`); the lease is not an attempt, so
+`attempts` counts outcomes (`finish_event`) and a crash loop cannot push an event to `dead`.
+The service calls `release_leases()` at start: nothing else can hold one then, so a crash does
+not hide in-flight events for a lease's length. One sender's events are handled strictly in
+order: an event is not claimable while an earlier (smaller id) event of the same sender is
+unfinished (pending or failed, leased or not). Events without a sender are not ordered.
+
+Plans: `record_plan` stores the rules' decision with the event and creates its action rows in
+one transaction, once; replay (`reset_events`, `reset_dead`) keeps the plan and re-arms the
+actions that did not go out, so a replay carries out what was decided, never more.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,10 +30,12 @@ from typing import Any
 import aiosqlite
 
 from daemon.errors import StoreError
+from daemon.store.actions import ACTION_COLUMNS, ActionRow, NewAction, action_row
 from daemon.store.db import Database, execute, query
 from daemon.store.util import chunked, from_db, from_db_req, placeholders, to_db
 
 EVENT_STATUSES = ("pending", "done", "ignored", "failed", "dead")
+EVENT_VIA = ("webhook", "backfill")
 DEFAULT_LEASE = timedelta(minutes=5)
 
 
@@ -56,15 +68,22 @@ class EventRow:
     received_at: datetime
     payload: str
     status: str
-    attempts: int
-    next_attempt_at: datetime | None
+    attempts: int  # outcomes recorded so far (finish_event), not claims
+    next_attempt_at: datetime | None  # a failed event's retry time
     last_error: str | None
+    sender: str | None = None
+    via: str = "webhook"
+    occurred_at: datetime | None = None
+    body_hash: str | None = None
+    lease_until: datetime | None = None  # claimed by a dispatcher until then
+    plan: str | None = None  # the rules' stored decision (JSON), once planned
 
 
 _COLS = (
     "id, source, kind, dedupe_key, received_at, payload, status, attempts, next_attempt_at, "
-    "last_error"
+    "last_error, sender, via, occurred_at, body_hash, lease_until, plan"
 )
+_UNFINISHED = "('pending', 'failed')"
 
 
 def _event(row: Any) -> EventRow:
@@ -80,6 +99,12 @@ def _event(row: Any) -> EventRow:
         attempts=int(row[7]),
         next_attempt_at=from_db(row[8]),
         last_error=row[9],
+        sender=row[10],
+        via=row[11],
+        occurred_at=from_db(row[12]),
+        body_hash=row[13],
+        lease_until=from_db(row[14]),
+        plan=row[15],
     )
 
 
@@ -88,70 +113,141 @@ def _check_status(status: str) -> None:
         raise StoreError(f"unknown event status {status!r}")
 
 
+# -- ingest -----------------------------------------------------------------------------------
+
+_Row = tuple[str, str, str, str, str, str | None, str, str | None, str | None]
+_FIELDS = ("source", "kind", "dedupe_key", "received_at", "payload", "sender", "via",
+           "occurred_at", "body_hash")  # fmt: skip
+# One statement for any number of rows (no host-parameter limit): the rows travel as one JSON
+# array, inserted in array order so ids follow the queue. `WHERE true` keeps SQLite's parser
+# from reading ON CONFLICT as a join constraint.
+_INSERT = (
+    f"INSERT INTO events ({', '.join(_FIELDS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_FIELDS)))
+    + " FROM json_each(?) WHERE true ORDER BY key "
+    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+)
+_EXISTING = (
+    "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
+)
+
+
+def _row(e: NewEvent) -> _Row:
+    if e.via not in EVENT_VIA:
+        raise StoreError(f"unknown event origin via={e.via!r}: expected webhook or backfill")
+    if not isinstance(e.payload, str):
+        raise StoreError("event payload must be JSON text")
+    occurred = None if e.occurred_at is None else to_db(e.occurred_at)
+    return (e.source, e.kind, e.dedupe_key, to_db(e.received_at), e.payload, e.sender, e.via,
+            occurred, e.body_hash)  # fmt: skip
+
+
+async def _insert_batch(
+    conn: aiosqlite.Connection, requests: Sequence[Sequence[_Row]]
+) -> list[list[InsertedEvent]]:
+    """The writer's batch function: every queued request's events in one INSERT.
+
+    A key seen twice (in one request or across requests of the batch) is new the first time and
+    a duplicate after; a key already stored is a duplicate everywhere.
+    """
+    rows = [row for request in requests for row in request]
+    created = {
+        str(key): int(new_id)
+        for new_id, key in await conn.execute_fetchall(
+            _INSERT, (json.dumps(rows, ensure_ascii=False),)
+        )
+    }
+    missing = sorted({row[2] for row in rows} - created.keys())
+    stored: dict[str, int] = {}
+    if missing:
+        found = await conn.execute_fetchall(_EXISTING, (json.dumps(missing, ensure_ascii=False),))
+        stored = {str(key): int(old_id) for old_id, key in found}
+    claimed: set[str] = set()
+    out: list[list[InsertedEvent]] = []
+    for request in requests:
+        results: list[InsertedEvent] = []
+        for row in request:
+            key = row[2]
+            if key in created and key not in claimed:
+                claimed.add(key)
+                results.append(InsertedEvent(created[key], key, duplicate=False))
+            else:
+                results.append(InsertedEvent(created.get(key) or stored[key], key, True))
+        out.append(results)
+    return out
+
+
 class InboxRepo(Database):
     async def insert_events(self, events: Sequence[NewEvent]) -> list[InsertedEvent]:
-        """Insert new events (duplicates by dedupe_key are skipped and flagged), durably."""
-        rows = [
-            (e.source, e.kind, e.dedupe_key, to_db(e.received_at), e.payload, to_db(e.received_at))
-            for e in events
-        ]
-
-        async def fn(conn: aiosqlite.Connection) -> list[InsertedEvent]:
-            out: list[InsertedEvent] = []
-            for row in rows:
-                async with conn.execute(
-                    "INSERT INTO events (source, kind, dedupe_key, received_at, payload, status, "
-                    "attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?) "
-                    "ON CONFLICT (dedupe_key) DO NOTHING",
-                    row,
-                ) as cur:
-                    created = cur.rowcount == 1
-                    new_id = cur.lastrowid
-                if created and new_id is not None:
-                    out.append(InsertedEvent(int(new_id), row[2], duplicate=False))
-                    continue
-                found = await query(conn, "SELECT id FROM events WHERE dedupe_key = ?", (row[2],))
-                out.append(InsertedEvent(int(found[0][0]), row[2], duplicate=True))
-            return out
-
+        """Insert new events, durably (committed when this returns); one result per event, in
+        order, with duplicates (by dedupe_key) flagged and carrying the stored event's id."""
+        rows = [_row(e) for e in events]
         if not rows:
             return []
-        return await self.write(fn, groupable=True)
+        return await self.write_batched(_insert_batch, rows)
 
-    async def claim_due_events(
+    # -- claims and outcomes -----------------------------------------------------------------
+
+    async def claim_events(
         self, limit: int, now: datetime, *, lease: timedelta = DEFAULT_LEASE
     ) -> list[EventRow]:
-        """Lease up to `limit` due events (pending, or failed and due), oldest arrival first.
+        """Lease up to `limit` due events, oldest first, and return them.
 
-        The returned rows already carry the incremented `attempts`.
+        Due: pending or failed, `next_attempt_at` NULL or passed, no lease or an expired one,
+        and no earlier unfinished event of the same sender. `attempts` is not changed.
         """
         now_s, until = to_db(now), to_db(now + lease)
 
         async def fn(conn: aiosqlite.Connection) -> list[EventRow]:
-            ids = [
-                r[0]
-                for r in await query(
-                    conn,
-                    "SELECT id FROM events WHERE status IN ('pending', 'failed') "
-                    "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
-                    (now_s, limit),
-                )
-            ]
-            if not ids:
-                return []
-            marks = placeholders(len(ids))
-            await execute(
-                conn,
-                "UPDATE events SET attempts = attempts + 1, next_attempt_at = ? "
-                f"WHERE id IN ({marks})",
-                (until, *ids),
+            rows = await conn.execute_fetchall(
+                f"UPDATE events SET lease_until = ? WHERE id IN ("
+                f" SELECT e.id FROM events AS e WHERE e.status IN {_UNFINISHED}"
+                "  AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= ?)"
+                "  AND (e.lease_until IS NULL OR e.lease_until <= ?)"
+                "  AND (e.sender IS NULL OR NOT EXISTS (SELECT 1 FROM events AS p"
+                f"   WHERE p.sender = e.sender AND p.status IN {_UNFINISHED} AND p.id < e.id))"
+                f"  ORDER BY e.id LIMIT ?) RETURNING {_COLS}",
+                (until, now_s, now_s, limit),
             )
-            rows = await query(
-                conn, f"SELECT {_COLS} FROM events WHERE id IN ({marks}) ORDER BY id", ids
+            return sorted((_event(r) for r in rows), key=lambda e: e.id)
+
+        return await self.write(fn) if limit > 0 else []
+
+    async def release_leases(self) -> int:
+        """Free every lease (at service start, when no dispatcher can hold one); returns how
+        many were held."""
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            return await execute(
+                conn, "UPDATE events SET lease_until = NULL WHERE lease_until IS NOT NULL"
             )
-            return [_event(r) for r in rows]
 
         return await self.write(fn)
+
+    async def finish_event(
+        self,
+        event_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Record an outcome: `attempts` + 1, the lease freed; `failed` with `next_attempt_at`
+        schedules a retry."""
+        _check_status(status)
+        params = (status, error, None if next_attempt_at is None else to_db(next_attempt_at))
+
+        async def fn(conn: aiosqlite.Connection) -> None:
+            changed = await execute(
+                conn,
+                "UPDATE events SET status = ?, last_error = ?, next_attempt_at = ?, "
+                "attempts = attempts + 1, lease_until = NULL WHERE id = ?",
+                (*params, event_id),
+            )
+            if changed == 0:
+                raise StoreError(f"no event with id {event_id}")
+
+        await self.write(fn)
 
     async def set_event_status(
         self,
@@ -161,7 +257,8 @@ class InboxRepo(Database):
         error: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
-        """Record an outcome; `failed` with `next_attempt_at` schedules a retry."""
+        """Set the status without counting an attempt or touching the lease (tools, tests);
+        the dispatcher records outcomes with `finish_event`."""
         _check_status(status)
         params = (status, error, None if next_attempt_at is None else to_db(next_attempt_at))
 
@@ -175,6 +272,76 @@ class InboxRepo(Database):
                 raise StoreError(f"no event with id {event_id}")
 
         await self.write(fn)
+
+    async def record_plan(
+        self, event_id: int, plan_json: str, actions: Sequence[NewAction]
+    ) -> list[ActionRow]:
+        """Store the plan and create its actions in one transaction; returns every action row
+        of the event, in id order.
+
+        Once: if the event already has a plan, nothing changes and the existing rows are
+        returned. An action with `error` is created `dead` (done_at, last_error) at once.
+        """
+        now = to_db(self.clock.now())
+        rows = [
+            (
+                event_id, a.rule, a.kind, a.idempotency_key,
+                "dead" if a.error is not None else "pending",
+                a.request_json, now, now if a.error is not None else None, a.error,
+                a.phone, a.conversation, a.body_hash, int(bool(a.auto_reply)),
+            )
+            for a in actions
+        ]  # fmt: skip
+
+        async def fn(conn: aiosqlite.Connection) -> list[ActionRow]:
+            found = await query(conn, "SELECT plan FROM events WHERE id = ?", (event_id,))
+            if not found:
+                raise StoreError(f"no event with id {event_id}")
+            if found[0][0] is None:
+                await execute(
+                    conn, "UPDATE events SET plan = ? WHERE id = ?", (plan_json, event_id)
+                )
+                await conn.executemany(
+                    "INSERT INTO actions (event_id, rule, kind, idempotency_key, status, "
+                    "attempts, request, created_at, done_at, last_error, phone, conversation, "
+                    "body_hash, auto_reply) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (idempotency_key) DO NOTHING",
+                    rows,
+                )
+            return [
+                action_row(r)
+                for r in await query(
+                    conn,
+                    f"SELECT {ACTION_COLUMNS} FROM actions WHERE event_id = ? ORDER BY id",
+                    (event_id,),
+                )
+            ]
+
+        return await self.write(fn)
+
+    # -- replay ------------------------------------------------------------------------------
+
+    async def reset_events(self, ids: Iterable[int]) -> int:
+        """Replay: the events are pending again from scratch (plan kept), and their failed or
+        dead actions pending with no attempts; sent actions stay sent. Returns how many of the
+        ids exist."""
+        wanted = sorted({int(i) for i in ids})
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            return await _reset(conn, wanted)
+
+        return await self.write(fn) if wanted else 0
+
+    async def reset_dead(self) -> int:
+        """Replay every dead letter (as `reset_events`)."""
+
+        async def fn(conn: aiosqlite.Connection) -> int:
+            dead = await query(conn, "SELECT id FROM events WHERE status = 'dead' ORDER BY id")
+            return await _reset(conn, [int(r[0]) for r in dead])
+
+        return await self.write(fn)
+
+    # -- reads -------------------------------------------------------------------------------
 
     async def get_event(self, event_id: int) -> EventRow | None:
         row = await self.fetchone(f"SELECT {_COLS} FROM events WHERE id = ?", (event_id,))
@@ -194,35 +361,6 @@ class InboxRepo(Database):
             )
         return [_event(r) for r in rows]
 
-    async def reset_events(self, ids: Iterable[int]) -> int:
-        """Make events due again from scratch (replay); returns how many exist."""
-        wanted = sorted({int(i) for i in ids})
-
-        async def fn(conn: aiosqlite.Connection) -> int:
-            total = 0
-            for chunk in chunked(wanted):
-                total += await execute(
-                    conn,
-                    "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
-                    f"last_error = NULL WHERE id IN ({placeholders(len(chunk))})",
-                    chunk,
-                )
-            return total
-
-        return await self.write(fn) if wanted else 0
-
-    async def reset_dead(self) -> int:
-        """Replay every dead letter."""
-
-        async def fn(conn: aiosqlite.Connection) -> int:
-            return await execute(
-                conn,
-                "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
-                "last_error = NULL WHERE status = 'dead'",
-            )
-
-        return await self.write(fn)
-
     async def count_events_by_status(self) -> dict[str, int]:
         """Every status is present, zero when empty, so dashboards see stable keys."""
         rows = await self.fetchall("SELECT status, COUNT(*) AS n FROM events GROUP BY status")
@@ -238,3 +376,23 @@ class InboxRepo(Database):
             (source, escaped + "%"),
         )
         return None if row is None else from_db(row["t"])
+
+
+async def _reset(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
+    total = 0
+    for chunk in chunked(ids):
+        marks = placeholders(len(chunk))
+        total += await execute(
+            conn,
+            "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
+            f"lease_until = NULL, last_error = NULL WHERE id IN ({marks})",
+            chunk,
+        )
+        await execute(
+            conn,
+            "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
+            "last_error = NULL, attempt_started_at = NULL, done_at = NULL "
+            f"WHERE event_id IN ({marks}) AND status IN ('failed', 'dead')",
+            chunk,
+        )
+    return total

@@ -126,6 +126,53 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "ALTER TABLE sync_runs ADD COLUMN owner TEXT",
         "ALTER TABLE sync_runs ADD COLUMN incomplete TEXT",
     ),
+    # 3: events out (issue 16). Who sent an event and how it came in (one sender's events are
+    # handled in order; backfilled ones are never auto-replied), claims as leases apart from
+    # the retry schedule, the stored plan; what the loop guard asks of actions; a generation
+    # per contacts row, so an index is rebuilt in short transactions; our sending numbers and
+    # the guard's breaker.
+    (
+        "ALTER TABLE events ADD COLUMN sender TEXT",
+        "ALTER TABLE events ADD COLUMN via TEXT NOT NULL DEFAULT 'webhook' "
+        "CHECK (via IN ('webhook', 'backfill'))",
+        "ALTER TABLE events ADD COLUMN occurred_at TEXT",
+        "ALTER TABLE events ADD COLUMN body_hash TEXT",
+        "ALTER TABLE events ADD COLUMN lease_until TEXT",
+        "ALTER TABLE events ADD COLUMN plan TEXT",
+        "CREATE INDEX events_sender ON events (sender, status, id)",
+        # The claim walks unfinished events in id order; this index holds only those, so
+        # neither a long history nor a backlog makes it sort. It replaces events_due.
+        "CREATE INDEX events_open ON events (id) WHERE status IN ('pending', 'failed')",
+        "DROP INDEX events_due",
+        # A lease taken by the old claim lived in next_attempt_at; it is free now.
+        "UPDATE events SET next_attempt_at = NULL WHERE status = 'pending'",
+        "ALTER TABLE actions ADD COLUMN phone TEXT",
+        "ALTER TABLE actions ADD COLUMN conversation TEXT",
+        "ALTER TABLE actions ADD COLUMN body_hash TEXT",
+        "ALTER TABLE actions ADD COLUMN attempt_started_at TEXT",
+        "ALTER TABLE actions ADD COLUMN auto_reply INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX actions_phone_rule ON actions (phone, rule, created_at)",
+        "CREATE INDEX actions_conversation ON actions (conversation, created_at)",
+        "CREATE INDEX actions_auto_reply ON actions (auto_reply, created_at)",
+        "ALTER TABLE halo_threads ADD COLUMN notes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE contacts ADD COLUMN gen INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX contacts_gen ON contacts (table_name, gen)",
+        "DROP INDEX contacts_table",
+        """
+        CREATE TABLE own_numbers (
+            phone         TEXT PRIMARY KEY,
+            first_used_at TEXT NOT NULL,
+            last_used_at  TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE guard_state (
+            name       TEXT PRIMARY KEY,
+            value      TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

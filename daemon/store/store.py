@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from daemon.store.actions import ActionsRepo
 from daemon.store.contacts import ContactsRepo
+from daemon.store.guard import GuardRepo
 from daemon.store.inbox import InboxRepo
 from daemon.store.maintenance import MaintenanceRepo
 from daemon.store.records import RecordsRepo
@@ -21,6 +22,7 @@ class Store(
     ContactsRepo,
     InboxRepo,
     ActionsRepo,
+    GuardRepo,
     SubscriptionsRepo,
     MaintenanceRepo,
 ):

@@ -355,11 +355,12 @@ class WriterLoop:
         outcomes: list[_Outcome] = []
         try:
             await conn.execute("BEGIN IMMEDIATE")
-            if len(jobs) == 1:
+            segments = _segments(jobs)
+            if len(segments) == 1:
                 # Alone in its transaction: a failure is undone by the ROLLBACK below.
-                outcomes = await self._run_alone(conn, jobs[0])
+                outcomes = await self._run_unsaved(conn, segments[0])
             else:
-                for segment in _segments(jobs):
+                for segment in segments:
                     outcomes += await self._run_saved(conn, segment)
             if any(ok for ok, _ in outcomes):
                 await shielded(conn.execute("COMMIT"))
@@ -398,13 +399,24 @@ class WriterLoop:
             raise StoreError(f"batch returned {len(results)} results for {len(segment)} items")
         return results
 
-    async def _run_alone(self, conn: aiosqlite.Connection, job: _Job) -> list[_Outcome]:
+    async def _run_unsaved(
+        self, conn: aiosqlite.Connection, segment: Sequence[_Job]
+    ) -> list[_Outcome]:
+        """The group is this one segment: no SAVEPOINT on the fast path. If a batch fails, the
+        transaction is begun again and each caller's item tried alone."""
         try:
-            return [(True, r) for r in await self._call(conn, [job])]
+            return [(True, r) for r in await self._call(conn, segment)]
         except Exception as exc:
             # A broken connection shows at the ROLLBACK that follows, and stops the writer.
-            self.stats.failed_jobs += 1
-            return [(False, exc)]
+            if len(segment) == 1:
+                self.stats.failed_jobs += 1
+                return [(False, exc)]
+            await conn.execute("ROLLBACK")
+            await conn.execute("BEGIN IMMEDIATE")
+            outcomes: list[_Outcome] = []
+            for job in segment:
+                outcomes += await self._run_saved(conn, [job])
+            return outcomes
 
     async def _run_saved(
         self, conn: aiosqlite.Connection, segment: Sequence[_Job]

@@ -116,19 +116,21 @@ async def test_contacts(store: Store, clock: FakeClock) -> None:
 async def test_inbox_claim_and_status(store: Store, clock: FakeClock) -> None:
     evs = [NewEvent("netsapiens", "message.received", f"k{i}", "{}", clock.now()) for i in range(3)]
     ids = [e.id for e in await store.insert_events(evs)]
-    claimed = await store.claim_due_events(2, clock.now())
-    assert [e.id for e in claimed] == ids[:2] and claimed[0].attempts == 1
+    lease = timedelta(minutes=5)
+    claimed = await store.claim_events(2, clock.now(), lease=lease)
+    assert [e.id for e in claimed] == ids[:2] and claimed[0].attempts == 0
+    assert claimed[0].lease_until == clock.now() + lease
     # Leased: not claimed again until the lease runs out.
-    assert [e.id for e in await store.claim_due_events(10, clock.now())] == [ids[2]]
-    assert await store.claim_due_events(10, clock.now()) == []
-    await store.set_event_status(ids[0], "done")
-    await store.set_event_status(
+    assert [e.id for e in await store.claim_events(10, clock.now(), lease=lease)] == [ids[2]]
+    assert await store.claim_events(10, clock.now(), lease=lease) == []
+    await store.finish_event(ids[0], "done")
+    await store.finish_event(
         ids[1], "failed", error="timeout", next_attempt_at=clock.now() + timedelta(seconds=30)
     )
-    await store.set_event_status(ids[2], "dead", error="gave up")
+    await store.finish_event(ids[2], "dead", error="gave up")
     clock.advance(31)
-    again = await store.claim_due_events(10, clock.now())
-    assert [e.id for e in again] == [ids[1]] and again[0].attempts == 2
+    again = await store.claim_events(10, clock.now(), lease=lease)
+    assert [e.id for e in again] == [ids[1]] and again[0].attempts == 1
     assert again[0].last_error == "timeout"
     counts = await store.count_events_by_status()
     assert counts == {"pending": 0, "done": 1, "ignored": 0, "failed": 1, "dead": 1}
@@ -139,10 +141,14 @@ async def test_inbox_claim_and_status(store: Store, clock: FakeClock) -> None:
     assert ev is not None and ev.status == "pending" and ev.attempts == 0
     assert await store.reset_events([ids[0], 999]) == 1
     assert await store.get_event(999) is None
+    for bad in (store.finish_event(999, "done"), store.set_event_status(999, "done")):
+        with pytest.raises(StoreError):
+            await bad
     with pytest.raises(StoreError):
-        await store.set_event_status(999, "done")
-    with pytest.raises(StoreError):
-        await store.set_event_status(ids[0], "bogus")
+        await store.finish_event(ids[0], "bogus")
+    await store.set_event_status(ids[0], "ignored")  # no attempt counted
+    ev = await store.get_event(ids[0])
+    assert ev is not None and ev.status == "ignored" and ev.attempts == 0
 
 
 async def test_last_event_time(store: Store, clock: FakeClock) -> None:
