@@ -2,20 +2,30 @@
 
 Rules look a sender up here; the record's current `data` is joined from its record table at
 lookup time rather than copied, so the index stays small and never serves stale fields.
+
+A rebuild must not hold the writer for a whole table (the dispatcher's writes would queue behind
+it), nor show lookups a table with its contacts missing. So each row carries a generation
+(`gen`): a rebuild upserts the new entries under the next generation in short transactions
+(an entry that stays is updated in place, so it is never absent), then deletes the rows of older
+generations in short transactions. Between chunks other writes run; a lookup meanwhile sees the
+old entries and the new ones, never neither. A rebuild cut short by a crash leaves both, and the
+next rebuild removes every older generation.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
 from daemon.errors import StoreError
-from daemon.store.db import Database, execute
-from daemon.store.util import quote_ident, validate_table_name
+from daemon.store.db import Database, execute, query
+from daemon.store.util import chunked, quote_ident, validate_table_name
+
+REBUILD_CHUNK = 500  # rows per transaction
 
 
 @dataclass(frozen=True)
@@ -40,22 +50,30 @@ class Contact:
 
 class ContactsRepo(Database):
     async def replace_contacts(self, table: str, entries: Iterable[ContactEntry]) -> int:
-        """Swap this table's entries for `entries` atomically; returns how many were kept."""
+        """Replace this table's entries with `entries`, in chunks (see the module docstring);
+        returns how many it holds now. The first entry for a (phone, record) pair wins."""
         validate_table_name(table)
-        rows = list(
-            dict.fromkeys((e.phone, table, str(e.record_id), e.name) for e in entries if e.phone)
-        )
+        wanted: dict[tuple[str, str], str | None] = {}
+        for e in entries:
+            if e.phone:
+                wanted.setdefault((e.phone, str(e.record_id)), e.name)
+        rows = [(phone, table, rid, name) for (phone, rid), name in wanted.items()]
 
-        async def fn(conn: aiosqlite.Connection) -> int:
-            await execute(conn, "DELETE FROM contacts WHERE table_name = ?", (table,))
-            await conn.executemany(
-                "INSERT OR IGNORE INTO contacts (phone, table_name, record_id, name) "
-                "VALUES (?, ?, ?, ?)",
-                rows,
+        async def next_gen(conn: aiosqlite.Connection) -> int:
+            found = await query(
+                conn, "SELECT MAX(gen) FROM contacts WHERE table_name = ?", (table,)
             )
-            return await _count(conn, table)
+            return int(found[0][0] or 0) + 1
 
-        return await self.write(fn)
+        gen = await self.write(next_gen)
+        for chunk in chunked(rows, REBUILD_CHUNK):
+            await self.write(_upsert(chunk, gen))
+        while await self.write(_delete_older(table, gen)) == REBUILD_CHUNK:
+            pass
+        row = await self.fetchone(
+            "SELECT COUNT(*) AS n FROM contacts WHERE table_name = ?", (table,)
+        )
+        return int(row["n"]) if row else 0
 
     async def contacts_for(self, phone: str) -> list[Contact]:
         """Every live record indexed under `phone`, ordered by table then record id.
@@ -104,7 +122,27 @@ class ContactsRepo(Database):
         return int(row["n"]) if row else 0
 
 
-async def _count(conn: aiosqlite.Connection, table: str) -> int:
-    async with conn.execute("SELECT COUNT(*) FROM contacts WHERE table_name = ?", (table,)) as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
+def _upsert(
+    chunk: Sequence[tuple[str, str, str, str | None]], gen: int
+) -> Callable[[aiosqlite.Connection], Awaitable[None]]:
+    async def fn(conn: aiosqlite.Connection) -> None:
+        await conn.executemany(
+            "INSERT INTO contacts (phone, table_name, record_id, name, gen) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone, table_name, record_id) "
+            "DO UPDATE SET name = excluded.name, gen = excluded.gen",
+            [(*row, gen) for row in chunk],
+        )
+
+    return fn
+
+
+def _delete_older(table: str, gen: int) -> Callable[[aiosqlite.Connection], Awaitable[int]]:
+    async def fn(conn: aiosqlite.Connection) -> int:
+        return await execute(
+            conn,
+            "DELETE FROM contacts WHERE rowid IN (SELECT rowid FROM contacts "
+            "WHERE table_name = ? AND gen < ? LIMIT ?)",
+            (table, gen, REBUILD_CHUNK),
+        )
+
+    return fn
