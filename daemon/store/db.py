@@ -9,9 +9,10 @@ cancel scope or `Task.cancel()`), commits what was queued before it, and closes 
 connections in a `finally`, so aiosqlite's threads never keep the process alive. It is bounded
 by `close_timeout` (real time: it guards against a stuck SQLite call, not a schedule).
 
-Durability of a commit is `synchronous` (docs/database.md, "Durability"): with `NORMAL` a
-commit survives a crash of the process, not a power cut or an OS crash; with `FULL` the WAL is
-synced at each commit, so it survives those too.
+Durability of a commit is `synchronous` (docs/database.md, "Durability"). The default, `FULL`,
+syncs the WAL at each commit, so what `write()` has returned survives a power cut or an OS
+crash: a webhook's 2xx promises that. `NORMAL` survives a crash of the process only. Group
+commit makes `FULL` cheap: one sync per group of concurrent callers (bench/store_ingest.py).
 
 The database file and its companions are private (0600): see `daemon.store.files`.
 """
@@ -50,7 +51,7 @@ log = structlog.get_logger(__name__)
 __all__ = ["BatchFn", "Database", "StoreStats", "WriteFn", "execute", "query", "transaction"]
 
 Synchronous = Literal["NORMAL", "FULL"]
-DEFAULT_SYNCHRONOUS: Synchronous = "NORMAL"
+DEFAULT_SYNCHRONOUS: Synchronous = "FULL"
 MIN_SQLITE = (3, 35, 0)  # INSERT ... RETURNING
 CLOSE_TIMEOUT = 30.0  # seconds for close() to drain the queue before it gives up on it
 CONN_CLOSE_TIMEOUT = 10.0  # seconds for each connection to close (past busy_timeout)
