@@ -127,10 +127,16 @@ def test_the_service_is_a_notify_service_with_watchdog_reload_and_no_restart_on_
         one(SERVICE, s, "ExecStart")
         == f"{INSTALLED_DAEMON} run --config /etc/integration-daemon/daemon.toml"
     )
-    assert one(SERVICE, s, "ExecStartPre").startswith(f"{INSTALLED_DAEMON} check-config ")
-    assert one(SERVICE, s, "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(SERVICE, s, "Restart") == "on-failure"
     assert "2" in one(SERVICE, s, "RestartPreventExitStatus").split()
+    # RestartPreventExitStatus= covers the main process only: an ExecStartPre= that exits 2
+    # on a bad config would be restarted forever (systemd issue #11868). `run` checks instead.
+    assert values(SERVICE, s, "ExecStartPre") == []
+    # Reload: check first, so `systemctl reload` fails on a bad config; then SIGHUP.
+    assert values(SERVICE, s, "ExecReload") == [
+        f"{INSTALLED_DAEMON} check-config --config /etc/integration-daemon/daemon.toml",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert one(SERVICE, s, "WatchdogSec") == "60s"
     # A clean stop gets [daemon] shutdown_timeout (at most its 30s default) before SIGKILL.
     assert one(SERVICE, s, "KillSignal") == "SIGTERM"
@@ -526,8 +532,8 @@ def hardened(tmp_path: Path) -> Iterator[Hardened]:
 
 
 def test_check_config_reads_every_credential_under_the_units_restrictions(hardened: Hardened):
-    """ExecStartPre=: the example, with its secrets as { credential = ... }, checked as the
-    dynamic user inside the sandbox."""
+    """The ExecReload= check: the example, with its secrets as { credential = ... }, checked as
+    the dynamic user inside the sandbox."""
     config = hardened.etc / "daemon.toml"
     config.write_text(example_for_systemd(hardened.state))
     config.chmod(0o644)
