@@ -339,3 +339,7 @@ async def test_backfilled_events_say_via_backfill_with_sender_time_and_body_hash
     assert sms == replace(
         new_event(event, via="webhook", received_at=ns_clock.now()), via="backfill"
     )
+    rows = {r.kind: r for r in await ns_store.list_events()}
+    assert rows["message.received"].via == rows["call.missed"].via == "backfill"
+    assert rows["message.received"].sender == "+15551230000"
+    assert rows["message.received"].body_hash == body_hash("balance?")

@@ -61,6 +61,15 @@ async def test_accepts_commits_and_wakes_the_dispatcher(
     assert handed.body_hash == body_hash("balance?")
     assert handed.occurred_at == T0 - timedelta(minutes=1)
     assert rows[0].kind == "message.received"
+    # and that is what the inbox holds
+    stored = await hook.store.get_event(rows[0].id)
+    assert stored is not None
+    assert (stored.via, stored.sender, stored.body_hash) == (
+        "webhook",
+        "+15551230000",
+        body_hash("balance?"),
+    )
+    assert stored.occurred_at == T0 - timedelta(minutes=1) and stored.received_at == T0
 
 
 @pytest.mark.parametrize(
