@@ -40,6 +40,10 @@ class Faults:
     slow_next: int = 0  # next N requests wait `slow_seconds` before answering
     slow_seconds: float = 5.0
     html_next: int = 0  # next N requests answer a 502 HTML page, as a proxy would
+    # next N requests are carried out, then answered 502 as if the answer was lost on the way:
+    # the upstream acted but the client cannot know (an uncertain outcome)
+    lose_answer_next: int = 0
+    lose_answer_ratio: float = 0.0
     path_filter: str | None = None  # only requests whose path contains this are affected
     fail_ratio: float = 0.0  # each request answers `fail_status` with this probability
     drop_ratio: float = 0.0  # each request's connection is dropped with this probability
@@ -143,6 +147,12 @@ def fault_middleware(faults: Faults, stats: SimStats) -> Any:
             stats.faults_injected[str(faults.fail_status)] += 1
             return web.json_response(
                 {"message": "injected failure", "response": None}, status=faults.fail_status
+            )
+        if _take(faults, "lose_answer_next"):
+            stats.faults_injected["lost_answer"] += 1
+            await handler(request)  # it happened...
+            return web.json_response(  # ...but the answer never makes it back
+                {"message": "upstream timed out", "response": None}, status=502
             )
         if _take(faults, "html_next"):
             stats.faults_injected["html"] += 1

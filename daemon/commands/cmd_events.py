@@ -1,0 +1,178 @@
+"""`daemon events list|show|replay`: inspect the webhook inbox and re-run what failed.
+
+`list` and `show` open the database read-only (safe beside the running service). `replay`
+writes: the events become `pending` again and their `dead` or `failed` actions are retried from
+scratch, while actions already `sent` stay sent (no SMS or ticket twice). The plan each event
+was given is kept — replay carries out what was decided, it does not re-evaluate the rules. A
+running service picks the replayed events up within its dispatch `poll` interval.
+
+Exit codes: 0 done, 1 an id does not exist / the database is missing, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daemon.clock import SystemClock
+from daemon.logs import redact_text
+
+if TYPE_CHECKING:
+    from daemon.store import ActionRow, EventRow
+
+ORDER = 40
+STATUSES = ("pending", "done", "ignored", "failed", "dead")
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "events",
+        parents=[common],
+        help="inspect the webhook inbox; replay failed or dead events",
+        description="List, show and replay webhook events. Replay re-runs an event's dead or "
+        "failed actions; actions already sent stay sent.",
+    )
+    events = p.add_subparsers(dest="events_command", metavar="COMMAND")
+    events.required = True
+    ls = events.add_parser("list", parents=[common], help="newest events first")
+    ls.add_argument("--status", choices=STATUSES, help="only events with this status")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(handler=handle)
+    show = events.add_parser("show", parents=[common], help="one event: payload, plan, actions")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=handle)
+    replay = events.add_parser(
+        "replay", parents=[common], help="re-run events' dead or failed actions"
+    )
+    replay.add_argument("ids", nargs="*", type=int, metavar="ID")
+    replay.add_argument("--dead", action="store_true", help="every dead event")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    replay.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from daemon.commands.common import load_cli_settings
+    from daemon.errors import ConfigError
+
+    if args.events_command == "replay" and bool(args.ids) == bool(args.dead):
+        raise ConfigError("replay takes event ids or --dead (one of the two)")
+    settings = load_cli_settings(args.config, log_level="warning")
+    database = Path(settings.daemon.database)
+    if not database.exists():
+        print(f"database {database} does not exist (has the daemon run yet?)")
+        return 1
+    code, out = asyncio.run(_run(args, database))
+    if args.json:
+        print(redact_text(json.dumps(out, indent=2, default=str, ensure_ascii=False)))
+    else:
+        print(redact_text(_render(args.events_command, out)))
+    return code
+
+
+async def _run(args: argparse.Namespace, database: Path) -> tuple[int, Any]:
+    from daemon.store import Store
+
+    clock = SystemClock()
+    read_only = args.events_command != "replay"
+    async with Store.open(database, clock=clock, read_only=read_only) as store:
+        if args.events_command == "list":
+            rows = await store.list_events(args.status, limit=max(1, args.limit))
+            return 0, [_event(r) for r in rows]
+        if args.events_command == "show":
+            row = await store.get_event(args.id)
+            if row is None:
+                return 1, {"error": f"no event with id {args.id}"}
+            actions = await store.actions_for_event(row.id)
+            return 0, {**_event(row, full=True), "actions": [_action(a) for a in actions]}
+        if args.dead:
+            return 0, {"replayed": await store.reset_dead()}
+        found = await store.reset_events(args.ids)
+        missing = len(set(args.ids)) - found
+        out: dict[str, Any] = {"replayed": found}
+        if missing:
+            out["error"] = f"{missing} of the ids do not exist"
+        return (1 if missing else 0), out
+
+
+def _event(row: EventRow, *, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row.id,
+        "received_at": row.received_at.isoformat(),
+        "kind": row.kind,
+        "sender": row.sender,
+        "via": row.via,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+    }
+    if full:
+        out["dedupe_key"] = row.dedupe_key
+        out["next_attempt_at"] = row.next_attempt_at.isoformat() if row.next_attempt_at else None
+        out["payload"] = _loads(row.payload)
+        out["plan"] = _loads(row.plan) if row.plan else None
+    return out
+
+
+def _action(a: ActionRow) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "rule": a.rule,
+        "kind": a.kind,
+        "status": a.status,
+        "attempts": a.attempts,
+        "upstream_ref": a.upstream_ref,
+        "last_error": a.last_error,
+        "request": _loads(a.request) if a.request else None,
+        "created_at": a.created_at.isoformat(),
+        "done_at": a.done_at.isoformat() if a.done_at else None,
+    }
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _render(command: str, out: Any) -> str:
+    if command == "list":
+        if not out:
+            return "no events"
+        header = ("id", "received", "kind", "sender", "via", "status", "tries", "error")
+        rows = [
+            (str(e["id"]), e["received_at"][:19], e["kind"], e["sender"] or "-", e["via"],
+             e["status"], str(e["attempts"]), (e["last_error"] or "")[:60])
+            for e in out
+        ]  # fmt: skip
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in [header, *rows]]  # fmt: skip
+        return "\n".join(lines)
+    if command == "show" and "error" not in out:
+        lines = [
+            f"event {out['id']}  {out['kind']}  {out['status']}  (via {out['via']}, "
+            f"{out['attempts']} attempts)",
+            f"  received {out['received_at']}  sender {out['sender'] or '-'}",
+            f"  dedupe key {out['dedupe_key']}",
+        ]
+        if out["last_error"]:
+            lines.append(f"  last error: {out['last_error']}")
+        plan = out.get("plan") or {}
+        for skipped in plan.get("skipped", []):
+            lines.append(f"  skipped rule {skipped['rule']}: {skipped['reason']}")
+        for a in out["actions"]:
+            ref = f" -> {a['upstream_ref']}" if a["upstream_ref"] else ""
+            lines.append(f"  action {a['id']} {a['rule']} {a['kind']} {a['status']}{ref}"
+                         f" ({a['attempts']} attempts)")  # fmt: skip
+            if a["last_error"]:
+                lines.append(f"    error: {a['last_error']}")
+        return "\n".join(lines)
+    return json.dumps(out, indent=2, default=str, ensure_ascii=False)
