@@ -7,7 +7,7 @@ own: `[daemon.business_hours]`, `[daemon.dispatch]` and `[webhooks.netsapiens.gu
 from __future__ import annotations
 
 import re
-from datetime import time
+from datetime import date, time
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -48,6 +48,16 @@ def _ranges(value: str | list[str]) -> list[str]:
 Hours = Annotated[str | list[str], AfterValidator(_ranges)]
 
 
+def _iso_date(value: str) -> str:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"invalid date {value!r}: expected YYYY-MM-DD") from None
+    if len(value) != 10:
+        raise ValueError(f"invalid date {value!r}: expected YYYY-MM-DD")
+    return value
+
+
 class BusinessHours(_Model):
     """`[daemon.business_hours]`: open ranges per weekday in `daemon.timezone`; a day not
     listed is closed. `mon = "09:00-17:00"`, `sat = ["10:00-12:00", "13:00-15:00"]`."""
@@ -59,7 +69,7 @@ class BusinessHours(_Model):
     fri: Hours = []
     sat: Hours = []
     sun: Hours = []
-    closed_dates: list[str] = []  # "YYYY-MM-DD", local dates the business is closed
+    closed_dates: list[Annotated[str, AfterValidator(_iso_date)]] = []  # local dates closed
 
     def ranges(self, weekday: int) -> list[tuple[time, time]]:
         """Open ranges of a weekday (0 = Monday), parsed."""
