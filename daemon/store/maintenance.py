@@ -9,9 +9,10 @@ In chunks: a prune after a long downtime can have hundreds of thousands of rows 
 the dispatcher's writes must not wait for all of it. Each table is walked in id order (ids
 follow time: events arrive, actions and runs are created, in id order), `PRUNE_CHUNK` rows per
 transaction: a window of rows is examined, the expired ones in it deleted, and the next window
-queued behind whatever other writes arrived meanwhile. The walk ends at the first window whose
-rows are all newer than the cutoff. Each transaction thus touches at most `PRUNE_CHUNK` rows,
-however large the table or the backlog.
+queued behind whatever other writes arrived meanwhile. The walk ends with the window that
+reaches a row newer than the cutoff. Each transaction touches at most `PRUNE_CHUNK` rows,
+however large the table or the backlog. (A row whose time is out of step with its id, after
+the wall clock was set back, is pruned by a later run, once the walk passes it.)
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _chunk(
             f"DELETE FROM {table} WHERE id > ? AND id <= ? AND {time_col} < ? AND {condition}",
             (after, last, cutoff, *params),
         )
-        finished = len(window) < PRUNE_CHUNK or min(str(r[1]) for r in window) >= cutoff
+        # Ids follow time: once the walk meets a row newer than the cutoff, the rest are too.
+        finished = len(window) < PRUNE_CHUNK or max(str(r[1]) for r in window) >= cutoff
         return deleted, last, finished
 
     return fn

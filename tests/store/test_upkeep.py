@@ -81,10 +81,15 @@ async def test_prune_in_small_chunks_deletes_exactly_the_expired(
     recent = to_db(clock.now())
     await bulk_events(store, 10, "done", recent, "recent")
 
+    await bulk_events(store, 200, "done", recent, "later")  # never read: the walk stops
+    commits = store.stats.commits
     counts = await store.prune(clock.now() - 90 * DAY)
     assert counts == {"actions": 1, "events": 31, "sync_runs": 2}
+    # One window of actions, 37 old events in windows of 7 (the 6th reaches the recent ones),
+    # one of runs: the 210 recent events cost part of one window, not thirty.
+    assert store.stats.commits - commits == 1 + 6 + 1
     left = {r["dedupe_key"][:4] for r in await store.fetchall("SELECT dedupe_key FROM events")}
-    assert left == {"fail", "kept", "rece"}
+    assert left == {"fail", "kept", "rece", "late"}
     assert await store.get_action(failing.id) is not None
     assert await store.get_action(sent.id) is None
     remaining = sorted(r.id for r in await store.last_runs())
