@@ -22,7 +22,7 @@ actions that did not go out, so a replay carries out what was decided, never mor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from daemon.store.util import chunked, from_db, from_db_req, placeholders, to_db
 EVENT_STATUSES = ("pending", "done", "ignored", "failed", "dead")
 EVENT_VIA = ("webhook", "backfill")
 DEFAULT_LEASE = timedelta(minutes=5)
+STATEMENT_BYTES = 4 * 1024 * 1024  # payload bytes per INSERT statement, at most (roughly)
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,18 @@ def _row(e: NewEvent) -> _Row:
             occurred, e.body_hash)  # fmt: skip
 
 
+def _parts(rows: Sequence[_Row]) -> Iterator[Sequence[_Row]]:
+    """Usually one part; a burst of large payloads is split so that no statement carries more
+    than STATEMENT_BYTES of them (the JSON text is a second copy in memory)."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        size += len(row[4])
+        if size > STATEMENT_BYTES and i > start:
+            yield rows[start:i]
+            start, size = i, len(row[4])
+    yield rows[start:]
+
+
 async def _insert_batch(
     conn: aiosqlite.Connection, requests: Sequence[Sequence[_Row]]
 ) -> list[list[InsertedEvent]]:
@@ -151,12 +164,10 @@ async def _insert_batch(
     a duplicate after; a key already stored is a duplicate everywhere.
     """
     rows = [row for request in requests for row in request]
-    created = {
-        str(key): int(new_id)
-        for new_id, key in await conn.execute_fetchall(
-            _INSERT, (json.dumps(rows, ensure_ascii=False),)
-        )
-    }
+    created: dict[str, int] = {}
+    for part in _parts(rows):
+        found = await conn.execute_fetchall(_INSERT, (json.dumps(part, ensure_ascii=False),))
+        created.update((str(key), int(new_id)) for new_id, key in found)
     missing = sorted({row[2] for row in rows} - created.keys())
     stored: dict[str, int] = {}
     if missing:

@@ -4,6 +4,7 @@ their own result or error."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.errors import StoreError
-from daemon.store import NewEvent, Store
+from daemon.store import NewEvent, Store, inbox
 
 
 def ev(
@@ -159,3 +160,35 @@ async def test_other_group_members_keep_their_savepoints(store: Store, clock: Fa
     assert isinstance(results[2], RuntimeError)
     assert len(starting(statements, "INSERT INTO EVENTS")) == 2  # [x1, x2] and [x3]
     assert (await store.count_events_by_status())["pending"] == 3  # boom was rolled back
+
+
+async def test_large_payloads_are_split_across_statements(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of big bodies is written in parts of about STATEMENT_BYTES each: memory stays
+    bounded and the results are the same."""
+    monkeypatch.setattr(inbox, "STATEMENT_BYTES", 1000)
+    big = "x" * 400
+
+    def event(key: str) -> NewEvent:
+        return NewEvent("ns", "message.received", key, json.dumps({"b": big}), clock.now())
+
+    gate = Gate()
+    held = asyncio.ensure_future(store.write(gate))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    calls = [
+        asyncio.ensure_future(store.insert_events([event(f"b{i}"), event(f"b{i + 1}")]))
+        for i in range(0, 10, 2)
+    ] + [asyncio.ensure_future(store.insert_events([event("b3"), event("fresh")]))]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    async with traced(store) as statements:
+        gate.release.set()
+        with anyio.fail_after(30):
+            results = await asyncio.gather(*calls)
+            await held
+    assert len(starting(statements, "INSERT INTO EVENTS")) == 6  # two 400-byte bodies a part
+    flat = [e for r in results for e in r]
+    assert [e.duplicate for e in flat] == [False] * 10 + [True, False]
+    assert flat[10].id == flat[3].id
+    assert [e.id for e in flat[:10]] == sorted(e.id for e in flat[:10])
