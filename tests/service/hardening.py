@@ -19,11 +19,11 @@ PrivateMounts, ProtectHostname and the private /proc):
     from the bounding set, supplementary groups cleared, uid/gid set to an unused id in
     systemd's dynamic range, no_new_privs.
 
-``inner`` (the unprivileged uid): UMask, then the seccomp filters systemd loads —
-SystemCallFilter (allow-list, SystemCallErrorNumber for the rest), RestrictAddressFamilies,
-MemoryDenyWriteExecute (plus the kernel's PR_SET_MDWE where it exists) and
-RestrictNamespaces — each a filter of its own, as systemd installs them; then ``execve`` of
-the command, so the whole command runs under them, as a service does.
+``inner`` (the unprivileged uid): the working directory /, UMask, then the seccomp filters
+systemd loads — SystemCallFilter (allow-list, SystemCallErrorNumber for the rest),
+RestrictAddressFamilies, MemoryDenyWriteExecute (plus the kernel's PR_SET_MDWE where it
+exists) and RestrictNamespaces — each a filter of its own, as systemd installs them; then
+``execve`` of the command, so the whole command runs under them, as a service does.
 
 Not applied, because nothing here could notice: LockPersonality (nothing calls personality()),
 RestrictRealtime (sched_setscheduler() is already refused whole by ~@resources),
@@ -295,6 +295,7 @@ def _libseccomp(path: str) -> ctypes.CDLL:
 
 
 def inner(spec: dict[str, Any]) -> None:
+    os.chdir("/")  # WorkingDirectory= defaults to / for system services
     os.umask(spec["umask"])
     lib = _libseccomp(spec["libseccomp"])
     if spec["memory_deny_write_execute"]:
