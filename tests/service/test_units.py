@@ -9,6 +9,7 @@ filters built from systemd's own syscall groups) and the tests run the real CLI 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -481,7 +482,7 @@ class Hardened:
             ],
             "restrict_namespaces": True,
             "syscalls_allowed": allowed_syscalls(SERVICE),
-            "syscall_errno": getattr(__import__("errno"), one(SERVICE, s, "SystemCallErrorNumber")),
+            "syscall_errno": getattr(errno, one(SERVICE, s, "SystemCallErrorNumber")),
             "argv": argv,
             "env": env,
         }
