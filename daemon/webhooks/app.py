@@ -42,7 +42,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from daemon.clock import Clock
 from daemon.config import NETSAPIENS_MODELS, Settings
 from daemon.errors import ConfigError, StoreError
-from daemon.webhooks.body import DEFAULT_MAX_DEPTH, BodyError, load_json
+from daemon.webhooks.body import DEFAULT_MAX_DEPTH
 from daemon.webhooks.events import PayloadError, parse_payload
 from daemon.webhooks.inbox import InboxWriter, new_event
 from daemon.webhooks.remote import IPAddress, IPNetwork, client_address, is_allowed, networks
@@ -154,11 +154,17 @@ async def _read_body(request: web.Request, deps: ListenerDeps) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise _Refused(413, "too large", f"over {limit} bytes")
+    content = request.content
+    if content.is_eof() and not content.exception():  # all there already (the usual case)
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise _Refused(413, "too large", f"over {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(deps.read_timeout):
-            while chunk := await request.content.readany():
+            while chunk := await content.readany():
                 size += len(chunk)
                 if size > limit:
                     raise _Refused(413, "too large", f"over {limit} bytes")
@@ -206,32 +212,39 @@ def _refusal(
     return response
 
 
+def _remote(request: web.Request, deps: ListenerDeps) -> IPAddress | None:
+    return client_address(
+        request.remote, request.headers.getall("X-Forwarded-For", ()), deps.trusted_proxies
+    )
+
+
 async def handle_webhook(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     started = deps.clock.monotonic()
+    now = deps.clock.now()
     model_given = request.match_info["model"]
     known = model_given in deps.models
     model = model_given if known else None  # an unknown "model" is attacker text: not logged
-    addr: IPAddress | None = client_address(
-        request.remote, request.headers.getall("X-Forwarded-For", ()), deps.trusted_proxies
-    )
-    remote = str(addr) if addr is not None else None
+    # The client address is worked out only when it decides something or is logged.
+    addr: IPAddress | None = _remote(request, deps) if deps.allow_from else None
     try:
         if not is_allowed(addr, deps.allow_from):
             raise _Refused(403, "source not allowed")
-        secret_ok = deps.secrets.matches(request.match_info["secret"], deps.clock.now())
-        if not secret_ok:
+        if not deps.secrets.matches(request.match_info["secret"], now):
             raise _Refused(404, "bad secret")
         if not known:
             raise _Refused(404, "unknown model")
         body = await _read_body(request, deps)
         try:
-            data = load_json(body, max_depth=deps.max_depth, max_elements=deps.max_elements)
-            parsed = parse_payload(model_given, data, default_region=deps.default_region)
-        except BodyError as exc:
-            raise _Refused(400, exc.kind, exc.reason) from None
+            parsed = parse_payload(
+                model_given,
+                body,
+                default_region=deps.default_region,
+                max_depth=deps.max_depth,
+                max_elements=deps.max_elements,
+            )
         except PayloadError as exc:
-            raise _Refused(400, "not an array", str(exc)) from None
+            raise _Refused(400, exc.kind, str(exc)) from None
         if parsed.rejected and not parsed.events:
             raise _Refused(
                 400,
@@ -239,15 +252,16 @@ async def handle_webhook(request: web.Request) -> web.Response:
                 "no element of the body is a usable event",
                 note=parsed.rejected[0].reason,  # may quote the PBX's text: logged, not answered
             )
-        received_at = deps.clock.now()
-        rows = [new_event(e, via="webhook", received_at=received_at) for e in parsed.events]
+        rows = [new_event(e, via="webhook", received_at=now) for e in parsed.events]
         try:
             results = await deps.inbox.insert_events(rows) if rows else []
         except StoreError as exc:
             log.error("webhook.failed", model=model, events=len(rows), error=str(exc))
             raise _Refused(503, "store unavailable", "retry later") from None
     except _Refused as refused:
-        return _refusal(deps, refused, model, remote)
+        if addr is None:
+            addr = _remote(request, deps)
+        return _refusal(deps, refused, model, str(addr) if addr is not None else None)
     new_ids = [r.id for r in results if not r.duplicate]
     if new_ids:
         _wake(deps, new_ids)

@@ -30,11 +30,12 @@ from daemon.canonical import canonical_json as _canonical
 from daemon.canonical import repair_surrogates, sha256_hex
 from daemon.clients.netsapiens import parse_ns_datetime
 from daemon.phones import to_e164
-from daemon.webhooks.body import BodyError, load_json, nests_deeper
+from daemon.webhooks.body import DEFAULT_MAX_DEPTH, BodyError, load_json, nests_deeper
 
 SOURCE = "netsapiens"
 # How deep one element of a batch may nest (NetSapiens objects are flat; 2 levels at most).
 MAX_ELEMENT_DEPTH = 32
+UNLIMITED_ELEMENTS = 1 << 62
 
 __all__ = [
     "SOURCE",
@@ -52,8 +53,14 @@ __all__ = [
 class PayloadError(ValueError):
     """The whole body is unusable (not JSON, or JSON that is neither object nor array).
 
-    The message is short fixed text that never echoes the body (the listener answers with it).
+    The message is short fixed text that never echoes the body (the listener answers with it);
+    `kind` is a label from a small set (`not json`, `too deep`, `too many elements`, `not
+    finite`, `not an array`) for logs and metrics.
     """
+
+    def __init__(self, reason: str, kind: str = "not json"):
+        super().__init__(reason)
+        self.kind = kind
 
 
 def normalise_text(text: str) -> str:
@@ -411,25 +418,40 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 }
 
 
-def _load(body: Any) -> list[Any]:
+def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool]:
+    """The elements of `body`, and whether their depth is already known to be bounded (raw
+    input goes through `load_json`, whose depth cap covers every element)."""
+    bounded = False
     if isinstance(body, (bytes, bytearray, memoryview, str)):
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
         try:
-            body = load_json(raw, max_elements=1_000_000_000)  # size is the caller's business
+            body = load_json(raw, max_depth=max_depth, max_elements=max_elements)
         except BodyError as exc:
-            raise PayloadError(exc.reason) from None
+            raise PayloadError(exc.reason, exc.kind) from None
+        bounded = max_depth <= MAX_ELEMENT_DEPTH + 1  # the array itself is one level
     if isinstance(body, dict):
-        return [body]
+        return [body], bounded
     if isinstance(body, list):
-        return body
-    raise PayloadError(f"body is JSON {type(body).__name__}, not an object or an array")
+        return body, bounded
+    raise PayloadError(
+        f"body is JSON {type(body).__name__}, not an object or an array", "not an array"
+    )
 
 
-def parse_payload(model: str, body: Any, *, default_region: str = "US") -> ParseResult:
+def parse_payload(
+    model: str,
+    body: Any,
+    *,
+    default_region: str = "US",
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_elements: int = UNLIMITED_ELEMENTS,
+) -> ParseResult:
     """Events from one delivery (or one API page) of `model` objects.
 
-    `body` is raw bytes/text or already-decoded JSON: an array of objects or one object."""
-    items = _load(body)
+    `body` is raw bytes/text or already-decoded JSON: an array of objects or one object.
+    `max_depth` and `max_elements` bound raw input (see `body.load_json`); by default a body's
+    size is left to the caller, who read it."""
+    items, bounded = _load(body, max_depth, max_elements)
     name = (model or "").strip().lower()
     ctx = _Ctx(name, default_region)
     parser = _PARSERS.get(name, _other)
@@ -439,7 +461,7 @@ def parse_payload(model: str, body: Any, *, default_region: str = "US") -> Parse
         if not isinstance(item, dict):
             rejected.append(Rejected(index, f"element is {type(item).__name__}, not an object"))
             continue
-        if nests_deeper(item, MAX_ELEMENT_DEPTH):
+        if not bounded and nests_deeper(item, MAX_ELEMENT_DEPTH):
             rejected.append(Rejected(index, f"element nests deeper than {MAX_ELEMENT_DEPTH}"))
             continue
         try:
