@@ -228,13 +228,26 @@ async def inbox_only(db: Path, connections: int, duration: float, warmup: float)
 # -- driver ------------------------------------------------------------------------------------
 
 
+def _env(cpu: int | None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    if cpu is not None:
+        env["BENCH_CPU"] = str(cpu)
+    return env
+
+
+# Servers on the last CPU, the load generator on the first: they do not share a core (other
+# processes on the machine still may; the table says how busy the servers were).
+SERVER_CPU, LOAD_CPU = (
+    ((os.cpu_count() or 1) - 1, 0) if (os.cpu_count() or 1) >= 2 else (None, None)
+)
+
+
 class Server:
     def __init__(self, kind: str, tmp: Path, synchronous: str | None):
         self.db = tmp / f"{kind}.db"
         args = [sys.executable, str(Path(__file__).resolve()), "serve", kind, str(self.db)]
         args += [str(tmp / f"{kind}.log")] + ([synchronous] if synchronous else [])
-        env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=_env(SERVER_CPU))
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http"):
@@ -267,13 +280,15 @@ def _cpu(pid: int) -> float:
 
 
 def run_load(url: str, connections: int, duration: float, warmup: float) -> dict[str, Any]:
-    return run_sub(["load", url], connections, duration, warmup)
+    return run_sub(["load", url], connections, duration, warmup, LOAD_CPU)
 
 
-def run_sub(head: list[str], connections: int, duration: float, warmup: float) -> dict[str, Any]:
+def run_sub(
+    head: list[str], connections: int, duration: float, warmup: float, cpu: int | None
+) -> dict[str, Any]:
     args = [sys.executable, str(Path(__file__).resolve()), *head]
     args += [str(connections), str(duration), str(warmup)]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env = _env(cpu)
     out = subprocess.run(
         args, capture_output=True, text=True, timeout=duration + warmup + 120, check=True, env=env
     )
@@ -313,7 +328,11 @@ def main() -> None:
                 results[kind].append(res)
             results["inbox"].append(
                 run_sub(
-                    ["inbox", str(Path(tmp) / f"inbox{r}.db")], a.connections, a.duration, a.warmup
+                    ["inbox", str(Path(tmp) / f"inbox{r}.db")],
+                    a.connections,
+                    a.duration,
+                    a.warmup,
+                    SERVER_CPU,
                 )
             )
     report(a, results)
@@ -326,17 +345,26 @@ def report(a: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> N
     print(
         f"webhook ingest: {a.connections} keep-alive connections, one message per POST, "
         f"{a.duration:g} s measured per side after {a.warmup:g} s warm-up, "
-        f"{a.rounds} round(s), median; cpus={os.cpu_count()}, "
+        f"{a.rounds} round(s), median; cpus={os.cpu_count()} (servers on cpu {SERVER_CPU}, "
+        f"load on cpu {LOAD_CPU}), "
         f"synchronous={a.synchronous or 'store default'}"
     )
-    print(f"{'':26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'srv cpu%':>10}")
+    print(
+        f"{'':26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'srv cpu%':>10}"
+        f"{'cpu us/req':>12}"
+    )
+    cost: dict[str, float] = {}
     for kind, label in (("noop", "no-op aiohttp handler"), ("listener", "listener + Store")):
         cpu = statistics.median(
             100 * r["server_cpu_s"] / (a.duration + a.warmup) for r in results[kind]
         )
+        cost[kind] = statistics.median(
+            1e6 * r["server_cpu_s"] / max(1, r["ok_total"]) for r in results[kind]
+        )
         print(
             f"{label:26}{med(kind, 'rps'):>9.0f}{med(kind, 'p50_ms'):>9.1f}"
             f"{med(kind, 'p99_ms'):>9.1f}{med(kind, 'max_ms'):>9.1f}{cpu:>10.0f}"
+            f"{cost[kind]:>12.0f}"
         )
     inbox = results["inbox"]
     print(
@@ -348,7 +376,11 @@ def report(a: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> N
     ratio = med("listener", "rps") / med("noop", "rps")
     p99 = med("listener", "p99_ms")
     ok_ratio, ok_p99 = ratio >= TARGET_RATIO, p99 <= TARGET_P99_MS
-    print(f"ratio listener/no-op: {ratio:.2f}x (target >= {TARGET_RATIO}x) {_mark(ok_ratio)}")
+    print(f"ratio listener/no-op: {ratio:.3f}x (target >= {TARGET_RATIO}x) {_mark(ok_ratio)}")
+    print(
+        f"  by server CPU per request (less sensitive to other load on the machine): "
+        f"{cost['noop'] / cost['listener']:.3f}x"
+    )
     print(f"listener p99:         {p99:.1f} ms (target <= {TARGET_P99_MS:g} ms) {_mark(ok_p99)}")
     last = results["listener"][-1]
     store = last.get("server", {}).get("store", {})
@@ -362,7 +394,14 @@ def _mark(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _pin_from_env() -> None:
+    cpu = os.environ.get("BENCH_CPU")
+    if cpu and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(cpu)})
+
+
 if __name__ == "__main__":
+    _pin_from_env()
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         kind, db, log_path = sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
         sync = sys.argv[5] if len(sys.argv) > 5 else None
