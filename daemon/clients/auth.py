@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,8 @@ class TokenAuth(ABC):
         self._failed_until: float | None = None
         self._failure: AuthError | None = None
         self.refreshes = 0
+        # Called with the session's name after each token obtained (`Metrics.attach_client`).
+        self.on_refresh: Callable[[str], None] | None = None
 
     @abstractmethod
     async def obtain(self, session: UpstreamSession) -> Mapping[str, Any]:
@@ -179,6 +181,11 @@ class TokenAuth(ABC):
                 upstream=session.name,
                 expires_in=round((self.state.expires_at or now) - now),
             )
+            if self.on_refresh is not None:
+                try:
+                    self.on_refresh(session.name)
+                except Exception as exc:  # an observer's bug must not fail the refresh
+                    log.error("auth.observer_failed", upstream=session.name, error=repr(exc))
 
     def _mark_failed(self, session: UpstreamSession, exc: AuthError) -> None:
         self.healthy = False

@@ -243,6 +243,10 @@ class UpstreamSession:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(max(1, options.max_concurrency))
         self.requests_sent = 0
+        # Told of every HTTP attempt (retries and token requests too): the upstream's name and
+        # the status, None when no answer came. Set by the service (`Metrics.attach_client`).
+        self.on_response: Callable[[str, int | None], None] | None = None
+        self._observer_failed = False
 
     async def __aenter__(self) -> UpstreamSession:
         await self.open()
@@ -335,6 +339,7 @@ class UpstreamSession:
                     started = self.clock.monotonic()
                     resp = await self._send(method, url, params, data, json_body, req_headers)
             except UpstreamError as exc:
+                self._observe(exc.status)
                 wait = self.backoff(attempt)
                 retry = exc.transient and (idem or isinstance(exc, ConnectError))
                 if retry and attempt < retries and waited + wait <= self.options.max_retry_wait:
@@ -346,6 +351,7 @@ class UpstreamSession:
                 self._log_giving_up(method, url, attempt, exc)
                 raise
             duration = self.clock.monotonic() - started
+            self._observe(resp.status)
             log.debug(
                 "http.request",
                 upstream=self.name,
@@ -379,6 +385,18 @@ class UpstreamSession:
             if retryable:
                 self._log_giving_up(method, url, attempt, error)
             raise error
+
+    def _observe(self, status: int | None) -> None:
+        """Tell `on_response` about one attempt; an observer's failure never fails a request
+        (it is logged once per session: it is a bug, and would repeat on every request)."""
+        if self.on_response is None:
+            return
+        try:
+            self.on_response(self.name, status)
+        except Exception as exc:
+            if not self._observer_failed:
+                self._observer_failed = True
+                log.error("http.observer_failed", upstream=self.name, error=repr(exc))
 
     def _retry_wait(self, resp: Response, attempt: int, error: UpstreamError) -> float | None:
         """Seconds before the next try; None when the upstream asks for more than we allow."""
