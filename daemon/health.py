@@ -168,8 +168,9 @@ def job_freshness(
     succeeded on Friday is stale on Tuesday at 09:00 + grace).
 
     A job that never succeeded counts from `started_at` (the service's start, when its first
-    run is due) and is `pending` until that count makes it stale. A job that was already overdue at start (the service was down) is given its
-    catch-up run: it is not stale before `started_at` + jitter + grace.
+    run is due) and is `pending` until that count makes it stale. A job that was already
+    overdue at start (the service was down) is given its catch-up run: it is not stale before
+    `started_at` + jitter + grace.
     """
     slack = timedelta(seconds=schedule.jitter + grace)
     base = last_success if last_success is not None else started_at
