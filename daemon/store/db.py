@@ -1,11 +1,11 @@
 """Connections and the lifecycle of the store; the writer itself is in `daemon.store.writer`.
 
-`Database` owns two connections: the writer's (fed by one task, see `writer.py`) and a reader.
-Reads use the separate connection: in WAL mode it sees the last committed state and never
-blocks the writer.
+`Database` owns three connections: the writer's (fed by one task, see `writer.py`), a reader,
+and one that checkpoints the WAL beside the writer (`checkpoints.py`). Reads use the reader: in
+WAL mode it sees the last committed state and never blocks the writer.
 
 `close()` cannot be cut short: it runs to the end even when the caller is cancelled (an anyio
-cancel scope or `Task.cancel()`), commits what was queued before it, and closes both
+cancel scope or `Task.cancel()`), commits what was queued before it, and closes all
 connections in a `finally`, so aiosqlite's threads never keep the process alive. It is bounded
 by `close_timeout` (real time: it guards against a stuck SQLite call, not a schedule).
 
@@ -33,6 +33,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.errors import StoreError
+from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
 from daemon.store.files import private_file, tighten_companions
 from daemon.store.schema import SCHEMA_VERSION, migrate, user_version
 from daemon.store.util import to_db
@@ -59,6 +60,7 @@ PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA busy_timeout = 5000",
     "PRAGMA foreign_keys = ON",
+    f"PRAGMA wal_autocheckpoint = {SAFETY_PAGES}",  # checkpoints run beside it: checkpoints.py
 )
 # A read-only connection cannot switch the journal mode; the writer already did.
 READ_ONLY_PRAGMAS = ("PRAGMA busy_timeout = 5000", "PRAGMA foreign_keys = ON")
@@ -127,6 +129,7 @@ class Database(WriterLoop):
         self.synchronous: Synchronous = synchronous
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpoints: Checkpointer | None = None
         self._closed = False
         self._close_done: asyncio.Event | None = None
         self._record_tables: dict[str, bool] = {}
@@ -212,17 +215,21 @@ class Database(WriterLoop):
             self._reader = await _connect(str(self.path))
             await self._reader.execute("PRAGMA query_only = ON")
             self._reader.row_factory = sqlite3.Row
+            self._checkpoints = Checkpointer(
+                await _connect(str(self.path), synchronous=self.synchronous)
+            )
             tighten_companions(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open database: {exc}") from exc
         self._start_writer()
+        self._checkpoints.start()
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer and close both connections.
+        """Commit what is queued, stop the writer and close the connections.
 
         Runs to the end even if the caller is cancelled (the cancellation is re-raised after).
         Writes queued before `close()` are committed; if the writer is dead, or does not drain
-        within `close_timeout`, their callers get `StoreError` instead. Both connections are
+        within `close_timeout`, their callers get `StoreError` instead. The connections are
         closed whatever happened. Safe to call twice; a second call waits for the first.
         """
         if self._close_done is not None:
@@ -251,13 +258,21 @@ class Database(WriterLoop):
                     with anyio.move_on_after(CONN_CLOSE_TIMEOUT):
                         await asyncio.wait({task})
         finally:
-            for conn in (self._writer, self._reader):
+            checkpoints, self._checkpoints = self._checkpoints, None
+            if checkpoints is not None:
+                await checkpoints.stop()
+            spare = None if checkpoints is None else checkpoints.conn
+            for conn in (self._writer, self._reader, spare):
                 if conn is not None:
                     await _close_conn(conn)
             self._writer = self._reader = None
             self._ended.set()  # also when the writer never started
 
     # -- reads -------------------------------------------------------------------------------
+
+    def _committed(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
 
     def _read_conn(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -287,10 +302,14 @@ class Database(WriterLoop):
         """Fold the WAL back into the database and truncate it, so the -wal file stays small.
 
         Returns SQLite's (busy, wal pages, checkpointed pages); busy=1 means a reader held
-        the WAL and the truncation will be retried next time.
+        the WAL and the truncation will be retried next time. It runs as a writer job (writes
+        queue behind it, as behind any job) on the checkpoint connection, so it never collides
+        with a background checkpoint.
         """
 
         async def job(conn: aiosqlite.Connection) -> tuple[int, int, int]:
+            if self._checkpoints is not None:
+                return await self._checkpoints.run("TRUNCATE")
             async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
                 row = await cur.fetchone()
             assert row is not None

@@ -184,6 +184,9 @@ class WriterLoop:
         self.heartbeat = self.clock.monotonic()
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
 
+    def _committed(self) -> None:
+        """Hook: a group was committed (`Database` schedules background checkpoints)."""
+
     # -- supervision -------------------------------------------------------------------------
 
     @property
@@ -365,6 +368,7 @@ class WriterLoop:
             if any(ok for ok, _ in outcomes):
                 await shielded(conn.execute("COMMIT"))
                 self.stats.commits += 1
+                self._committed()
             else:
                 await shielded(conn.execute("ROLLBACK"))
                 self.stats.rollbacks += 1
