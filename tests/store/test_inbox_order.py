@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +178,24 @@ async def test_replay_keeps_the_plan_and_what_was_sent(store: Store, clock: Fake
     assert again is not None and again.status == "pending"
     assert await store.reset_dead() == 0
     assert await store.reset_events([]) == 0
+
+
+async def test_the_claim_walks_only_unfinished_events(
+    store: Store, clock: FakeClock, db_path: Path
+) -> None:
+    """The claim reads the partial index of unfinished events in id order (no sort, no scan of
+    the history) and checks a sender's earlier events through `events_sender`."""
+    await store.insert_events([ev("k", clock, A)])
+    seen: list[str] = []
+    assert store._writer is not None
+    await store._writer.set_trace_callback(seen.append)
+    try:
+        await store.claim_events(10, clock.now(), lease=LEASE)
+    finally:
+        await store._writer.set_trace_callback(None)
+    [claim_sql] = [s for s in seen if s.startswith("UPDATE events SET lease_until")]
+    with sqlite3.connect(db_path) as conn:
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + claim_sql)]
+    assert any("USING INDEX events_open" in p for p in plan), plan
+    assert any("events_sender" in p for p in plan), plan
+    assert not any("TEMP B-TREE" in p for p in plan), plan
