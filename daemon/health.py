@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
@@ -39,15 +39,12 @@ from aiohttp import web
 
 from daemon.clients.auth import TokenAuth
 from daemon.clock import Clock
+from daemon.config import Settings
 from daemon.errors import StoreError
 from daemon.logs import redact_text
-from daemon.metrics import metrics_route
 from daemon.rules.guard import BreakerState
 from daemon.store import SyncState
 from daemon.sync.schedule import Schedule
-
-if TYPE_CHECKING:
-    from daemon.service import Running
 
 log = structlog.get_logger(__name__)
 
@@ -57,11 +54,11 @@ __all__ = [
     "Health",
     "HealthReport",
     "JobFreshness",
+    "RunningParts",
     "StoreCounts",
     "auth_state",
     "healthz_route",
     "job_freshness",
-    "metrics_route",
 ]
 
 GRACE = 300.0  # seconds a job may be late beyond two missed ticks and its jitter
@@ -105,6 +102,52 @@ class BreakerSource(Protocol):
     """The loop guard (`daemon.rules.guard.LoopGuard`)."""
 
     async def breaker(self) -> BreakerState: ...
+
+
+class _Session(Protocol):
+    @property
+    def auth(self) -> object: ...
+
+
+class _Client(Protocol):
+    @property
+    def session(self) -> _Session: ...
+
+
+class _Pool(Protocol):
+    @property
+    def clients(self) -> Mapping[str, _Client]: ...
+
+
+class _Dispatcher(Protocol):
+    @property
+    def guard(self) -> BreakerSource: ...
+
+
+class RunningParts(Protocol):
+    """What `Health.from_running` reads of the service's `Running` (daemon.service)."""
+
+    @property
+    def store(self) -> HealthStore: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def pool(self) -> _Pool: ...
+
+    @property
+    def dispatcher(self) -> _Dispatcher: ...
+
+
+class _CurrentGuard:
+    """The dispatcher's loop guard, looked up at each check."""
+
+    def __init__(self, run: RunningParts):
+        self.run = run
+
+    async def breaker(self) -> BreakerState:
+        return await self.run.dispatcher.guard.breaker()
 
 
 def auth_state(auth: object) -> AuthState | None:
@@ -275,8 +318,8 @@ class Health:
     """Runs the checks; the service builds one after the store is open (`from_running`) and
     serves it with `healthz_route(health)`.
 
-    `upstreams`, `jobs` and `guard` are each a value or a function returning the current one,
-    read at every check, so a reload that replaces clients or jobs is seen without rebuilding.
+    `upstreams` and `jobs` are each a mapping or a function returning the current one, read at
+    every check, so a reload that replaces clients or jobs is seen without rebuilding.
     """
 
     def __init__(
@@ -286,7 +329,7 @@ class Health:
         clock: Clock,
         upstreams: Upstreams | Callable[[], Upstreams] | None = None,
         jobs: Jobs | Callable[[], Jobs] | None = None,
-        guard: BreakerSource | Callable[[], BreakerSource | None] | None = None,
+        guard: BreakerSource | None = None,
         counts: CountsCache | None = None,
         last_success: LastSuccess | None = None,
         grace: float = GRACE,
@@ -312,7 +355,7 @@ class Health:
         self._failing: list[str] = []
 
     @classmethod
-    def from_running(cls, run: Running, *, clock: Clock, **options: Any) -> Health:
+    def from_running(cls, run: RunningParts, *, clock: Clock, **options: Any) -> Health:
         """The service's Health: the store, every open client's auth, the configured jobs'
         schedules and the dispatcher's loop guard, all read from `run` at each check (so a
         reload's new clients and jobs are seen). `options` go to the constructor."""
@@ -326,10 +369,14 @@ class Health:
                 for j in run.settings.sync
             }
 
-        def guard() -> BreakerSource | None:
-            return run.dispatcher.guard
-
-        return cls(run.store, clock=clock, upstreams=upstreams, jobs=jobs, guard=guard, **options)
+        return cls(
+            run.store,
+            clock=clock,
+            upstreams=upstreams,
+            jobs=jobs,
+            guard=_CurrentGuard(run),
+            **options,
+        )
 
     # -- what is checked now -------------------------------------------------------------------
 
@@ -340,8 +387,7 @@ class Health:
         return self._jobs() if callable(self._jobs) else self._jobs
 
     def current_guard(self) -> BreakerSource | None:
-        guard = self._guard
-        return guard() if callable(guard) else guard
+        return self._guard
 
     async def last_success(self, job: str) -> datetime | None:
         """When the job's last successful run started (`sync_state.last_success_at`)."""

@@ -330,14 +330,15 @@ async def test_from_running_reads_the_current_clients_and_jobs(db_path: Path) ->
             store=store,
             settings=SimpleNamespace(sync=[job]),
             pool=SimpleNamespace(clients={"blesta": SimpleNamespace(session=static)}),
-            dispatcher=SimpleNamespace(guard=None),
+            dispatcher=SimpleNamespace(guard=LoopGuard(LoopGuardSettings(), store, clock=clock)),
         )
-        health = Health.from_running(run, clock=clock)  # type: ignore[arg-type]
+        health = Health.from_running(run, clock=clock)
         report = await health.check()
         assert set(report.checks) == {
             "database",
             "upstream:blesta",
             "job:halo-tickets",
+            "breaker",
             "dead_letters",
         }
         run.settings = SimpleNamespace(sync=[])  # a reload removed the job
