@@ -20,6 +20,8 @@ DAEMON_TABLES = frozenset(
         "subscriptions", "schema_version",
         "sync_runs_job", "sync_runs_status", "contacts_table", "events_due",
         "events_source_kind", "actions_status", "actions_event", "actions_rule_created",
+        "own_numbers", "guard_state", "events_sender", "events_open", "actions_phone_rule",
+        "actions_conversation", "actions_auto_reply", "contacts_gen",
     }
 )  # fmt: skip
 # SQL keywords that would confuse a reader (and a careless query) even when quoted.

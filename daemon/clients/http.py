@@ -243,6 +243,9 @@ class UpstreamSession:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(max(1, options.max_concurrency))
         self.requests_sent = 0
+        self.in_flight = 0  # logical requests under way (retries and waits included)
+        self._idle = asyncio.Event()
+        self._idle.set()
         # Told of every HTTP attempt (retries and token requests too): the upstream's name and
         # the status, None when no answer came. Set by the service (`Metrics.attach_client`).
         self.on_response: Callable[[str, int | None], None] | None = None
@@ -291,6 +294,11 @@ class UpstreamSession:
         ceiling = min(self.options.backoff_cap, self.options.backoff_base * (2**attempt))
         return self._rng.uniform(0, ceiling)
 
+    async def idle(self) -> None:
+        """Return once no request is under way (a reload closes a replaced client only then)."""
+        while self.in_flight:
+            await self._idle.wait()
+
     async def request(
         self,
         method: str,
@@ -305,11 +313,44 @@ class UpstreamSession:
         max_retries: int | None = None,
         raise_for_status: bool = True,
     ) -> Response:
-        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises.
+        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises
+        (the policy is `_request`'s). Counted as in flight meanwhile, retries and waits too."""
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._request(
+                method,
+                path,
+                params=params,
+                data=data,
+                json_body=json_body,
+                headers=headers,
+                use_auth=use_auth,
+                idempotent=idempotent,
+                max_retries=max_retries,
+                raise_for_status=raise_for_status,
+            )
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
-        Every wait between tries counts against `max_retry_wait`, so an upstream that answers
-        `Retry-After: 899` to every try cannot hold a job for an hour.
-        """
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        data: Any = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        use_auth: bool = True,
+        idempotent: bool | None = None,
+        max_retries: int | None = None,
+        raise_for_status: bool = True,
+    ) -> Response:
+        """Retry policy: every wait between tries counts against `max_retry_wait`, so an
+        upstream that answers `Retry-After: 899` to every try cannot hold a job for an hour."""
         if self._session is None:
             raise RuntimeError(f"session for {self.name} is not open")
         method = method.upper()

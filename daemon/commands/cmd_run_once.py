@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -22,8 +21,7 @@ from daemon.clock import SystemClock
 from daemon.logs import redact_text
 
 if TYPE_CHECKING:
-    from daemon.config import Settings, SyncJob
-    from daemon.sync.fetch import Fetcher
+    from daemon.config import Settings
     from daemon.sync.runner import RunResult
 
 log = structlog.get_logger(__name__)
@@ -130,43 +128,22 @@ async def run_once(
     cancel_scope: Any = None,
 ) -> list[RunResult]:
     """Run the named jobs (all when empty) once against `settings`; results in config order.
+    The service's own wiring in burst mode (`daemon.service.burst`)."""
+    from daemon.service import burst
 
-    Runs a crashed process left `running` are marked failed first (runs of a live service are
-    left alone); cancelling `cancel_scope` stops the jobs and still returns every result.
-    """
-    from daemon.clients.factory import open_clients
-    from daemon.store import Store
-    from daemon.sync.batch import run_jobs, select_jobs
-    from daemon.sync.runner import JobRunner
-    from daemon.sync.strategies import build_fetcher
-
-    jobs = select_jobs(settings.sync, names)
-    clock = SystemClock()
     progress = TtyProgress(sys.stderr) if tty and sys.stderr.isatty() else None
-    async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
-        stale = await store.mark_stale_runs_failed()
-        if stale:
-            log.warning("sync.stale_runs_failed", runs=stale)
-        clients = await open_clients(settings, [j.upstream for j in jobs], clock=clock, stack=stack)
-        runner = JobRunner(store, clock=clock, default_region=settings.daemon.default_region)
-
-        def make_fetcher(job: SyncJob) -> Fetcher:
-            kind = settings.upstreams[job.upstream].kind
-            return build_fetcher(job, clients[job.upstream], kind, now=clock.now())
-
-        try:
-            return await run_jobs(
-                jobs,
-                runner,
-                make_fetcher,
-                parallel_upstreams=parallel,
-                progress=progress,
-                cancel_scope=cancel_scope,
-            )
-        finally:
-            if progress is not None:
-                progress.done()
+    try:
+        return await burst(
+            settings,
+            names,
+            clock=SystemClock(),
+            parallel=parallel,
+            progress=progress,
+            cancel_scope=cancel_scope,
+        )
+    finally:
+        if progress is not None:
+            progress.done()
 
 
 def print_summary(results: list[Any], *, as_json: bool) -> None:

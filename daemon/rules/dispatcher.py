@@ -108,6 +108,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._wake = anyio.Event()
         self._slot_free = anyio.Event()
+        self._stopping = False
         self.in_flight = 0
         self.heartbeat = clock.monotonic()
         self.processed = 0
@@ -130,7 +131,7 @@ class Dispatcher:
             log.info("dispatch.leases_released", events=released)
         task_status.started()
         async with anyio.create_task_group() as tg:
-            while True:
+            while not self._stopping:
                 self.heartbeat = self.clock.monotonic()
                 # Armed before the claim: a wake-up that lands while the claim runs is kept.
                 self._wake = anyio.Event()
@@ -138,6 +139,33 @@ class Dispatcher:
                 claimed = await self._claim_into(tg)
                 if not claimed:
                     await self._idle()
+
+    async def drain(self, grace: float) -> bool:
+        """Stop claiming new events and give those in flight `grace` seconds (of the clock)
+        to finish; True if they did. Events cut short keep their lease until the next start
+        releases it."""
+        self._stopping = True
+        self._wake.set()
+        done = False
+        async with anyio.create_task_group() as tg:
+
+            async def idle() -> None:
+                nonlocal done
+                while self.in_flight:
+                    self._slot_free = anyio.Event()
+                    await self._slot_free.wait()
+                done = True
+                tg.cancel_scope.cancel()
+
+            async def deadline() -> None:
+                await self.clock.sleep(grace)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(idle)
+            tg.start_soon(deadline)
+        if not done:
+            log.warning("dispatch.drain_timeout", in_flight=self.in_flight, grace_s=grace)
+        return done
 
     async def run_until_idle(self) -> int:
         """Handle every event that is due now, then return how many were handled (tests,

@@ -1,0 +1,84 @@
+"""`daemon run`: the service — listener, scheduler, dispatcher, keeper, until SIGTERM/SIGINT.
+
+Exit codes (and what systemd does with them, see systemd/integration-daemon.service):
+0 after a clean stop; 2 for an invalid configuration, found before anything starts and before
+READY (`RestartPreventExitStatus=2`: systemd does not restart into the same mistake); 1 for a
+fault the process cannot recover from (the database unusable, the listen port taken, the
+database writer dead) — systemd restarts it.
+
+Logs go to stdout, one JSON object per line off a terminal (journald keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ORDER = 10
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the service until SIGTERM/SIGINT (SIGHUP reloads the config)",
+        description="Run the service: webhook listener, sync scheduler, event dispatcher, "
+        "subscription keeper, gap filler and upkeep, until SIGTERM or SIGINT (a second "
+        "SIGINT forces it); SIGHUP reloads the config. Exit 0 after a clean stop, 1 for an "
+        "unrecoverable fault, 2 for an invalid configuration.",
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from daemon.clock import SystemClock
+    from daemon.commands.common import register_secrets
+    from daemon.config import load_settings, resolve_config_path
+    from daemon.config.checks import database_problem
+    from daemon.errors import ConfigError, ConfigProblem
+    from daemon.logs import configure_logging
+    from daemon.service import Service
+    from daemon.supervise import Fatal
+    from daemon.systemd import Notifier
+
+    path = resolve_config_path(args.config)
+    settings = load_settings(path)
+    database = Path(settings.daemon.database)
+    problem = database_problem(database)
+    if problem is not None:
+        raise ConfigError([ConfigProblem("daemon.database", f"{str(database)!r} {problem}")])
+    register_secrets(settings)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format, stream=sys.stdout)
+    clock = SystemClock()
+    notifier = Notifier.from_env(clock=clock)
+    service = Service(settings, clock=clock, config_path=path, notifier=notifier)
+    try:
+        asyncio.run(service.serve())
+    except BaseException as exc:
+        fatal = _find(exc, Fatal)
+        if fatal is None:
+            raise
+        from daemon.logs import redact_text
+
+        print(redact_text(f"error: {fatal}"), file=sys.stderr)
+        return 1
+    finally:
+        notifier.close()
+    return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`kind` in `exc` or, for a task group's ExceptionGroup, among its leaves."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
