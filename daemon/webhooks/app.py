@@ -23,8 +23,11 @@ ones are stored, and `rejected` counts the rest. The 200 is sent only after the 
 `on_events` is then called with the ids of the *new* events (never duplicates), before the
 response, to wake the dispatcher — it must not block.
 
-Handlers reach their dependencies through `DEPS` (`web.AppKey`); the service adds its own
-routes (`/healthz`, `/metrics`) to the app `make_app` returns, then serves it with
+Handlers reach their dependencies through `LISTENER` (`web.AppKey`), a box holding the current
+`ListenerDeps`: a started aiohttp app's state cannot be reassigned, so a SIGHUP reload swaps the
+box's contents with `reload_listener(app, new_deps)` (new secrets, limits, allow_from) while
+requests in flight finish with the deps they started with. The service adds its own routes
+(`/healthz`, `/metrics`) to the app `make_app` returns, then serves it with
 `access.listener_runner`.
 """
 
@@ -50,7 +53,15 @@ from daemon.webhooks.secrets import SecretCheck, WebhookSecrets
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["DEPS", "ROUTE", "ListenerDeps", "deps_from_settings", "make_app"]
+__all__ = [
+    "LISTENER",
+    "ROUTE",
+    "ListenerBox",
+    "ListenerDeps",
+    "deps_from_settings",
+    "make_app",
+    "reload_listener",
+]
 
 ROUTE = "/webhooks/netsapiens/{model}/{secret}"
 # A full 1 MB batch of NetSapiens message objects is ~30,000 JSON values; this bounds the
@@ -88,7 +99,14 @@ class ListenerDeps:
     on_outcome: Callable[[str], None] = _ignore
 
 
-DEPS = web.AppKey("webhook_listener", ListenerDeps)
+class ListenerBox:
+    """The current ListenerDeps of one app; replaced whole, never mutated field by field."""
+
+    def __init__(self, deps: ListenerDeps):
+        self.deps = deps
+
+
+LISTENER = web.AppKey("webhook_listener", ListenerBox)
 
 
 def deps_from_settings(
@@ -219,7 +237,7 @@ def _remote(request: web.Request, deps: ListenerDeps) -> IPAddress | None:
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
-    deps = request.app[DEPS]
+    deps = request.app[LISTENER].deps  # read once: a reload mid-request does not mix deps
     started = deps.clock.monotonic()
     now = deps.clock.now()
     model_given = request.match_info["model"]
@@ -296,6 +314,12 @@ def make_app(deps: ListenerDeps) -> web.Application:
     # client_max_size bounds `request.read()`/`post()` in routes the service adds; the webhook
     # handler enforces max_body_bytes itself while streaming.
     app = web.Application(client_max_size=deps.max_body_bytes)
-    app[DEPS] = deps
+    app[LISTENER] = ListenerBox(deps)
     app.router.add_post(ROUTE, handle_webhook, name="netsapiens-webhook")
     return app
+
+
+def reload_listener(app: web.Application, deps: ListenerDeps) -> None:
+    """Serve the next requests with `deps` (a SIGHUP reload). `client_max_size`, which only
+    bounds routes the service added, keeps its value from `make_app`."""
+    app[LISTENER].deps = deps

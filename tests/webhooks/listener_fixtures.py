@@ -69,6 +69,7 @@ class Hook:
     clock: FakeClock
     inbox: RecordingInbox
     deps: ListenerDeps
+    app: web.Application
     woken: list[list[int]] = field(default_factory=list)
 
     def path(self, model: str = "message", secret: str = SECRET) -> str:
@@ -111,8 +112,9 @@ async def running_hook(
             on_events=lambda ids: woken.append(list(ids)),
         )
         deps = replace(deps, **overrides)
-        async with serve_listener(make_app(deps)) as url:
-            yield Hook(url, store, clock, recording, deps, woken)
+        app = make_app(deps)
+        async with serve_listener(app) as url:
+            yield Hook(url, store, clock, recording, deps, app, woken)
 
 
 @pytest.fixture

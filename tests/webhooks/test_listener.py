@@ -7,6 +7,7 @@ import gzip
 import hmac
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.store import InsertedEvent, NewEvent, Store
+from daemon.webhooks.app import reload_listener
 from daemon.webhooks.events import body_hash
 from daemon.webhooks.inbox import InboxWriter
 from daemon.webhooks.remote import networks
@@ -372,3 +374,16 @@ async def test_garbage_on_the_socket_leaves_the_listener_up(
         writer.close()
         await writer.wait_closed()
     assert (await post(http, hook.path(), batch(MESSAGE)))[0] == 200
+
+
+async def test_a_reload_swaps_secrets_and_limits_for_the_next_requests(
+    hook: Hook, http: aiohttp.ClientSession
+) -> None:
+    app_deps = hook.deps
+    new = "reloaded-secret-0123456789"
+    assert (await post(http, hook.path(), batch(message("r1"))))[0] == 200
+    reload_listener(hook.app, replace(app_deps, secrets=WebhookSecrets(new), max_body_bytes=64))
+    assert (await post(http, hook.path(), batch(message("r2"))))[0] == 404
+    assert (await post(http, hook.path(secret=new), batch(message("r3"))))[0] == 413
+    reload_listener(hook.app, replace(app_deps, secrets=WebhookSecrets(new)))
+    assert (await post(http, hook.path(secret=new), batch(message("r4"))))[0] == 200
