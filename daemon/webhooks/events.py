@@ -13,7 +13,8 @@ an unknown model becomes `netsapiens.<model>` rather than an error. Only a body 
 No input makes it raise anything else: raw bodies go through `body.load_json` (depth, size,
 NaN), an already-decoded element nested deeper than `MAX_ELEMENT_DEPTH` is rejected rather than
 left to blow the stack when it is hashed or stored, and lone surrogates (which `\ud800` in
-JSON produces and SQLite cannot bind) are replaced in every text the event carries.
+JSON produces and SQLite cannot bind) are replaced in every string of the element — a pass
+made only when the body holds such an escape, or was decoded elsewhere.
 """
 
 from __future__ import annotations
@@ -179,15 +180,10 @@ def _text(obj: Mapping[str, Any], *keys: str) -> str | None:
         value = obj.get(key)
         if value is None or isinstance(value, (dict, list)):
             continue
-        text = repair_surrogates(str(value)).strip()
+        text = str(value).strip()
         if text:
             return text
     return None
-
-
-def _body(value: str) -> str:
-    """Message text kept as sent (inner whitespace matters to people), lone surrogates fixed."""
-    return repair_surrogates(value)
 
 
 def _int(obj: Mapping[str, Any], *keys: str) -> int | None:
@@ -267,7 +263,7 @@ def _message(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
         _text(obj, "id"),
         from_number=_number(_text(obj, "from-number"), ctx.region),
         to_number=_number(_text(obj, "dialed", "terminating-number", "destination"), ctx.region),
-        body=_body(obj["text"]) if isinstance(obj.get("text"), str) else _text(obj, "text"),
+        body=obj["text"] if isinstance(obj.get("text"), str) else _text(obj, "text"),
         direction=direction,
         session_id=_text(obj, "messagesession-id"),
         user=_text(obj, "terminating-user-id", "user")
@@ -381,7 +377,7 @@ def _voicemail(obj: Mapping[str, Any], ctx: _Ctx) -> Event:
             _text(obj, "voicemail-from-caller-id-number", "voicemail-from-user"), ctx.region
         ),
         to_number=None,
-        body=_body(transcription) if isinstance(transcription, str) and transcription else None,
+        body=transcription if isinstance(transcription, str) and transcription else None,
         direction="inbound",
         occurred_at=_when(obj, "recorded-datetime", "created-datetime"),
         duration=_int(obj, "file-duration-seconds"),
@@ -418,10 +414,16 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 }
 
 
-def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool]:
-    """The elements of `body`, and whether their depth is already known to be bounded (raw
-    input goes through `load_json`, whose depth cap covers every element)."""
-    bounded = False
+# A lone surrogate in a decoded str can only come from a `\ud800`-style escape in the JSON text
+# (UTF-8 itself cannot carry one); a body without `\uD`/`\ud` needs no repair pass.
+_SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
+
+
+def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool, bool]:
+    """The elements of `body`; whether their depth is already known to be bounded (raw input
+    goes through `load_json`, whose depth cap covers every element); and whether their strings
+    may hold lone surrogates (decoded input always may)."""
+    bounded, clean = False, False
     if isinstance(body, (bytes, bytearray, memoryview, str)):
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
         try:
@@ -429,13 +431,26 @@ def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool
         except BodyError as exc:
             raise PayloadError(exc.reason, exc.kind) from None
         bounded = max_depth <= MAX_ELEMENT_DEPTH + 1  # the array itself is one level
+        clean = not any(escape in raw for escape in _SURROGATE_ESCAPES)
     if isinstance(body, dict):
-        return [body], bounded
+        return [body], bounded, clean
     if isinstance(body, list):
-        return body, bounded
+        return body, bounded, clean
     raise PayloadError(
         f"body is JSON {type(body).__name__}, not an object or an array", "not an array"
     )
+
+
+def _repaired(value: Any) -> Any:
+    """`value` with every lone surrogate, in keys and strings, replaced by U+FFFD (SQLite
+    cannot bind one). Depth is bounded by the caller's check."""
+    if isinstance(value, str):
+        return repair_surrogates(value)
+    if isinstance(value, dict):
+        return {repair_surrogates(str(k)): _repaired(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repaired(v) for v in value]
+    return value
 
 
 def parse_payload(
@@ -451,7 +466,7 @@ def parse_payload(
     `body` is raw bytes/text or already-decoded JSON: an array of objects or one object.
     `max_depth` and `max_elements` bound raw input (see `body.load_json`); by default a body's
     size is left to the caller, who read it."""
-    items, bounded = _load(body, max_depth, max_elements)
+    items, bounded, clean = _load(body, max_depth, max_elements)
     name = (model or "").strip().lower()
     ctx = _Ctx(name, default_region)
     parser = _PARSERS.get(name, _other)
@@ -464,6 +479,8 @@ def parse_payload(
         if not bounded and nests_deeper(item, MAX_ELEMENT_DEPTH):
             rejected.append(Rejected(index, f"element nests deeper than {MAX_ELEMENT_DEPTH}"))
             continue
+        if not clean:
+            item = _repaired(item)
         try:
             events.append(parser(item, ctx))
         except _Reject as exc:

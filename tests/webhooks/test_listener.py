@@ -387,3 +387,13 @@ async def test_a_reload_swaps_secrets_and_limits_for_the_next_requests(
     assert (await post(http, hook.path(secret=new), batch(message("r3"))))[0] == 413
     reload_listener(hook.app, replace(app_deps, secrets=WebhookSecrets(new)))
     assert (await post(http, hook.path(secret=new), batch(message("r4"))))[0] == 200
+
+
+async def test_lone_surrogates_are_stored_repaired(hook: Hook, http: aiohttp.ClientSession) -> None:
+    body = json.dumps([message("id-\ud800", text="hi \udc00", domain="\ud83d")]).encode()
+    assert b"\\ud800" in body
+    status, text = await post(http, hook.path(), body)
+    assert status == 200 and json.loads(text)["accepted"] == 1
+    (row,) = await hook.store.list_events()
+    assert row.dedupe_key == "netsapiens:message:id-\ufffd"
+    assert "\\ud800" not in row.payload and "\ufffd" in row.payload
