@@ -12,9 +12,12 @@ applied in an order that never leaves a half-new state visible to an event:
    `shutdown_timeout`) and a new scheduler starts, seeded with the last runs from `sync_runs`;
 4. the keeper and gap filler restart when the webhook settings or the NetSapiens client changed.
 
-`[daemon] database` and `[http] listen` cannot change in a running process: a change is logged
-as `service.restart_needed` and ignored until the next start. Neither can the listener's secret
-check (`[webhooks.netsapiens]`): rotate secrets with `previous_secret` and a restart.
+5. the listener: the next requests are checked against the new secrets (`previous_secret`
+   accepted for `rotation_grace` from the first load that named it), `allow_from` and proxies.
+
+`[daemon] database` and `[http] listen` (and `max_body_bytes`, fixed in the listening app)
+cannot change in a running process: a change is logged as `service.restart_needed` and ignored
+until the next start.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from daemon.config.checks import database_problem
 from daemon.errors import ConfigError, ConfigProblem
 from daemon.logs import add_basic_pair, add_secrets
 from daemon.rules.wiring import RulesHolder
+from daemon.webhooks.app import reload_listener
 
 if TYPE_CHECKING:
     from daemon.service import Running, Service
@@ -74,6 +78,9 @@ async def reload(service: Service) -> bool:
         service.swap_executors(run)
     if [j.model_dump() for j in old.sync] != [j.model_dump() for j in new.sync]:
         await _restart_scheduler(service, run)
+    if run.upkeep is not None:
+        run.upkeep.settings = new
+    _reload_listener(service, run, old)
     ns_changed = new.webhooks != old.webhooks or (
         new.webhooks.netsapiens is not None and new.webhooks.netsapiens.upstream in changed
     )
@@ -99,18 +106,20 @@ def _restart_needed(old: Settings, new: Settings) -> None:
     ):
         if before != after:
             log.warning("service.restart_needed", key=key, running=before, configured=after)
-    old_hooks, new_hooks = old.webhooks.netsapiens, new.webhooks.netsapiens
-    if (old_hooks is None) != (new_hooks is None) or (
-        old_hooks is not None
-        and new_hooks is not None
-        and (
-            old_hooks.secret != new_hooks.secret
-            or old_hooks.previous_secret != new_hooks.previous_secret
-            or old_hooks.allow_from != new_hooks.allow_from
-        )
-    ):
-        log.warning("service.restart_needed", key="webhooks.netsapiens", running="(listener)",
-                    configured="(changed)")  # fmt: skip
+    if (old.webhooks.netsapiens is None) != (new.webhooks.netsapiens is None):
+        log.warning("service.restart_needed", key="webhooks.netsapiens",
+                    running="(listener)", configured="(added or removed)")  # fmt: skip
+
+
+def _reload_listener(service: Service, run: Running, old: Settings) -> None:
+    """Swap the listener's secret check, allow list and proxies. The grace of a previous
+    secret runs from the first load that named it, so a reload does not extend it."""
+    hooks, before = run.settings.webhooks.netsapiens, old.webhooks.netsapiens
+    if hooks is None or before is None or run.app is None:
+        return
+    if hooks.previous_secret is None or hooks.previous_secret != before.previous_secret:
+        service.loaded_at = service.clock.now()
+    reload_listener(run.app, service.listener_deps(run, loaded_at=service.loaded_at))
 
 
 async def _restart_scheduler(service: Service, run: Running) -> None:

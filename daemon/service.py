@@ -122,6 +122,8 @@ class Running:
     scheduler: Scheduler | None = None
     keeper: SubscriptionKeeper | None = None
     backfiller: Backfiller | None = None
+    app: web.Application | None = None
+    upkeep: Upkeep | None = None
     address: str = ""
     scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)
 
@@ -182,7 +184,9 @@ class Service:
             run.backfiller = self._backfiller(run)
             run.keeper = self._keeper(run)
             health = Health.from_running(run, clock=clock)
-            upkeep = Upkeep(store, clock=clock, settings=s, metrics=metrics, health=health)
+            upkeep = run.upkeep = Upkeep(
+                store, clock=clock, settings=s, metrics=metrics, health=health
+            )
             site_runner = await self._listen(run, health, stack)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -196,7 +200,7 @@ class Service:
                 await self._start_scheduler(run)
                 await tg.start(self._part, "watchdog", self._watchdog)
                 if self.handle_signals:
-                    tg.start_soon(self._signals)
+                    await tg.start(self._signals)  # installed before READY: a SIGHUP is ours
                 tg.start_soon(self._reloads)
                 self.notifier.ready(self._status(run))
                 log.info(
@@ -222,17 +226,10 @@ class Service:
     async def _listen(self, run: Running, health: Health, stack: AsyncExitStack) -> web.AppRunner:
         s = run.settings
         if s.webhooks.netsapiens is not None:
-            deps = deps_from_settings(
-                s,
-                inbox=run.store,
-                clock=self.clock,
-                on_events=run.dispatcher.wake,
-                loaded_at=self.loaded_at,
-                on_outcome=run.metrics.webhook,
-            )
-            app = make_app(deps)
+            app = make_app(self.listener_deps(run, loaded_at=self.loaded_at))
         else:
             app = web.Application()
+        run.app = app
         app.add_routes([healthz_route(health), metrics_route(run.metrics)])
         site_runner = listener_runner(app, shutdown_timeout=1.0)
         await site_runner.setup()
@@ -356,8 +353,9 @@ class Service:
 
     # -- signals, reload, shutdown ------------------------------------------------------------
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            task_status.started()
             async for signum in sigs:
                 if signum == signal.SIGHUP:
                     self.request_reload()
@@ -402,6 +400,16 @@ class Service:
         return (
             f"listening on {run.address}; {len(run.settings.sync)} jobs, "
             f"{len(run.settings.rules)} rules"
+        )
+
+    def listener_deps(self, run: Running, *, loaded_at: datetime) -> Any:
+        return deps_from_settings(
+            run.settings,
+            inbox=run.store,
+            clock=self.clock,
+            on_events=run.dispatcher.wake,
+            loaded_at=loaded_at,
+            on_outcome=run.metrics.webhook,
         )
 
     def swap_executors(self, run: Running) -> None:

@@ -99,7 +99,7 @@ def test_sandbox_run_once_syncs_every_upstream_kind(tmp_path: Path) -> None:
 def sandbox(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     """A long-running `daemon sandbox` (simulators only); yields its config path."""
     proc = subprocess.Popen(
-        [*DAEMON, "sandbox", "--dir", str(tmp_path)],
+        [*DAEMON, "sandbox", "--simulators-only", "--dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -146,24 +146,28 @@ async def run_once(
             progress.done()
 
 
+def summary_rows(results: list[Any]) -> list[dict[str, Any]]:
+    """One JSON-ready dict per job result (the `--json` summary's `jobs`)."""
+    return [
+        {
+            "job": r.job,
+            "status": r.status,
+            "run_id": r.run_id,
+            **r.counters(),
+            "contacts": r.contacts,
+            "duration_s": round(r.duration, 3),
+            "error": r.error,
+            "error_type": r.error_type,
+            "incomplete": r.incomplete,
+        }
+        for r in results
+    ]
+
+
 def print_summary(results: list[Any], *, as_json: bool) -> None:
     if as_json:
-        out = [
-            {
-                "job": r.job,
-                "status": r.status,
-                "run_id": r.run_id,
-                **r.counters(),
-                "contacts": r.contacts,
-                "duration_s": round(r.duration, 3),
-                "error": r.error,
-                "error_type": r.error_type,
-                "incomplete": r.incomplete,
-            }
-            for r in results
-        ]
         ok = all(r.status == "ok" for r in results)
-        print(redact_text(json.dumps({"jobs": out, "ok": ok}, indent=2)))
+        print(redact_text(json.dumps({"jobs": summary_rows(results), "ok": ok}, indent=2)))
         return
     header = ("job", "status", "pages", "fetched", "ins", "upd", "same", "del", "secs")
     rows = [

@@ -1,10 +1,12 @@
 """`daemon sandbox [--run-once] [--port P] [--dir D] [--demo-size N]`: the embedded default.
 
 Starts simulated Blesta, Reseller, Billomat, Halo and NetSapiens servers on loopback with demo
-data, writes `D/sandbox.toml` pointing at them, and prints `config: <path>` first so other
-commands can use it while the sandbox runs. With `--run-once` it runs every sync job once
-against them, prints the summary and exits (0 when every job succeeded). Without it the
-simulators stay up until Ctrl-C / SIGTERM.
+data, writes `D/sandbox.toml` pointing at them (a free listen port, demo rules) and prints
+`config: <path>` first so other commands can use it. Without `--run-once` it then runs the
+daemon itself (`daemon run`) against them until Ctrl-C / SIGTERM, and prints how to make a test
+SMS arrive. With `--run-once` it takes the tour: syncs every job, makes scripted SMS arrive at
+the simulated PBX (which posts them to the daemon's real listener), waits for the SMS reply and
+the Halo ticket and its note, prints what happened and exits — 0 when all of it worked.
 
 `--demo-size N` gives every simulator N records (Blesta clients, each with contacts, invoices,
 services and transactions; Reseller licences; Billomat and Halo records per resource;
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +47,11 @@ def register(
     p.add_argument("--dir", type=Path, default=None, metavar="D", help="where to write files")
     p.add_argument("--json", action="store_true", help="with --run-once: summary as JSON")
     p.add_argument(
+        "--simulators-only",
+        action="store_true",
+        help="start the simulators and write the config, but do not run the daemon",
+    )
+    p.add_argument(
         "--demo-size",
         type=_demo_size,
         default=None,
@@ -68,40 +76,73 @@ def handle(args: argparse.Namespace) -> int:
     return asyncio.run(_main(directory.resolve(), args))
 
 
+def _free_listen() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 async def _main(directory: Path, args: argparse.Namespace) -> int:
-    from daemon.commands.cmd_run_once import exit_code, print_summary, run_once
     from daemon.commands.common import load_cli_settings
     from daemon.sandbox.orchestra import run_sandbox
 
     async with run_sandbox(
-        directory, port=args.port, now=SystemClock().now(), demo_size=args.demo_size
+        directory,
+        port=args.port,
+        now=SystemClock().now(),
+        demo_size=args.demo_size,
+        listen=_free_listen(),
     ) as sandbox:
         print(f"config: {sandbox.config_path}", flush=True)
         settings = load_cli_settings(str(sandbox.config_path))
         if args.run_once:
-            results = await run_once(settings, [], tty=not args.json)
-            print_summary(results, as_json=args.json)
-            if not args.json:
-                print(f"database: {settings.daemon.database}")
-            return exit_code(results)
-        _print_guide(sandbox)
-        await _until_stopped()
+            from daemon.commands.sandbox_tour import tour
+
+            return await tour(sandbox, settings, as_json=args.json)
+        if args.simulators_only:
+            _print_guide(sandbox, None)
+            await _until_stopped()
+            return 0
+        return await _serve(sandbox, settings)
+
+
+async def _serve(sandbox: Any, settings: Any) -> int:
+    """`daemon run` against the simulators until Ctrl-C / SIGTERM."""
+    import anyio
+
+    from daemon.service import Service
+
+    service = Service(settings, clock=SystemClock(), config_path=sandbox.config_path)
+    async with anyio.create_task_group() as tg:
+        address = await tg.start(service.serve)
+        _print_guide(sandbox, address)
+    print("sandbox stopped", file=sys.stderr)
     return 0
 
 
-def _print_guide(sandbox: Any) -> None:
+def _print_guide(sandbox: Any, address: str | None) -> None:
+    from daemon.sandbox.netsapiens_sim import SIM_INBOUND_PATH
+    from daemon.sandbox.orchestra import OWN_NUMBER
+
     cfg = sandbox.config_path
     for name, url in sandbox.urls.items():
         print(f"  {name:<11} {url}")
+    ns = sandbox.urls["netsapiens"]
+    running = (
+        f"The daemon is running (listener http://{address}, /healthz, /metrics)"
+        if address
+        else f"The simulators are running (start the daemon: daemon --config {cfg} run)"
+    )
     print(
-        "\nThe simulators run until Ctrl-C. In another terminal:\n"
-        f"  daemon --config {cfg} run-once\n"
+        f"\n{running} until Ctrl-C. In another terminal:\n"
         f"  daemon --config {cfg} status\n"
-        f"  daemon --config {cfg} api blesta clients getList status=active\n"
+        f"  daemon --config {cfg} events list\n"
         f"  daemon --config {cfg} api halo tickets list\n"
-        "Send a test SMS through the simulated PBX (it is kept in the simulator):\n"
-        f"  daemon --config {cfg} api netsapiens send-sms --from 15559870000 "
-        "--to 15551230000 'hello'",
+        "Make an SMS arrive at the simulated PBX (it posts it to the daemon's listener; a "
+        "known client saying hello gets a reply, anything else becomes a Halo ticket):\n"
+        f"  curl -s -X POST {ns}{SIM_INBOUND_PATH} -H 'Content-Type: application/json' \\\n"
+        f"    -d '{{\"from\": \"15550001111\", \"to\": \"{OWN_NUMBER.lstrip('+')}\", "
+        f"\"text\": \"my internet is down\"}}'",
         flush=True,
     )
 
@@ -110,9 +151,6 @@ async def _until_stopped() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
-            pass
+        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("sandbox stopped", file=sys.stderr)

@@ -111,6 +111,9 @@ async def run(
                 clock=clock,
                 public_url=str(hooks.public_url),
                 secret=secret,
+                previous_secrets=(
+                    [hooks.previous_secret.get_secret_value()] if hooks.previous_secret else []
+                ),
                 models=list(hooks.subscribe),
                 domain=hooks.domain,
                 renew_before=timedelta(seconds=hooks.renew_before),

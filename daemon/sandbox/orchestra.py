@@ -229,6 +229,26 @@ name = "halo-clients"
 upstream = "halo"
 resource = "clients"
 every = "1h"
+
+# Demo rules: a known client who says hello gets an SMS reply built from their Blesta record;
+# every other message becomes a Halo ticket, and later ones from the same number notes on it.
+[[rules]]
+name = "hello"
+on = "message.received"
+match = {{ body = '(?i)^\\s*(hi|hello|hey)\\b' }}
+when = "client is defined"
+action = "sms_reply"
+text = "Hi {{{{ client.first_name }}}}, demo desk here: your account is {{{{ client.status }}}}."
+cooldown = "1m"
+
+[[rules]]
+name = "sms-to-ticket"
+on = "message.received"
+action = "halo_ticket"
+thread = true
+ticket.summary = "SMS from {{{{ client.first_name | default(event.from) }}}}"
+ticket.details = "{{{{ event.body }}}}"
+ticket.tickettype_id = 1
 """
     path = sandbox.config_path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ class Scheduler:
         self.follow_ups: set[str] = set()  # running jobs with one more run queued
         self.ticking = True
         self._wake: dict[str, anyio.Event] = {}
+        self._requested: set[str] = set()  # request_run asked for a run: skip the wait
         self._run_ended = anyio.Event()
         self._tg: TaskGroup | None = None
 
@@ -87,12 +88,13 @@ class Scheduler:
             due = self.next_run[job.name]
             jitter = self._rng.uniform(0, job.schedule.jitter) if job.schedule.jitter else 0.0
             wait = (due - self._clock.now()).total_seconds() + jitter
-            if wait > 0:
+            if wait > 0 and job.name not in self._requested:
                 await self._wait(job.name, wait)
                 if not self.ticking:
                     return
                 if self.next_run[job.name] < due:  # woken early by request_run
                     due = self.next_run[job.name]
+            self._requested.discard(job.name)
             started = self._clock.now()
             if job.name in self.running:
                 self.skipped[job.name] += 1
@@ -133,11 +135,12 @@ class Scheduler:
         if name in self.running:
             self.follow_ups.add(name)
             return
-        now = self._clock.now()
-        if self.next_run[name] > now:
-            self.next_run[name] = now
-            if name in self._wake:
-                self._wake[name].set()
+        # "Now" means now: not after the start jitter of a job that is due anyway, and not
+        # lost when the job's loop has not reached its wait yet.
+        self.next_run[name] = min(self.next_run[name], self._clock.now())
+        self._requested.add(name)
+        if name in self._wake:
+            self._wake[name].set()
 
     def stop_ticks(self) -> None:
         """Start nothing new (no ticks, requests or follow-ups); running jobs go on to their

@@ -263,3 +263,25 @@ async def test_shutdown_gives_running_jobs_a_grace_period_then_cancels_them(
     assert outcome == [finishes_in_time]
     assert job.cancelled == ([] if finishes_in_time else ["j"])
     assert sched.running == set() and len(job.starts) == 1
+
+
+@pytest.mark.parametrize("before_loop", [True, False])
+async def test_request_run_skips_the_start_jitter(before_loop: bool) -> None:
+    """A job due at start waits out its jitter (up to 30 s); a request means now — also when it
+    arrives before the job's loop has reached its wait."""
+    clock = FakeClock(T0)
+    rec = Recorder(clock)
+    sched = Scheduler(
+        [ScheduledJob("j", Schedule(every=900, jitter=30))],
+        rec,
+        clock=clock,
+        rng=random.Random(1),
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        if not before_loop:
+            await settle()
+        sched.request_run("j")
+        await settle()
+        assert rec.starts == [("j", T0)]
+        tg.cancel_scope.cancel()

@@ -294,28 +294,38 @@ def test_next_check_delay(expiry_min: int | None, expected: float) -> None:
 async def test_subscriptions_command_core(
     ns_sim: str, ns_state: NetsapiensState, ns_clock: FakeClock, tmp_path: Any
 ) -> None:
-    """`daemon subscriptions list|sync|delete` minus config loading."""
-    from types import SimpleNamespace
-
-    from pydantic import SecretStr
+    """`daemon subscriptions list|sync|delete` minus config loading (real settings models)."""
+    from pathlib import Path
 
     from daemon.commands.cmd_subscriptions import run
+    from daemon.config import parse_settings
 
-    settings = SimpleNamespace(
-        upstreams={"pbx": ns_settings(ns_sim, name="pbx")},
-        webhooks=SimpleNamespace(
-            netsapiens=SimpleNamespace(
-                secret=SecretStr(SECRET),
-                public_url=PUBLIC,
-                subscribe=["message"],
-                domain="*",
-                renew_before=900.0,
-                backfill=True,
-                own_numbers=[],
-                upstream=None,
-            )
-        ),
-        daemon=SimpleNamespace(database=tmp_path / "state.db", default_region="US"),
+    pbx = ns_settings(ns_sim, name="pbx")
+    settings = parse_settings(
+        {
+            "daemon": {"database": str(tmp_path / "state.db")},
+            "upstreams": {
+                "pbx": {
+                    "kind": "netsapiens",
+                    "api_url": pbx.api_url,
+                    "client_id": pbx.client_id,
+                    "client_secret": pbx.client_secret.get_secret_value(),
+                    "username": pbx.username,
+                    "password": pbx.password.get_secret_value(),
+                }
+            },
+            "webhooks": {
+                "netsapiens": {
+                    "secret": SECRET,
+                    "public_url": PUBLIC,
+                    "subscribe": ["message"],
+                    "upstream": "pbx",
+                }
+            },
+        },
+        env={},
+        credentials_dir=None,
+        base_dir=Path(tmp_path),
     )
     synced = await run(settings, "sync", None, clock=ns_clock)
     assert len(synced["created"]) == 1

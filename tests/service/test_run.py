@@ -1,0 +1,243 @@
+"""`daemon run` for real: a subprocess against the simulators, with a test-owned NOTIFY_SOCKET.
+
+READY arrives only once the listener answers; WATCHDOG keeps arriving; SIGTERM brings STOPPING
+and exit 0; SIGHUP with a valid config reloads and with an invalid one is refused while the
+service keeps serving; SIGTERM with work in flight loses nothing — the next start finishes it,
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
+
+TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket the daemon writes to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.seen: list[dict[str, str]] = []
+
+    async def expect(self, key: str, value: str = "1", timeout: float = TIMEOUT) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await loop.sock_recv(self.sock, 4096)
+                fields = dict(
+                    line.split("=", 1) for line in data.decode().splitlines() if "=" in line
+                )
+                self.seen.append(fields)
+                if fields.get(key) == value:
+                    return fields
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Daemon:
+    proc: asyncio.subprocess.Process
+    notify: NotifySocket
+    url: str
+    log: list[dict[str, object]]
+
+    async def healthz(self) -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{self.url}/healthz") as resp:
+                return resp.status
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        return [e for e in self.log if e.get("event") == name]
+
+    async def wait_exit(self) -> int:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.proc.wait()
+
+
+async def _pump(stream: asyncio.StreamReader, into: list[dict[str, object]]) -> None:
+    async for line in stream:
+        try:
+            into.append(json.loads(line))
+        except ValueError:
+            into.append({"raw": line.decode(errors="replace")})
+
+
+async def start_daemon(config: Path, notify_path: Path, port: int) -> Daemon:
+    notify = NotifySocket(notify_path)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000",
+           "WATCHDOG_PID": ""}  # fmt: skip
+    env.pop("WATCHDOG_PID")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    log: list[dict[str, object]] = []
+    assert proc.stdout is not None
+    asyncio.get_running_loop().create_task(_pump(proc.stdout, log))
+    return Daemon(proc, notify, f"http://127.0.0.1:{port}", log)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, int]]:
+    port = free_port()
+    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
+        text = sb.config_path.read_text()
+        text = text.replace("[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1)
+        sb.config_path.write_text(text)
+        yield sb, port
+
+
+async def test_ready_watchdog_and_a_clean_stop(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    sb, port = sandbox
+    d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+    try:
+        ready = await d.notify.expect("READY")
+        assert "listening on" in ready.get("STATUS", "")
+        assert await d.healthz() in (200, 503)  # bound by the time READY was sent
+        for _ in range(2):
+            await d.notify.expect("WATCHDOG")
+        d.proc.send_signal(signal.SIGTERM)
+        await d.notify.expect("STOPPING")
+        assert await d.wait_exit() == 0
+    finally:
+        d.notify.close()
+        if d.proc.returncode is None:
+            d.proc.kill()
+    assert d.events("service.started") and d.events("service.stopped")
+    assert not [e for e in d.log if "Traceback" in json.dumps(e)]
+
+
+async def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    sb, port = sandbox
+    d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+    original = sb.config_path.read_text()
+    try:
+        await d.notify.expect("READY")
+        sb.config_path.write_text(original.replace('name = "halo-clients"', 'name = "halo-people"'))
+        d.proc.send_signal(signal.SIGHUP)
+        reloading = await d.notify.expect("RELOADING")
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        await d.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while not d.events("config.loaded"):
+                await asyncio.sleep(0.05)
+        sb.config_path.write_text(original.replace('every = "1h"', 'every = "soon"', 1))
+        d.proc.send_signal(signal.SIGHUP)
+        await d.notify.expect("RELOADING")
+        await d.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while not d.events("config.invalid"):
+                await asyncio.sleep(0.05)
+        assert await d.healthz() in (200, 503)  # still serving, on the old config
+        assert d.proc.returncode is None
+        d.proc.send_signal(signal.SIGTERM)
+        assert await d.wait_exit() == 0
+    finally:
+        d.notify.close()
+        if d.proc.returncode is None:
+            d.proc.kill()
+    invalid = d.events("config.invalid")[0]
+    assert any("every" in str(p) for p in invalid["problems"])  # type: ignore[union-attr]
+
+
+async def test_sigterm_with_an_action_in_flight_loses_nothing(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    """The ticket request hangs past shutdown_timeout: the event is cut, keeps its lease, and
+    the next start releases it, looks for the ticket (the attempt had started) and creates it
+    exactly once."""
+    sb, port = sandbox
+    halo, ns = sb.states["halo"], sb.states["netsapiens"]
+    d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+    try:
+        await d.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while not ns.live_subscriptions("message"):
+                await asyncio.sleep(0.05)
+        halo.faults.update({"slow_next": 1, "slow_seconds": 60.0, "path_filter": "/api/Tickets"})
+        await ns.inbound_sms("15550009999", OWN_NUMBER.lstrip("+"), "no dial tone")
+        async with asyncio.timeout(TIMEOUT):
+            while not halo.faults.slow_next == 0:
+                await asyncio.sleep(0.05)
+        d.proc.send_signal(signal.SIGTERM)
+        assert await d.wait_exit() == 0
+    finally:
+        d.notify.close()
+        if d.proc.returncode is None:
+            d.proc.kill()
+    db = sb.directory / "state.db"
+    with sqlite3.connect(db) as conn:
+        (status,) = conn.execute("SELECT status FROM events").fetchone()
+    assert status in ("pending", "failed")  # acknowledged, not finished
+    d2 = await start_daemon(sb.config_path, tmp_path / "notify2.sock", port)
+    try:
+        await d2.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                with sqlite3.connect(db) as conn:
+                    (status,) = conn.execute("SELECT status FROM events").fetchone()
+                if status == "done":
+                    break
+                await asyncio.sleep(0.05)
+        d2.proc.send_signal(signal.SIGTERM)
+        assert await d2.wait_exit() == 0
+    finally:
+        d2.notify.close()
+        if d2.proc.returncode is None:
+            d2.proc.kill()
+    tickets = [t for t in halo.table("Tickets") if str(t.get("summary", "")).startswith("SMS")]
+    assert len(tickets) == 1
+
+
+async def test_an_invalid_config_exits_2_before_ready(tmp_path: Path) -> None:
+    config = tmp_path / "daemon.toml"
+    config.write_text('[daemon]\nretention = "nope"\n')
+    config.chmod(0o600)
+    d = await start_daemon(config, tmp_path / "notify.sock", 1)
+    try:
+        assert await d.wait_exit() == 2
+        assert d.notify.seen == []
+    finally:
+        d.notify.close()
+
+
+async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path) -> None:
+    sb, port = sandbox
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+        try:
+            assert await d.wait_exit() == 1
+        finally:
+            d.notify.close()
