@@ -43,7 +43,8 @@ def to_db(when: datetime) -> str:
     """Aware datetime -> the store's fixed-width UTC text."""
     if when.tzinfo is None:
         raise StoreError("naive datetime given to the store; times must be aware UTC")
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: a third of the cost on the ingest path, and it pads the year
+    return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def from_db(text: str | None) -> datetime | None:
