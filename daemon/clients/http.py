@@ -313,119 +313,93 @@ class UpstreamSession:
         max_retries: int | None = None,
         raise_for_status: bool = True,
     ) -> Response:
-        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises
-        (the policy is `_request`'s). Counted as in flight meanwhile, retries and waits too."""
-        self.in_flight += 1
-        self._idle.clear()
+        """Send one logical request, retrying per policy; returns a 2xx `Response` or raises.
+
+        Every wait between tries counts against `max_retry_wait`, so an upstream that answers
+        `Retry-After: 899` to every try cannot hold a job for an hour."""
+        self.in_flight += 1  # retries and waits included: a reload closes a client after
+        self._idle.clear()  # its requests, and only then (`idle()`)
         try:
-            return await self._request(
-                method,
-                path,
-                params=params,
-                data=data,
-                json_body=json_body,
-                headers=headers,
-                use_auth=use_auth,
-                idempotent=idempotent,
-                max_retries=max_retries,
-                raise_for_status=raise_for_status,
-            )
+            if self._session is None:
+                raise RuntimeError(f"session for {self.name} is not open")
+            method = method.upper()
+            idem = method in IDEMPOTENT if idempotent is None else idempotent
+            priority = for_action()
+            retries = self.options.max_retries if max_retries is None else max_retries
+            if priority:
+                retries = 0  # the dispatcher owns an action's retries (daemon.clients.priority)
+            url = self.url(path)
+            auth_retried = False
+            attempt = 0
+            waited = 0.0
+            while True:
+                req_headers: dict[str, str] = dict(headers or {})
+                sent_auth: Mapping[str, str] = {}
+                if use_auth and self.auth is not None:
+                    sent_auth = await self.auth.headers(self)
+                    req_headers.update(sent_auth)
+                try:
+                    # Wait for a slot *before* aiohttp's timeout starts: its `total` also counts
+                    # time queued for a pooled connection, which failed healthy requests as timeouts
+                    # whenever more than max_concurrency were waiting. The budget is taken inside
+                    # the slot so a recorded start is (almost) the moment the request leaves.
+                    async with self._slots:
+                        if self.budget is not None:
+                            await self.budget.acquire(priority=priority)
+                        started = self.clock.monotonic()
+                        resp = await self._send(method, url, params, data, json_body, req_headers)
+                except UpstreamError as exc:
+                    self._observe(exc.status)
+                    wait = self.backoff(attempt)
+                    retry = exc.transient and (idem or isinstance(exc, ConnectError))
+                    if retry and attempt < retries and waited + wait <= self.options.max_retry_wait:
+                        self._log_retry(method, url, attempt, wait, exc)
+                        await self.clock.sleep(wait)
+                        waited += wait
+                        attempt += 1
+                        continue
+                    self._log_giving_up(method, url, attempt, exc)
+                    raise
+                duration = self.clock.monotonic() - started
+                self._observe(resp.status)
+                log.debug(
+                    "http.request",
+                    upstream=self.name,
+                    method=method,
+                    path=url.path,
+                    status=resp.status,
+                    duration_ms=round(duration * 1000, 1),
+                    attempt=attempt + 1,
+                )
+                if resp.ok or not raise_for_status:
+                    return resp
+                if resp.status == 401 and use_auth and self.auth is not None and not auth_retried:
+                    auth_retried = True
+                    if await self.auth.unauthorized(self, sent_auth):
+                        continue
+                error = map_error(resp, self.errors)
+                retryable = resp.status in (408, 429) or resp.status >= 500 or error.transient
+                safe = idem or resp.status in (429, 503)
+                if retryable and safe and attempt < retries:
+                    delay = self._retry_wait(resp, attempt, error)
+                    if delay is None or waited + delay > self.options.max_retry_wait:
+                        self._log_giving_up(method, url, attempt, error, wait_s=delay)
+                        raise error
+                    if resp.status == 429 and self.budget is not None:
+                        self.budget.penalise(delay)
+                    self._log_retry(method, url, attempt, delay, error)
+                    await self.clock.sleep(delay)
+                    waited += delay
+                    attempt += 1
+                    continue
+                if retryable:
+                    self._log_giving_up(method, url, attempt, error)
+                raise error
+
         finally:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Params | None = None,
-        data: Any = None,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        use_auth: bool = True,
-        idempotent: bool | None = None,
-        max_retries: int | None = None,
-        raise_for_status: bool = True,
-    ) -> Response:
-        """Retry policy: every wait between tries counts against `max_retry_wait`, so an
-        upstream that answers `Retry-After: 899` to every try cannot hold a job for an hour."""
-        if self._session is None:
-            raise RuntimeError(f"session for {self.name} is not open")
-        method = method.upper()
-        idem = method in IDEMPOTENT if idempotent is None else idempotent
-        priority = for_action()
-        retries = self.options.max_retries if max_retries is None else max_retries
-        if priority:
-            retries = 0  # the dispatcher owns an action's retries (daemon.clients.priority)
-        url = self.url(path)
-        auth_retried = False
-        attempt = 0
-        waited = 0.0
-        while True:
-            req_headers: dict[str, str] = dict(headers or {})
-            sent_auth: Mapping[str, str] = {}
-            if use_auth and self.auth is not None:
-                sent_auth = await self.auth.headers(self)
-                req_headers.update(sent_auth)
-            try:
-                # Wait for a slot *before* aiohttp's timeout starts: its `total` also counts
-                # time queued for a pooled connection, which failed healthy requests as timeouts
-                # whenever more than max_concurrency were waiting. The budget is taken inside
-                # the slot so a recorded start is (almost) the moment the request leaves.
-                async with self._slots:
-                    if self.budget is not None:
-                        await self.budget.acquire(priority=priority)
-                    started = self.clock.monotonic()
-                    resp = await self._send(method, url, params, data, json_body, req_headers)
-            except UpstreamError as exc:
-                self._observe(exc.status)
-                wait = self.backoff(attempt)
-                retry = exc.transient and (idem or isinstance(exc, ConnectError))
-                if retry and attempt < retries and waited + wait <= self.options.max_retry_wait:
-                    self._log_retry(method, url, attempt, wait, exc)
-                    await self.clock.sleep(wait)
-                    waited += wait
-                    attempt += 1
-                    continue
-                self._log_giving_up(method, url, attempt, exc)
-                raise
-            duration = self.clock.monotonic() - started
-            self._observe(resp.status)
-            log.debug(
-                "http.request",
-                upstream=self.name,
-                method=method,
-                path=url.path,
-                status=resp.status,
-                duration_ms=round(duration * 1000, 1),
-                attempt=attempt + 1,
-            )
-            if resp.ok or not raise_for_status:
-                return resp
-            if resp.status == 401 and use_auth and self.auth is not None and not auth_retried:
-                auth_retried = True
-                if await self.auth.unauthorized(self, sent_auth):
-                    continue
-            error = map_error(resp, self.errors)
-            retryable = resp.status in (408, 429) or resp.status >= 500 or error.transient
-            safe = idem or resp.status in (429, 503)
-            if retryable and safe and attempt < retries:
-                delay = self._retry_wait(resp, attempt, error)
-                if delay is None or waited + delay > self.options.max_retry_wait:
-                    self._log_giving_up(method, url, attempt, error, wait_s=delay)
-                    raise error
-                if resp.status == 429 and self.budget is not None:
-                    self.budget.penalise(delay)
-                self._log_retry(method, url, attempt, delay, error)
-                await self.clock.sleep(delay)
-                waited += delay
-                attempt += 1
-                continue
-            if retryable:
-                self._log_giving_up(method, url, attempt, error)
-            raise error
 
     def _observe(self, status: int | None) -> None:
         """Tell `on_response` about one attempt; an observer's failure never fails a request
