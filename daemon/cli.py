@@ -2,7 +2,9 @@
 
 Exit codes (DESIGN §2): 0 success, 1 the work failed, 2 bad usage or invalid configuration.
 Each subcommand lives in `daemon/commands/<name>.py` and registers its own parser, so this
-module stays a thin dispatcher and only it turns exceptions into exit codes.
+module stays a thin dispatcher and only it turns exceptions into exit codes. Only the module of
+the command being run is imported (`daemon --help` imports none, and no aiohttp): the others are
+listed from `daemon.commands.COMMANDS`.
 
 Everything a command writes to stdout or stderr passes the log redactor (`redacted_stdio`), so
 no output path can carry a secret the config resolved or a token issued since, in any spelling.
@@ -11,16 +13,12 @@ no output path can carry a secret the config resolved or a token issued since, i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 
 from daemon import __version__
-from daemon.commands import API_MODULES, COMMAND_MODULES
-from daemon.errors import ConfigError, DaemonError, UpstreamError
-from daemon.logs import configure_logging, redact_strings, redact_text, redacted_stdio
+from daemon.commands import API_COMMANDS, COMMANDS, Command, chosen
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -40,7 +38,27 @@ def _config_option() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    commands: Sequence[Command],
+    wanted: str | None,
+    load_all: bool,
+) -> None:
+    """Register `commands` in order: the wanted one (or all, for `load_all`) by its own module,
+    the others as a name and a help line, which is all `--help` shows of them."""
+    for command in commands:
+        if load_all or command.name == wanted:
+            command.load().register(sub, common)
+        else:
+            sub.add_parser(command.name, parents=[common], help=command.help)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given `argv`, one that imports only the command `argv` names (what
+    `main` uses: parsing `argv` with either gives the same result)."""
+    command, upstream = chosen(argv) if argv is not None else (None, None)
+    load_all = argv is None
     common = _config_option()
     parser = argparse.ArgumentParser(
         prog="daemon",
@@ -51,8 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMAND_MODULES:
-        module.register(sub, common)
+    _add(sub, common, COMMANDS, command, load_all)
     api = sub.add_parser(
         "api",
         parents=[common],
@@ -61,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api_sub = api.add_subparsers(dest="upstream", metavar="UPSTREAM")
     api_sub.required = True
-    for module in API_MODULES:
-        module.register(api_sub, common)
+    _add(api_sub, common, API_COMMANDS, upstream, load_all)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
@@ -75,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:  # pragma: no cover - argparse enforces a subcommand
         parser.print_help()
         return EXIT_USAGE
+    from daemon.logs import configure_logging, redacted_stdio
+
     with redacted_stdio():
         # Until a command loads its config, log warnings and worse to stderr: stdout is the
         # answer.
@@ -83,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    import json
+    import traceback
+
+    from daemon.errors import ConfigError, DaemonError, UpstreamError
+    from daemon.logs import redact_strings
+
     try:
         return int(handler(args))
     except BrokenPipeError:
@@ -113,4 +138,6 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 
 def _error(text: str) -> None:
+    from daemon.logs import redact_text
+
     print(redact_text(text), file=sys.stderr)
