@@ -33,6 +33,7 @@ from anyio.abc import TaskStatus
 from daemon.clients.priority import action_requests
 from daemon.clock import Clock
 from daemon.config.dispatch import DispatchSettings
+from daemon.crashpoints import crashpoint
 from daemon.errors import (
     AuthError,
     ConnectError,
@@ -278,6 +279,7 @@ class Dispatcher:
             log.info("rule.matched", event_id=row.id, rule=action.rule, action=action.kind)
         plan = replace(plan, actions=kept, skipped=skipped)
         rows = await self.store.record_plan(row.id, plan.to_json(), [_new(a) for a in kept])
+        crashpoint("after_plan")
         if any(a.auto_reply for a in kept):
             await self.guard.after_reply()
         return rows
@@ -325,7 +327,9 @@ class Dispatcher:
                     await self._sent(row, action, request, found)
                     return
                 await self.store.start_attempt(action.id)
+                crashpoint("before_call")
                 outcome = await self._run(action, request)
+                crashpoint("after_call")
         except DaemonError as exc:
             await self._failed(row, action, exc)
             return

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 
+from daemon.crashpoints import crashpoint
 from daemon.errors import StoreError
 from daemon.store.db import Database, execute, query
 from daemon.store.util import from_db, from_db_req, to_db
@@ -216,6 +217,7 @@ class ActionsRepo(Database):
             if changed == 0:
                 raise StoreError(f"no action with id {action_id}")
 
+        crashpoint("before_outcome")
         await self.write(fn)
 
     async def actions_for_event(self, event_id: int) -> list[ActionRow]:

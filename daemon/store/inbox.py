@@ -29,6 +29,7 @@ from typing import Any
 
 import aiosqlite
 
+from daemon.crashpoints import crashpoint
 from daemon.errors import StoreError
 from daemon.store.actions import ACTION_COLUMNS, ActionRow, NewAction, action_row
 from daemon.store.db import Database, execute, query
@@ -185,6 +186,7 @@ async def _insert_batch(
             else:
                 results.append(InsertedEvent(created.get(key) or stored[key], key, True))
         out.append(results)
+    crashpoint("before_commit")
     return out
 
 

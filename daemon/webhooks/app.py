@@ -44,6 +44,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.clock import Clock
 from daemon.config import NETSAPIENS_MODELS, Settings
+from daemon.crashpoints import crashpoint
 from daemon.errors import ConfigError, StoreError
 from daemon.webhooks.body import DEFAULT_MAX_DEPTH
 from daemon.webhooks.events import PayloadError, parse_payload
@@ -270,6 +271,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
                 "no element of the body is a usable event",
                 note=parsed.rejected[0].reason,  # may quote the PBX's text: logged, not answered
             )
+        crashpoint("after_parse")
         rows = [new_event(e, via="webhook", received_at=now) for e in parsed.events]
         try:
             results = await deps.inbox.insert_events(rows) if rows else []
@@ -280,6 +282,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         if addr is None:
             addr = _remote(request, deps)
         return _refusal(deps, refused, model, str(addr) if addr is not None else None)
+    crashpoint("after_commit_before_2xx")
     new_ids = [r.id for r in results if not r.duplicate]
     if new_ids:
         _wake(deps, new_ids)
