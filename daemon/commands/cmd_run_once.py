@@ -128,8 +128,8 @@ async def run_once(
     cancel_scope: Any = None,
 ) -> list[RunResult]:
     """Run the named jobs (all when empty) once against `settings`; results in config order.
-    The service's own wiring in burst mode (`daemon.service.burst`)."""
-    from daemon.service import burst
+    The service's own wiring in burst mode (`daemon.sync.batch.burst`)."""
+    from daemon.sync.batch import burst
 
     progress = TtyProgress(sys.stderr) if tty and sys.stderr.isatty() else None
     try:

@@ -20,22 +20,24 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.canonical import canonical_json, sha256_hex
-from daemon.clients.billomat import BillomatClient, BillomatResource
-from daemon.clients.blesta import BlestaClient
-from daemon.clients.blesta_reseller import ResellerClient
-from daemon.clients.halo import HaloClient
-from daemon.clients.halo_resources import HaloResource
-from daemon.clients.netsapiens import NetsapiensClient
 from daemon.clients.paging import WalkReport
 from daemon.config.models import RESELLER_ALIASES, RESELLER_RESOURCES, SyncJob
 from daemon.config.values import parse_months
 from daemon.errors import ConfigError, MalformedResponse
 from daemon.sync.fetch import Completeness, Fetcher, Page
 
-SyncClient = BlestaClient | ResellerClient | BillomatClient | HaloClient
+if TYPE_CHECKING:  # each client is imported when a job needs it (`build_fetcher`)
+    from daemon.clients.billomat import BillomatClient, BillomatResource
+    from daemon.clients.blesta import BlestaClient
+    from daemon.clients.blesta_reseller import ResellerClient
+    from daemon.clients.halo import HaloClient
+    from daemon.clients.halo_resources import HaloResource
+    from daemon.clients.netsapiens import NetsapiensClient
+
+    SyncClient = BlestaClient | ResellerClient | BillomatClient | HaloClient
 
 
 def record_id(record: Any, *keys: str) -> str:
@@ -251,13 +253,26 @@ class HaloFetcher(ResourceFetcher):
 def build_fetcher(
     job: SyncJob, client: SyncClient | NetsapiensClient, kind: str, *, now: datetime
 ) -> Fetcher:
-    """The fetcher for `job` on an upstream of `kind`; `now` dates report series."""
-    if kind == "blesta" and isinstance(client, BlestaClient):
-        return BlestaFetcher(job, client, current_month=f"{now:%Y-%m}")
-    if kind == "blesta_reseller" and isinstance(client, ResellerClient):
-        return ResellerFetcher(job, client)
-    if kind == "billomat" and isinstance(client, BillomatClient):
-        return BillomatFetcher(job, client)
-    if kind == "halo" and isinstance(client, HaloClient):
-        return HaloFetcher(job, client)
+    """The fetcher for `job` on an upstream of `kind`; `now` dates report series. Only that
+    kind's client module is imported (`run-once` of one job loads one client)."""
+    if kind == "blesta":
+        from daemon.clients.blesta import BlestaClient
+
+        if isinstance(client, BlestaClient):
+            return BlestaFetcher(job, client, current_month=f"{now:%Y-%m}")
+    elif kind == "blesta_reseller":
+        from daemon.clients.blesta_reseller import ResellerClient
+
+        if isinstance(client, ResellerClient):
+            return ResellerFetcher(job, client)
+    elif kind == "billomat":
+        from daemon.clients.billomat import BillomatClient
+
+        if isinstance(client, BillomatClient):
+            return BillomatFetcher(job, client)
+    elif kind == "halo":
+        from daemon.clients.halo import HaloClient
+
+        if isinstance(client, HaloClient):
+            return HaloFetcher(job, client)
     raise ConfigError(f"sync job {job.name!r}: upstream kind {kind!r} has no sync")
