@@ -14,13 +14,14 @@ then stop the parts. The listener is closed *last*: while the rest drains it kee
 deliveries into the inbox, because the PBX's redelivery schedule is unknown and a 503 could lose
 an event. A second SIGINT forces an immediate stop. SIGHUP reloads (`daemon.reload`).
 
-`run-once` is the same wiring in burst mode (`burst`): store and clients, jobs only, then exit.
+`run-once` is the same wiring in burst mode (`daemon.sync.batch.burst`): the
+store and the jobs' clients, jobs only, then exit — kept in the sync package so that `run-once`
+does not import the listener, the rules and the rest of the service.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,9 +44,7 @@ from daemon.rules.dispatcher import Dispatcher
 from daemon.rules.wiring import RulesHolder, build_dispatcher, executors
 from daemon.store import Store
 from daemon.supervise import Fatal, supervise
-from daemon.sync.batch import run_jobs, select_jobs
-from daemon.sync.fetch import Fetcher
-from daemon.sync.runner import JobRunner, Progress, RunResult
+from daemon.sync.runner import JobRunner, RunResult
 from daemon.sync.schedule import Schedule
 from daemon.sync.scheduler import ScheduledJob, Scheduler
 from daemon.sync.strategies import build_fetcher
@@ -69,43 +68,6 @@ def scheduled_jobs(settings: Settings) -> list[ScheduledJob]:
         ScheduledJob(j.name, Schedule(every=j.every, cron=j.cron, jitter=j.jitter))
         for j in settings.sync
     ]
-
-
-async def burst(
-    settings: Settings,
-    names: Sequence[str],
-    *,
-    clock: Clock,
-    parallel: int = 4,
-    progress: Progress | None = None,
-    cancel_scope: anyio.CancelScope | None = None,
-) -> list[RunResult]:
-    """`run-once`: the service's wiring with jobs only — run the named jobs (all when empty)
-    once and return their results in config order. Runs a crashed process left `running` are
-    marked failed first (a live service's are left alone)."""
-    jobs = select_jobs(settings.sync, list(names))
-    async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
-        stale = await store.mark_stale_runs_failed()
-        if stale:
-            log.warning("sync.stale_runs_failed", runs=stale)
-        pool = ClientPool(clock=clock)
-        stack.push_async_callback(pool.aclose)
-        await pool.open(settings, [j.upstream for j in jobs])
-        runner = JobRunner(store, clock=clock, default_region=settings.daemon.default_region)
-
-        def make_fetcher(job: Any) -> Fetcher:
-            kind = settings.upstreams[job.upstream].kind
-            return build_fetcher(job, pool.get(job.upstream), kind, now=clock.now())
-
-        return await run_jobs(
-            jobs,
-            runner,
-            make_fetcher,
-            parallel_upstreams=parallel,
-            progress=progress,
-            cancel_scope=cancel_scope,
-        )
 
 
 @dataclass

@@ -23,7 +23,8 @@ from daemon.commands.cmd_run_once import exit_code, print_summary, summary_rows
 from daemon.config import Settings
 from daemon.logs import redact_text
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
-from daemon.service import Service, burst
+from daemon.service import Service
+from daemon.sync.batch import burst
 
 WAIT = 30.0  # seconds for each step to show up
 SCRIPT = ("hello", "My internet has been down since this morning", "Still down, please call me")
