@@ -204,9 +204,11 @@ def print_comparison(c: Comparison) -> None:
     print(f"  {'ours (daemon run-once)':22}{d['ours_s']:>9.2f}{d['ours_cpu_s']:>8.2f}")
     print(f"  {'peer (' + name + ')':22}{d['peer_s']:>9.2f}{d['peer_cpu_s']:>8.2f}")
     print(f"  {'ideal bound':22}{d['ideal_s']:>9.2f}")
-    print(f"  speed-up {d['speedup']:.2f}x (target >= {d['target']:g}x); ours / ideal "
-          f"{d['ours_vs_ideal']:.2f}x (target <= 1.2x); the sync itself {d['ours_sync_s']:.2f} s; "
-          f"unchanged re-sync rewrote {d['resync_rewritten']} rows")
+    print(
+        f"  speed-up {d['speedup']:.2f}x (target >= {d['target']:g}x); ours / ideal "
+        f"{d['ours_vs_ideal']:.2f}x (target <= 1.2x); the sync itself {d['ours_sync_s']:.2f} s; "
+        f"unchanged re-sync rewrote {d['resync_rewritten']} rows"
+    )
 
 
 def main() -> None:

@@ -310,6 +310,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object: the figures only")
     a = p.parse_args()
     if a.quick:
         a.duration, a.rounds, a.warmup = 3.0, 1, 0.5
@@ -342,7 +343,33 @@ def main() -> None:
                     SERVER_CPU,
                 )
             )
-    report(a, results)
+    if a.json:
+        print(json.dumps(summary(results)))
+    else:
+        report(a, results)
+
+
+def summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The figures `python -m bench` tabulates (medians over rounds)."""
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    def cost(kind: str) -> float:
+        return statistics.median(
+            1e6 * r["server_cpu_s"] / max(1, r["ok_total"]) for r in results[kind]
+        )
+
+    return {
+        "noop_rps": med("noop", "rps"),
+        "listener_rps": med("listener", "rps"),
+        "ratio": med("listener", "rps") / med("noop", "rps"),
+        "cpu_ratio": cost("noop") / cost("listener"),
+        "listener_p50_ms": med("listener", "p50_ms"),
+        "listener_p99_ms": med("listener", "p99_ms"),
+        "noop_p99_ms": med("noop", "p99_ms"),
+        "rounds": len(results["listener"]),
+    }
 
 
 def report(a: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
