@@ -17,9 +17,11 @@ The rules:
 - Without a total, pages are read one at a time until an empty or short page.
 - A page identical to any earlier one raises `MalformedResponse`: the server is ignoring `page`
   and following it would loop forever. A failed page raises. Past `max_pages`, `LimitExceeded`.
-- At the end the total is read again. The walk is complete only when every planned page came
-  back full (the last one as the total predicts) and the total did not move; the runner then also
-  checks the distinct ids it stored against that total.
+- At the end the total is read again: once every page has arrived (while the consumer may still
+  be writing the last ones, so that round trip overlaps with the writes), never before. The walk
+  is complete only when every planned page came back full (the last one as the total predicts)
+  and the total did not move; the runner then also checks the distinct ids it stored against
+  that total.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -56,20 +59,31 @@ class OrderedPages(Generic[T]):
         *,
         window: int,
         buffer: int | None = None,
+        on_drained: Callable[[dict[int, asyncio.Future[T]]], None] | None = None,
     ):
         self._fetch = fetch
         self._window = max(1, window)
         self._ahead = self._window if buffer is None else max(0, buffer)
         self._it = iter(pages)
         self._exhausted = False
+        self._closing = False
         self._tasks: dict[int, asyncio.Future[T]] = {}
         self._order: deque[int] = deque()
         self._running = 0
+        self._on_drained = on_drained
         self._top_up()
 
     def _finished(self, _: asyncio.Future[T]) -> None:
         self._running -= 1
         self._top_up()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._exhausted and not self._running and not self._closing and self._on_drained:
+            # Every page has been fetched (the consumer may still be busy with earlier ones):
+            # tell the caller, with the pages not consumed yet (all done).
+            drained, self._on_drained = self._on_drained, None
+            drained(dict(self._tasks))
 
     def _top_up(self) -> None:
         while (
@@ -104,10 +118,12 @@ class OrderedPages(Generic[T]):
         finally:
             self._tasks.pop(page, None)
         self._top_up()
+        self._check_drained()
         return page, result
 
     async def aclose(self) -> None:
         self._exhausted = True  # no new fetches from callbacks once we are closing
+        self._closing = True
         self._order.clear()
         pending = list(self._tasks.values())
         self._tasks.clear()
@@ -259,6 +275,26 @@ async def walk_pages(
     """Yield each page that has records, in order (see the module docstring for the rules)."""
     report = report if report is not None else WalkReport()
     report.label = source.label
+    early: list[asyncio.Future[int | None]] = []  # the end's total, read once every page is in
+    walk = _walk(source, window=window, max_pages=max_pages, report=report, early=early)
+    try:
+        async with aclosing(walk) as pages:
+            async for page in pages:
+                yield page
+    finally:
+        for task in early:
+            task.cancel()  # no-op once done
+        await asyncio.gather(*early, return_exceptions=True)
+
+
+async def _walk(
+    source: PagedList[P],
+    *,
+    window: int,
+    max_pages: int,
+    report: WalkReport,
+    early: list[asyncio.Future[int | None]],
+) -> AsyncGenerator[P, None]:
     guard = _RepeatGuard(source.label, source.upstream)
     first, counted = await _first_and_count(source)
     total = source.announced_total(first)
@@ -269,7 +305,7 @@ async def walk_pages(
     if n1 == 0:
         if total:
             report.mark_incomplete(f"page 1 is empty but the total says {total}")
-        await _finish(source, report)
+        await _finish(source, report, early)
         return
     guard.check(1, rows)
     asked = source.announced_size(first) or source.first_page_size
@@ -292,8 +328,22 @@ async def walk_pages(
         async def fetch(n: int) -> P:
             return await source.fetch(n, size)
 
+        def drained(unconsumed: dict[int, asyncio.Future[P]]) -> None:
+            # Every page has arrived while the consumer is still writing earlier ones: when the
+            # extra page is empty (the walk ends here), read the total again now rather than
+            # after the last write. It is still read after every page was.
+            extra = unconsumed.get(planned + 1)
+            if extra is None or any(t.cancelled() or t.exception() for t in unconsumed.values()):
+                return
+            try:
+                grew = bool(source.records(extra.result()))
+            except Exception:  # the walk itself will meet this page and say what is wrong
+                return
+            if not grew:
+                early.append(asyncio.ensure_future(_recount(source)))
+
         # One page past the prediction tells us whether the list grew while we walked.
-        prefetch = OrderedPages(fetch, range(2, planned + 2), window=window)
+        prefetch = OrderedPages(fetch, range(2, planned + 2), window=window, on_drained=drained)
         try:
             yield first
             async for n, page in prefetch:
@@ -341,12 +391,15 @@ async def walk_pages(
         report.records += len(rows)
         last_page, last_len = n, len(rows)
         yield page
-    await _finish(source, report)
+    await _finish(source, report, early)
 
 
-async def _finish(source: PagedList[P], report: WalkReport) -> None:
+async def _finish(
+    source: PagedList[P], report: WalkReport, early: list[asyncio.Future[int | None]]
+) -> None:
     if report.total_start is not None:
-        report.total_end = await _recount(source)
+        # `early`: read once every page had arrived, while the last ones were being written
+        report.total_end = await (early[0] if early else _recount(source))
         if report.total_end != report.total_start:
             report.mark_incomplete(
                 f"the total moved from {report.total_start} to {report.total_end} during the walk"
