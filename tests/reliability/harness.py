@@ -248,15 +248,7 @@ class World:
         return [t for t in self.halo.table("Tickets") if number in str(t.get("summary", ""))]
 
     def refs(self) -> Counter[str]:
-        """How many tickets and notes carry each action's `[ref: key]` line."""
-        seen: Counter[str] = Counter()
-        texts = [str(t.get("details", "")) for t in self.halo.table("Tickets")]
-        texts += [str(a.get("note", "")) for a in self.halo.table("Actions")]
-        for text in texts:
-            start = text.find(REF_PREFIX)
-            if start >= 0:
-                seen[text[start + len(REF_PREFIX) : text.index("]", start)]] += 1
-        return seen
+        return refs(self.halo)
 
     def assert_invariants(self, acked: Iterable[str]) -> None:
         """Every acknowledged message is in the inbox and final, so is every other event and
@@ -282,7 +274,19 @@ class World:
         assert texted == sent_sms, f"SMS sent {dict(texted)} vs actions sent {dict(sent_sms)}"
 
 
-def _strip_syncs(text: str) -> str:
+def refs(halo: HaloState) -> Counter[str]:
+    """How many tickets and notes carry each action's `[ref: key]` line."""
+    seen: Counter[str] = Counter()
+    texts = [str(t.get("details", "")) for t in halo.table("Tickets")]
+    texts += [str(a.get("note", "")) for a in halo.table("Actions")]
+    for text in texts:
+        start = text.find(REF_PREFIX)
+        if start >= 0:
+            seen[text[start + len(REF_PREFIX) : text.index("]", start)]] += 1
+    return seen
+
+
+def strip_syncs(text: str) -> str:
     """The config without its `[[sync]]` jobs: the contacts are synced once beforehand, and a
     crash case should not race nine sync jobs."""
     start, end = text.index("\n[[sync]]"), text.index("\n# Demo rules")
@@ -313,7 +317,7 @@ async def world(
         if syncs:  # every job starts at once (and is killed mid-page in the first rounds)
             sb.config_path.write_text(text.replace('\nevery = "', '\njitter = 0\nevery = "'))
         else:
-            sb.config_path.write_text(_strip_syncs(text))
+            sb.config_path.write_text(strip_syncs(text))
         conn = sqlite3.connect(sb.directory / "state.db")
         try:
             phone, name = conn.execute(
