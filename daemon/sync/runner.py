@@ -18,6 +18,7 @@ Why this shape (DESIGN §5 Sync):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,9 +31,9 @@ from daemon.clock import Clock
 from daemon.config.models import SyncJob
 from daemon.errors import LimitExceeded, UpstreamError
 from daemon.logs import redact_text
-from daemon.store import ContactEntry, Store
+from daemon.store import ContactEntry, Store, UpsertResult
 from daemon.sync.contacts import display_name, record_phones
-from daemon.sync.fetch import Fetcher, max_cursor
+from daemon.sync.fetch import Fetcher, Page, max_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -131,37 +132,80 @@ class JobRunner:
         started_mono: float,
         progress: Progress | None,
     ) -> None:
+        """Write the pages as they come, one transaction each, in order. A page's write is
+        submitted before the previous page's has been confirmed, so this task encodes and
+        hashes page k while the writer commits page k-1 (the writer runs jobs in order, each in
+        its own transaction); at most one page is ever waiting for its commit. Counters, the
+        cursor and progress follow the confirmed writes, in page order."""
         store = self._store
         state = await store.get_sync_state(job.name)
         cursor = state.cursor if (state is not None and job.mode == "incremental") else None
-        async for page in fetcher.pages(cursor):
-            if result.pages >= job.max_pages:
-                raise LimitExceeded(f"more than max_pages ({job.max_pages}) pages; stopped")
-            elapsed = self._clock.monotonic() - started_mono
-            if elapsed > job.max_duration:
-                raise LimitExceeded(
-                    f"still running after {elapsed:.0f}s, past max_duration "
-                    f"({job.max_duration:g}s); stopped"
+        submitted = 0
+        pending: tuple[asyncio.Future[UpsertResult], Page] | None = None
+        try:
+            async for page in fetcher.pages(cursor):
+                if submitted >= job.max_pages:
+                    raise LimitExceeded(f"more than max_pages ({job.max_pages}) pages; stopped")
+                elapsed = self._clock.monotonic() - started_mono
+                if elapsed > job.max_duration:
+                    raise LimitExceeded(
+                        f"still running after {elapsed:.0f}s, past max_duration "
+                        f"({job.max_duration:g}s); stopped"
+                    )
+                write = asyncio.ensure_future(
+                    store.upsert_page(
+                        job.table,
+                        page.records,
+                        run_started_at=run_started_at,
+                        period=page.period,
+                        insert_only=job.mode == "append",
+                    )
                 )
-            written = await store.upsert_page(
-                job.table,
-                page.records,
-                run_started_at=run_started_at,
-                period=page.period,
-                insert_only=job.mode == "append",
-            )
-            result.pages += 1
-            result.fetched += len(page.records)
-            result.inserted += written.inserted
-            result.updated += written.updated
-            result.unchanged += written.unchanged
-            if job.mode == "incremental" and job.cursor_field:
-                new_cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field)
-                if new_cursor is not None and new_cursor != cursor:
-                    cursor = new_cursor
-                    await store.set_sync_state(job.name, cursor=cursor)
-            if progress is not None:
-                progress(result)
+                submitted += 1
+                previous, pending = pending, (write, page)
+                if previous is not None:
+                    cursor = await self._confirmed(job, result, previous, cursor, progress)
+            if pending is not None:
+                last, pending = pending, None
+                cursor = await self._confirmed(job, result, last, cursor, progress)
+        finally:
+            if pending is not None:  # failed or cancelled with a write queued: it still happens,
+                with anyio.CancelScope(shield=True):  # and once committed it counts as ever
+                    await asyncio.gather(pending[0], return_exceptions=True)
+                    if not pending[0].cancelled() and pending[0].exception() is None:
+                        try:
+                            await self._confirmed(job, result, pending, cursor, None)
+                        except Exception as exc:  # the error under way is the one to raise
+                            log.error("sync.record_failed", job=job.name,
+                                      run_id=result.run_id, error=repr(exc))  # fmt: skip
+
+    @staticmethod
+    def _count(result: RunResult, page: Page, written: UpsertResult) -> None:
+        result.pages += 1
+        result.fetched += len(page.records)
+        result.inserted += written.inserted
+        result.updated += written.updated
+        result.unchanged += written.unchanged
+
+    async def _confirmed(
+        self,
+        job: SyncJob,
+        result: RunResult,
+        pending: tuple[asyncio.Future[UpsertResult], Page],
+        cursor: str | None,
+        progress: Progress | None,
+    ) -> str | None:
+        """Wait for one page's commit, then count it and store the cursor after it."""
+        write, page = pending
+        self._count(result, page, await write)
+        if job.mode == "incremental" and job.cursor_field:
+            new_cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field)
+            if new_cursor is not None and new_cursor != cursor:
+                cursor = new_cursor
+                await self._store.set_sync_state(job.name, cursor=cursor)
+        if progress is not None:
+            progress(result)
+        return cursor
 
     async def _tombstones(
         self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
