@@ -28,7 +28,7 @@ import structlog
 
 from daemon.clients.halo import HaloClient
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
-from daemon.errors import NotFoundError, RuleError, UpstreamError, ValidationError
+from daemon.errors import NotFoundError, RuleError, ValidationError
 from daemon.rules.plan import SmsRequest, TicketRequest
 
 log = structlog.get_logger(__name__)
@@ -93,14 +93,18 @@ class SmsActions:
         return Outcome(str(ref or sid or "") or None, {"session_id": sid, "answer": answer})
 
     async def find_done(self, req: SmsRequest, since: datetime) -> Outcome | None:
-        """Our text, sent into the session after `since`: the earlier attempt did happen."""
+        """Our text, sent into the session after `since`: the earlier attempt did happen.
+
+        A read that fails raises (the dispatcher retries the look-up, never the send)."""
         if not req.session_id:
             return None  # a new session's id was never learned: nothing to look in
         try:
             messages = await self.client.get_messages(
                 req.domain or "~", req.user or "~", req.session_id, limit=100, max_pages=20
             )
-        except (UpstreamError, ValueError):
+        except (NotFoundError, ValueError):
+            # The PBX does not know the session, so the earlier attempt started a new one,
+            # whose id it never told us: nothing to look in (README, "Guarantees").
             return None
         for msg in reversed(messages):
             when = parse_ns_datetime(msg.get("timestamp"))
@@ -211,20 +215,23 @@ class HaloActions:
     async def find_done(
         self, req: TicketRequest, key: str, *, phone: str | None, rule: str
     ) -> Outcome | None:
-        """A ticket (or a note on the thread's ticket) carrying this action's reference."""
+        """A ticket (or a note on the thread's ticket) carrying this action's reference.
+
+        A look-up that fails raises: the dispatcher must not take "could not look" for "not
+        there" and create the ticket twice."""
         marker = ref_line(key)
-        try:
-            page = await self.client.tickets.list(page_size=5, search=marker)
-            for ticket in page.records:
-                if marker in str(ticket.get("details", "")):
-                    return Outcome(str(ticket["id"]), {"ticket_id": ticket["id"], "found": True})
-            thread = await self.threads.get_halo_thread(phone, rule) if phone else None
-            if thread is not None:
+        page = await self.client.tickets.list(page_size=5, search=marker)
+        for ticket in page.records:
+            if marker in str(ticket.get("details", "")):
+                return Outcome(str(ticket["id"]), {"ticket_id": ticket["id"], "found": True})
+        thread = await self.threads.get_halo_thread(phone, rule) if phone else None
+        if thread is not None:
+            try:
                 notes = await self.client.actions.list(page_size=50, ticket_id=thread.ticket_id)
-                for action in notes.records:
-                    if marker in str(action.get("note", "")):
-                        ref = f"{thread.ticket_id}/action/{action.get('id', '')}"
-                        return Outcome(ref, {"ticket_id": thread.ticket_id, "found": True})
-        except UpstreamError:
-            return None
+            except NotFoundError:
+                return None  # the thread's ticket is gone: no note can be on it
+            for action in notes.records:
+                if marker in str(action.get("note", "")):
+                    ref = f"{thread.ticket_id}/action/{action.get('id', '')}"
+                    return Outcome(ref, {"ticket_id": thread.ticket_id, "found": True})
         return None

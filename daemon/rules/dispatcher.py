@@ -252,9 +252,7 @@ class Dispatcher:
     async def _plan(self, row: EventRow, event: Event) -> list[ActionRow]:
         now = self.clock.now()
         ruleset = self._rules()
-        contact = (
-            await self.store.lookup_contact(event.from_number) if event.from_number else None
-        )
+        contact = await self.store.lookup_contact(event.from_number) if event.from_number else None
         plan = self._routed(ruleset.evaluate(event, contact=contact, now=now))
         facts = EventFacts(
             event_id=row.id,
@@ -318,14 +316,21 @@ class Dispatcher:
             return
         previous = json.loads(action.response or "{}") if action.response else {}
         uncertain = action.attempt_started_at is not None or bool(previous.get("uncertain"))
-        since = (action.attempt_started_at or action.created_at) - _LOOK_BACK
+        if uncertain:
+            try:
+                with action_requests():
+                    found = await self._find_done(action, request, await self._since(action))
+            except DaemonError as exc:
+                # Not knowing is not "not sent": resending could double the ticket or SMS.
+                # The attempt fails, stays uncertain, and the next one looks again.
+                await self._failed(row, action, exc, uncertain=True, stage="look-up")
+                return
+            if found is not None:
+                log.info("action.found", event_id=row.id, rule=action.rule)
+                await self._sent(row, action, request, found)
+                return
         try:
             with action_requests():
-                found = await self._find_done(action, request, since) if uncertain else None
-                if found is not None:
-                    log.info("action.found", event_id=row.id, rule=action.rule)
-                    await self._sent(row, action, request, found)
-                    return
                 await self.store.start_attempt(action.id)
                 crashpoint("before_call")
                 outcome = await self._run(action, request)
@@ -345,6 +350,21 @@ class Dispatcher:
                 ticket, action.idempotency_key, phone=action.phone, rule=action.rule
             )
         raise DaemonError(f"unknown action kind {action.kind!r}")
+
+    async def _since(self, action: ActionRow) -> datetime:
+        """How far back an uncertain action's look-up reaches: the earliest this attempt can have
+        acted, less a clock-skew allowance — but, for an SMS reply, never so far back that it
+        reaches an earlier identical reply to the same phone (it would be taken for this one
+        and this reply never delivered): the look-up then starts halfway between the two."""
+        start = action.attempt_started_at or action.created_at
+        since = start - _LOOK_BACK
+        if action.kind == "sms_reply" and action.phone:
+            before = await self.store.last_reply_sent(
+                action.phone, action.body_hash, other_than=action.id
+            )
+            if before is not None and since <= before < start:
+                since = before + (start - before) / 2
+        return since
 
     async def _find_done(
         self, action: ActionRow, request: dict[str, Any], since: datetime
@@ -380,11 +400,19 @@ class Dispatcher:
             upstream_ref=outcome.upstream_ref,
         )
 
-    async def _failed(self, row: EventRow, action: ActionRow, exc: Exception) -> None:
+    async def _failed(
+        self,
+        row: EventRow,
+        action: ActionRow,
+        exc: Exception,
+        *,
+        uncertain: bool = False,
+        stage: str | None = None,
+    ) -> None:
         attempts = action.attempts + 1
         final = _is_final(exc)
         dead = final or attempts >= self.settings.max_attempts
-        error = redact_text(f"{type(exc).__name__}: {exc}")
+        error = redact_text(f"{stage + ': ' if stage else ''}{type(exc).__name__}: {exc}")
         status = "dead" if dead else "failed"
         next_at = None if dead else self._next_at(attempts)
         await self.store.finish_action(
@@ -392,7 +420,7 @@ class Dispatcher:
             status,
             error=error,
             next_attempt_at=next_at,
-            response=json.dumps({"uncertain": _is_uncertain(action, exc)}),
+            response=json.dumps({"uncertain": uncertain or _is_uncertain(action, exc)}),
         )
         fields: dict[str, Any] = {
             "event_id": row.id,

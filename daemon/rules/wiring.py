@@ -55,9 +55,7 @@ class RulesHolder:
         self.ruleset, self.routes = ruleset, routes
 
 
-def executors(
-    settings: Settings, clients: Mapping[str, object], store: Store
-) -> Executors:
+def executors(settings: Settings, clients: Mapping[str, object], store: Store) -> Executors:
     """An executor per NetSapiens and Halo upstream among `clients`; the defaults are the first
     of each kind in the config, as `sms_upstream`/`halo_upstream` promise."""
     sms = {n: SmsActions(c) for n, c in clients.items() if isinstance(c, NetsapiensClient)}

@@ -262,6 +262,19 @@ class ActionsRepo(Database):
         )
         return [action_row(r) for r in rows]
 
+    async def last_reply_sent(
+        self, phone: str, body_hash: str | None, *, other_than: int
+    ) -> datetime | None:
+        """When the latest other SMS reply with this text to this phone was recorded sent: the
+        floor below which an uncertain reply's look-up must not look, or it would take that
+        earlier, identical reply for this one."""
+        row = await self.fetchone(
+            "SELECT MAX(done_at) FROM actions WHERE phone = ? AND kind = 'sms_reply' "
+            "AND status = 'sent' AND body_hash IS ? AND id != ?",
+            (phone, body_hash, other_than),
+        )
+        return None if row is None or row[0] is None else from_db(row[0])
+
     async def count_actions_by_status(self) -> dict[str, int]:
         rows = await self.fetchall("SELECT status, COUNT(*) AS n FROM actions GROUP BY status")
         counts = dict.fromkeys(ACTION_STATUSES, 0)

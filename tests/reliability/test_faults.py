@@ -168,12 +168,6 @@ async def _assert_actions_whole(p: Path_) -> None:
             assert texted[(a.phone.lstrip("+"), json.loads(a.request)["sms"]["text"])] == 1, a  # type: ignore[arg-type, union-attr]
 
 
-@pytest.mark.xfail(
-    raises=DuplicateSideEffect,
-    strict=True,
-    reason="a look-up that fails is taken for 'not sent', so an uncertain send is repeated "
-    "(test_a_failed_lookup_*); every other invariant here is checked for real",
-)
 async def test_actions_under_faults_are_final_and_never_doubled(tmp_path: Path) -> None:
     async with event_path(
         tmp_path, concurrency=1, upstreams={"timeout": "0.3s", "max_retries": 2}
@@ -192,7 +186,6 @@ async def test_actions_under_faults_are_final_and_never_doubled(tmp_path: Path) 
 # -- the smallest cases -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a failed look-up is taken for 'not sent'")
 async def test_a_failed_lookup_does_not_create_a_second_ticket(tmp_path: Path) -> None:
     """The ticket is created but its answer lost (502); on the retry the look-up for its
     `[ref: key]` fails once (503) — and the daemon creates the ticket again."""
@@ -206,7 +199,6 @@ async def test_a_failed_lookup_does_not_create_a_second_ticket(tmp_path: Path) -
         assert sum(p.refs().values()) == 1, p.refs()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a failed look-up is taken for 'not sent'")
 async def test_a_failed_lookup_does_not_send_an_sms_twice(tmp_path: Path) -> None:
     """The reply is sent into the session but its answer lost; on the retry reading the
     session's messages fails once — and the daemon sends the reply again."""
@@ -221,7 +213,6 @@ async def test_a_failed_lookup_does_not_send_an_sms_twice(tmp_path: Path) -> Non
         assert len([m for m in p.ns.sent if m["destination"] == phone]) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an identical earlier reply is taken for this one")
 async def test_an_uncertain_reply_is_not_mistaken_for_the_previous_one(tmp_path: Path) -> None:
     """Two hellos 70 s apart (past the demo rule's 1-minute cooldown) get the same templated
     reply. The second send ends uncertain (500), and its look-up, which reaches 2 minutes
