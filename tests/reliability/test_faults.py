@@ -9,8 +9,10 @@ stored row is whole (its `hash` is its `data`'s) and equal to the upstream's rec
 run with the faults off completes and leaves every table equal to the truth (a run without
 faults into a fresh file).
 
-Actions: every event ends final, no attempt is left open, and no SMS or ticket is made twice —
-which does not hold today; see `test_a_failed_lookup_*` below for the smallest cases.
+Actions: every event ends final, no attempt is left open, no SMS or ticket is made twice, and
+an action recorded `sent` was carried out exactly once. The smallest cases below each doubled a
+send or lost a reply before the dispatcher learnt (d5e01f9) that a look-up which fails is not
+"not sent", and that an SMS look-up must not reach back to an earlier identical reply.
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ async def test_actions_under_faults_are_final_and_never_doubled(tmp_path: Path) 
 
 async def test_a_failed_lookup_does_not_create_a_second_ticket(tmp_path: Path) -> None:
     """The ticket is created but its answer lost (502); on the retry the look-up for its
-    `[ref: key]` fails once (503) — and the daemon creates the ticket again."""
+    `[ref: key]` fails once (503). Not knowing is not "not created": the attempt fails, the
+    next one looks again, finds the ticket, and none is created twice."""
     async with event_path(tmp_path) as p:
         p.halo.faults.update({"lose_answer_next": 1, "path_filter": "/api/Tickets"})
         await p.ns.inbound_sms(STRANGERS[0], OURS, "no dial tone")
@@ -197,11 +200,15 @@ async def test_a_failed_lookup_does_not_create_a_second_ticket(tmp_path: Path) -
         p.halo.faults.update({"fail_next": 1, "fail_status": 503})  # the look-up's GET
         await p.settle()
         assert sum(p.refs().values()) == 1, p.refs()
+        (action,) = await p.store.list_actions()
+        assert action.status == "sent" and json.loads(action.response or "{}").get("found")
+        assert (action.last_error or "").startswith("look-up") or action.attempts == 3
 
 
 async def test_a_failed_lookup_does_not_send_an_sms_twice(tmp_path: Path) -> None:
     """The reply is sent into the session but its answer lost; on the retry reading the
-    session's messages fails once — and the daemon sends the reply again."""
+    session's messages fails once. The next attempt reads them, finds the reply, and does not
+    send it again."""
     async with event_path(tmp_path) as p:
         phone = p.client_phones()[0]
         p.ns.faults.update({"lose_answer_next": 1, "path_filter": "/messages"})
@@ -215,9 +222,9 @@ async def test_a_failed_lookup_does_not_send_an_sms_twice(tmp_path: Path) -> Non
 
 async def test_an_uncertain_reply_is_not_mistaken_for_the_previous_one(tmp_path: Path) -> None:
     """Two hellos 70 s apart (past the demo rule's 1-minute cooldown) get the same templated
-    reply. The second send ends uncertain (500), and its look-up, which reaches 2 minutes
-    before the attempt, finds the *first* reply's text and records the second as sent: the
-    client never gets it."""
+    reply. The second send ends uncertain (500, nothing sent); its look-up, reaching back
+    2 minutes less clock skew, must not take the *first* reply's text for this one — or the
+    client would never get the second."""
     async with event_path(tmp_path) as p:
         phone = p.client_phones()[0]
         await p.ns.inbound_sms(phone, OURS, "hello")
