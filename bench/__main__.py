@@ -75,8 +75,12 @@ def sync_rows(quick: bool) -> list[Row]:
     for upstream in ("blesta", "halo", "billomat"):
         args = ["--only", upstream] + (["--quick"] if quick else [])
         d = _module("sync_peers", *args)[0]
-        label = f"{upstream.capitalize()} {d['records'] // 1000}k"
         peer = PEERS[upstream][0]
+        if "skipped" in d:
+            rows.append(Row(f"{upstream.capitalize()} sync vs {peer}: skipped ({d['skipped']})",
+                            "", "", "", "", None))  # fmt: skip
+            continue
+        label = f"{upstream.capitalize()} {d['records'] // 1000}k"
         rows.append(
             Row(
                 f"{label} sync, whole process: ours vs {peer}",
@@ -110,6 +114,8 @@ def sync_rows(quick: bool) -> list[Row]:
             )
         )
         rewrites.append(f"{upstream} {d['resync_rewritten']}")
+    if not rewrites:
+        return rows
     total = sum(int(r.split()[1]) for r in rewrites)
     rows.append(
         Row(
