@@ -127,15 +127,23 @@ async def test_a_crash_after_a_note_is_found_on_the_thread(tmp_path: Path) -> No
         assert len(w.tickets_from(STRANGER)) == 1
 
 
-async def test_the_documented_window_a_reply_that_opened_a_new_session(tmp_path: Path) -> None:
-    """The one duplicate the design admits: a message posted without a session id is answered
-    in a *new* session, whose id only the lost answer carried. After a crash between that send
-    and its record there is nowhere to look, so the restart sends the reply again — twice in
-    all. (A reply into the message's own session is looked up and never doubled: above.)"""
+@pytest.mark.parametrize("how", ["no session id", "session refused"])
+async def test_the_documented_window_a_reply_that_opened_a_new_session(
+    tmp_path: Path, how: str
+) -> None:
+    """The one duplicate the design admits (README, "Guarantees"): a reply that had to start a
+    *new* session — the message came without a session id, or the PBX refused its session —
+    is known by an id only the lost answer carried. After a crash between that send and its
+    record there is nowhere to look, so the restart sends the reply again: twice in all. (A
+    reply into the message's own session is looked up and never doubled: above.)"""
     async with world(tmp_path) as w:
         d = await w.start(crash_at="after_call")
         message = w.ns.record_inbound_sms(w.client_phone, OURS, "hello")
-        message.pop("messagesession-id")  # as a PBX posting without the session would
+        if how == "no session id":
+            message.pop("messagesession-id")  # as a PBX posting without the session would
+        else:
+            w.ns.reject_unknown_sessions = True
+            message["messagesession-id"] = "0" * 32  # a session the PBX does not know
         assert await post(w.webhook_url, [message]) == 200
         assert await d.wait_exit() == -signal.SIGKILL
         assert len(w.sms_to(w.client_phone)) == 1
