@@ -35,6 +35,7 @@ def pytest_runtest_makereport(
     if report.when != "teardown":
         return
     found = leaks.scan_test(item.nodeid, report.sections)
+    leaks.STATS.leaks += len(found.items)
     if found.items and report.outcome == "passed":
         report.outcome = "failed"
         report.longrepr = "a test secret leaked:\n" + found.report()
@@ -47,6 +48,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     basetemp = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     for path in leaks.database_files(Path(basetemp)):
         found.items += leaks.scan_database(path).items
+    leaks.STATS.leaks += len(found.items)
     if found.items:
         _DATABASE_FINDINGS.append(found.report())
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -30,6 +30,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +48,13 @@ class Findings:
     items: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def add(self, where: str, text: str, table: dict[str, str]) -> None:
+        started = time.perf_counter()
         STATS.texts += 1
         STATS.chars += len(text)
         for secret, spelling, at in secrets.find(text, table):
             context = text[max(0, at - 60) : at + len(spelling) + 60].replace("\n", "\\n")
             self.items.append((where, secret, spelling, context))
+        STATS.seconds += time.perf_counter() - started
 
     def report(self) -> str:
         return "\n".join(
@@ -75,12 +78,15 @@ class Stats:
     subprocess_streams: int = 0
     databases: int = 0
     database_bytes: int = 0
+    seconds: float = 0.0
+    leaks: int = 0  # counted where they are reported (tests/conftest.py)
 
     def line(self) -> str:
         return (
             f"leak scan: {self.texts} outputs ({self.chars / 1e6:.1f} M characters, "
             f"{self.subprocess_streams} from subprocesses), {self.databases} database files "
-            f"({self.database_bytes / 1e6:.1f} MB)"
+            f"({self.database_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s: "
+            + ("no secret found" if not self.leaks else f"{self.leaks} leaks")
         )
 
 
