@@ -70,6 +70,13 @@ class TtyProgress:
 
 def handle(args: argparse.Namespace) -> int:
     settings = _start(args.config, args.jobs)
+    try:
+        return _handle(args, settings)
+    finally:
+        gc.unfreeze()  # ordinary objects again (matters only to a caller in the same process)
+
+
+def _handle(args: argparse.Namespace, settings: Settings) -> int:
     from daemon.config.checks import database_problem
     from daemon.errors import ConfigError, ConfigProblem, DaemonError
 
@@ -129,10 +136,10 @@ def _start(config: str | None, names: list[str]) -> Settings:
         jobs = select_jobs(settings.sync, names)  # an unknown job name is exit 2, before work
         for kind in sorted({settings.upstreams[j.upstream].kind for j in jobs}):
             client_class(kind)  # the job's client module, and aiohttp with it
-        return settings
     finally:
-        gc.freeze()
         gc.enable()
+    gc.freeze()  # `handle` unfreezes when the run is over
+    return settings
 
 
 def exit_code(results: list[Any]) -> int:
