@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.reliability.harness import FINAL_EVENTS, OURS, TIMEOUT, World, world
 
@@ -80,6 +81,7 @@ async def _post_until_dead(w: World, load: Load) -> None:
         await asyncio.gather(*(worker() for _ in range(WORKERS)))
 
 
+@pytest.mark.slow  # CI runs it (plain `pytest -q`); `-m 'not slow'` skips it locally
 async def test_random_sigkills_under_webhook_load(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     print(f"seed {SEED}")

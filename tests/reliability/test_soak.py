@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import pytest
 
 from daemon.clock import FakeClock
 from daemon.config import load_settings
@@ -81,6 +82,7 @@ async def _count(run: Running, table: str) -> int:
     return int(row["n"])
 
 
+@pytest.mark.slow  # CI runs it (plain `pytest -q`); `-m 'not slow'` skips it locally
 async def test_three_clock_hours_of_traffic_stay_flat(tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     port = free_port()
