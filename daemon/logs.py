@@ -416,6 +416,9 @@ def configure_logging(
     root.setLevel(numeric)
     # aiohttp.access is INFO per request: route it, keep it at the configured level.
     logging.getLogger("aiohttp.access").setLevel(numeric)
+    # aiosqlite logs every statement with its parameters at DEBUG: event payloads (phone
+    # numbers, message text) and subscription URLs. Never wanted, even at debug.
+    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
 
     structlog.configure(
         processors=[

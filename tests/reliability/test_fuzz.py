@@ -295,7 +295,6 @@ def test_the_services_app_survives_any_method_path_header_and_body(tmp_path: Pat
     assert {200, 404} <= set(seen) and len(set(seen)) >= 4, sorted(set(seen))
 
 
-@pytest.mark.xfail(strict=True, reason="aiosqlite logs SQL parameters at DEBUG (issue 18)")
 async def test_debug_logging_holds_no_sql_parameters(tmp_path: Path) -> None:
     """At `log_level = "debug"` the daemon's handler takes every logger's DEBUG records, and
     aiosqlite logs each statement with its parameters: a subscription's post URL (its webhook
