@@ -275,6 +275,7 @@ class Service:
             default_region=run.settings.daemon.default_region,
             domain=hooks.domain,
             include_cdrs="cdr" in hooks.subscribe,
+            on_events=run.dispatcher.wake,
         )
 
     def _keeper(self, run: Running) -> SubscriptionKeeper | None:

@@ -29,6 +29,7 @@ missing, and one model's deliveries can go on while another's subscription is fa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -141,8 +142,12 @@ class Backfiller:
         include_cdrs: bool = True,
         page_size: int = 500,
         max_pages: int = DEFAULT_MAX_PAGES,
+        on_events: Callable[[Sequence[int]], None] | None = None,
     ):
         self.client = client
+        # Told the ids of the events a backfill inserted, as the listener tells the dispatcher,
+        # so a recovered message is handled now rather than at the dispatcher's next poll.
+        self.on_events = on_events
         self.store = store
         self.clock = clock
         self.default_region = default_region
@@ -274,6 +279,8 @@ class Backfiller:
         results = await self.store.insert_events(
             [new_event(e, via="backfill", received_at=received_at) for e in events]
         )
-        dup = sum(1 for r in results if r.duplicate)
-        report.duplicates += dup
-        report.inserted += len(results) - dup
+        new_ids = [r.id for r in results if not r.duplicate]
+        report.duplicates += len(results) - len(new_ids)
+        report.inserted += len(new_ids)
+        if new_ids and self.on_events is not None:
+            self.on_events(new_ids)

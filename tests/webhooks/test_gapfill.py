@@ -54,11 +54,17 @@ async def test_events_missed_while_listener_down_are_backfilled_once(
     assert ns_state.live_subscriptions("message")[0]["error-count"] == 2
 
     ns_clock.advance(60)
-    backfiller = Backfiller(ns_client, ns_store, clock=ns_clock, default_region="US")
+    woken: list[int] = []
+    backfiller = Backfiller(
+        ns_client, ns_store, clock=ns_clock, default_region="US", on_events=woken.extend
+    )
     since = await backfiller.default_since()
     assert since == T0 - timedelta(minutes=10)  # last arrival minus the overlap margin
     report = await backfiller.backfill()
     assert (report.fetched, report.inserted, report.duplicates) == (4, 3, 1)
+    # the dispatcher is told the recovered events' ids, as the listener tells it of its own
+    live_id = (await ns_store.list_events(limit=10))[-1].id
+    assert sorted(woken) == sorted(r.id for r in await ns_store.list_events() if r.id != live_id)
     keys = {r.dedupe_key for r in await ns_store.list_events()}
     assert keys == {f"netsapiens:message:{m['id']}" for m in [live, *missed]} | {
         "netsapiens:cdr:{call-orig-call-id}+{call-term-call-id}".format_map(ns_state.cdrs[0])
@@ -68,6 +74,7 @@ async def test_events_missed_while_listener_down_are_backfilled_once(
 
     again = await backfiller.backfill(since=T0 - timedelta(hours=1))
     assert (again.inserted, again.duplicates) == (0, 4)
+    assert len(woken) == 3  # duplicates wake nobody
     assert len(await ns_store.list_events()) == 4
     state = await ns_store.get_sync_state(JOB)
     assert state is not None and state.last_success_at == ns_clock.now()
