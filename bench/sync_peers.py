@@ -47,6 +47,8 @@ PAGE_SIZE = {"blesta": 20, "halo": 50, "billomat": 1000}
 FULL_SIZE = {"blesta": 20_000, "halo": 20_000, "billomat": 10_000}
 QUICK_SIZE = {"blesta": 2_000, "halo": 2_000, "billomat": 2_000}
 TARGET = {"blesta": 8.0, "halo": 5.0, "billomat": 1.3}
+# A Billomat run takes half a second, so a noisy moment moves one run by a third: more of them.
+MIN_RUNS = {"billomat": 9}
 CONCURRENCY = 8
 JOB = {"blesta": "blesta-clients", "halo": "halo-tickets", "billomat": "billomat-clients"}
 DRIVERS = Path(__file__).resolve().parent / "peers"
@@ -226,7 +228,7 @@ def main() -> None:
     for upstream in a.only.split(","):
         n = a.records or (QUICK_SIZE if a.quick else FULL_SIZE)[upstream]
         try:
-            c = compare(upstream, n, 1 if a.quick else a.runs)
+            c = compare(upstream, n, 1 if a.quick else max(a.runs, MIN_RUNS.get(upstream, 1)))
         except PeerInstallError as exc:  # no network here: say so, as the peer tests skip
             last = (exc.output.strip().splitlines() or ["?"])[-1][:160]
             reason = f"pip cannot install {PEERS[upstream][0]}: {last}"
