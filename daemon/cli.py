@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from daemon import __version__
 from daemon.commands import API_COMMANDS, COMMANDS, Command, chosen
@@ -83,6 +84,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command `argv` names (default: this process's arguments) and return its exit
+    code. Called without `argv` — as the `daemon` command itself — a command that asks for it
+    (`set_defaults(exit_now=True)`: short-lived ones such as run-once) ends the process here."""
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -98,7 +103,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Until a command loads its config, log warnings and worse to stderr: stdout is the
         # answer.
         configure_logging("warning", "auto", stream=sys.stderr)
-        return _run(handler, args)
+        code = _run(handler, args)
+    if own_process and getattr(args, "exit_now", False):
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, which for a short command is a
+    real share of its time (about 75 ms after a 10k-record run-once: a last collection over
+    everything still alive, then every module torn down). Only once the command has finished:
+    its store and sessions are closed, so all that is left to do is flush what was printed
+    and logged."""
+    import logging
+
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the reader went away: what was printed is lost
+        code = code or EXIT_FAILED
+    os._exit(code)
 
 
 def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -46,7 +46,8 @@ def register(
     p.add_argument(
         "--parallel", type=int, default=4, metavar="N", help="upstreams synced at once (default 4)"
     )
-    p.set_defaults(handler=handle)
+    # A batch that has closed everything when it returns: skip the interpreter's teardown.
+    p.set_defaults(handler=handle, exit_now=True)
 
 
 class TtyProgress:
