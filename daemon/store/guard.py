@@ -33,9 +33,7 @@ class GuardRepo(Database):
         )
         return None if row is None else from_db(row["created_at"])
 
-    async def count_auto_replies(
-        self, *, since: datetime, conversation: str | None = None
-    ) -> int:
+    async def count_auto_replies(self, *, since: datetime, conversation: str | None = None) -> int:
         """Auto-replies not dead created since `since`: in one conversation (its hourly cap) or,
         without one, all of them (the breaker's rate)."""
         if conversation is not None:

@@ -21,7 +21,9 @@ actions that did not go out, so a replay carries out what was decided, never mor
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -120,18 +122,21 @@ def _check_status(status: str) -> None:
 _Row = tuple[str, str, str, str, str, str | None, str, str | None, str | None]
 _FIELDS = ("source", "kind", "dedupe_key", "received_at", "payload", "sender", "via",
            "occurred_at", "body_hash")  # fmt: skip
-# One statement for any number of rows (no host-parameter limit): the rows travel as one JSON
-# array, inserted in array order so ids follow the queue. `WHERE true` keeps SQLite's parser
-# from reading ON CONFLICT as a join constraint.
-_INSERT = (
-    f"INSERT INTO events ({', '.join(_FIELDS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_FIELDS)))
-    + " FROM json_each(?) WHERE true ORDER BY key "
-    "ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
-)
-_EXISTING = (
-    "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
-)
+# Rows go in as bound parameters, a multi-row VALUES of up to ROWS_PER_STATEMENT rows (well
+# under SQLite's host-parameter limit, 999 in old builds): no JSON to encode on our side or to
+# take apart with json_extract on SQLite's. Ids follow the order of the rows, hence the queue.
+ROWS_PER_STATEMENT = 100
+_INSERT_HEAD = f"INSERT INTO events ({', '.join(_FIELDS)}) VALUES "
+_INSERT_TAIL = " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
+_ONE_ROW = f"({placeholders(len(_FIELDS))})"
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return _INSERT_HEAD + ",".join([_ONE_ROW] * rows) + _INSERT_TAIL
+
+
+_EXISTING = "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
 
 
 def _row(e: NewEvent) -> _Row:
@@ -145,21 +150,22 @@ def _row(e: NewEvent) -> _Row:
 
 
 def _parts(rows: Sequence[_Row]) -> Iterator[Sequence[_Row]]:
-    """Usually one part; a burst of large payloads is split so that no statement carries more
-    than STATEMENT_BYTES of them (the JSON text is a second copy in memory)."""
+    """Usually one part; more than ROWS_PER_STATEMENT rows, or a burst of large payloads, is
+    split so that no statement carries more than STATEMENT_BYTES of payload."""
     start, size = 0, 0
     for i, row in enumerate(rows):
         size += len(row[4])
-        if size > STATEMENT_BYTES and i > start:
+        if i > start and (size > STATEMENT_BYTES or i - start >= ROWS_PER_STATEMENT):
             yield rows[start:i]
             start, size = i, len(row[4])
     yield rows[start:]
 
 
-async def _insert_batch(
-    conn: aiosqlite.Connection, requests: Sequence[Sequence[_Row]]
+def _insert_batch(
+    conn: sqlite3.Connection, requests: Sequence[Sequence[_Row]]
 ) -> list[list[InsertedEvent]]:
-    """The writer's batch function: every queued request's events in one INSERT.
+    """The writer's batch function: every queued request's events in one INSERT (run on the
+    writer thread, inside the group's transaction).
 
     A key seen twice (in one request or across requests of the batch) is new the first time and
     a duplicate after; a key already stored is a duplicate everywhere.
@@ -167,12 +173,13 @@ async def _insert_batch(
     rows = [row for request in requests for row in request]
     created: dict[str, int] = {}
     for part in _parts(rows):
-        found = await conn.execute_fetchall(_INSERT, (json.dumps(part, ensure_ascii=False),))
+        values = [value for row in part for value in row]
+        found = conn.execute(_insert_sql(len(part)), values).fetchall()
         created.update((str(key), int(new_id)) for new_id, key in found)
     missing = sorted({row[2] for row in rows} - created.keys())
     stored: dict[str, int] = {}
     if missing:
-        found = await conn.execute_fetchall(_EXISTING, (json.dumps(missing, ensure_ascii=False),))
+        found = conn.execute(_EXISTING, (json.dumps(missing, ensure_ascii=False),)).fetchall()
         stored = {str(key): int(old_id) for old_id, key in found}
     claimed: set[str] = set()
     out: list[list[InsertedEvent]] = []

@@ -50,9 +50,10 @@ T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
 WriteFn = Callable[[aiosqlite.Connection], Awaitable[T]]
-# Called with the items of every caller merged into one segment, in queue order; returns one
-# result per item, in the same order.
-BatchFn = Callable[[aiosqlite.Connection, Sequence[P]], Awaitable[Sequence[R]]]
+# Called on the writer connection's own thread with the raw sqlite3 connection and the items of
+# every caller merged into one segment, in queue order; returns one result per item, in order.
+# Synchronous on purpose: see `_run_batch`.
+BatchFn = Callable[[sqlite3.Connection, Sequence[P]], Sequence[R]]
 
 QUEUE_SIZE = 1000
 MAX_GROUP = 256
@@ -125,6 +126,56 @@ async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
             task.result()  # retrieved, so asyncio does not report it as lost
         raise asyncio.CancelledError
     return task.result()
+
+
+async def on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(raw_connection, *args)` on `conn`'s own thread, in one hand-off.
+
+    Each aiosqlite call is a hand-off to that thread and back, and the way back needs the GIL,
+    which a busy event loop gives up only at its switch interval (5 ms): a transaction made of
+    BEGIN, INSERT and COMMIT calls could wait three times. aiosqlite runs every call of its own
+    through `Connection._execute`; we use it too (checked at import, below) so a whole
+    transaction is one hand-off.
+    """
+    execute: Callable[..., Awaitable[T]] = conn._execute
+
+    def call() -> T:
+        raw: sqlite3.Connection = conn._conn
+        return fn(raw, *args)
+
+    return await execute(call)
+
+
+if not callable(getattr(aiosqlite.Connection, "_execute", None)):  # pragma: no cover
+    raise ImportError("this aiosqlite has no Connection._execute: pin aiosqlite<0.23")
+
+
+class _BatchFailed(Exception):
+    """The batch function raised (not BEGIN or COMMIT): its callers may be retried one by one."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+def _batch_transaction(
+    raw: sqlite3.Connection, batch: BatchFn[Any, Any], items: Sequence[Any]
+) -> list[Any]:
+    """BEGIN IMMEDIATE, the batch, COMMIT — on the writer thread, as one unit."""
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        try:
+            results = list(batch(raw, items))
+            if len(results) != len(items):
+                raise StoreError(f"batch returned {len(results)} results for {len(items)} items")
+        except Exception as exc:
+            raise _BatchFailed(exc) from exc
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return results
 
 
 def _broken(exc: BaseException) -> bool:
@@ -355,13 +406,30 @@ class WriterLoop:
             else:
                 _settle(job.future, result=result)
             return
+        segments = _segments(jobs)
+        if len(segments) == 1 and jobs[0].batch is not None:
+            await self._run_batch(conn, jobs)
+        elif len(segments) == 1:
+            await self._in_transaction(conn, jobs, saved=False)
+        else:
+            await self._in_transaction(conn, jobs, segments)
+
+    async def _in_transaction(
+        self,
+        conn: aiosqlite.Connection,
+        jobs: Sequence[_Job],
+        segments: Sequence[Sequence[_Job]] = (),
+        *,
+        saved: bool = True,
+    ) -> None:
+        """The group in one transaction: each segment under a SAVEPOINT (`saved`), or the one
+        plain job alone, whose failure the ROLLBACK undoes. Committed if anything succeeded;
+        every caller gets its own result or exception."""
         outcomes: list[_Outcome] = []
         try:
             await conn.execute("BEGIN IMMEDIATE")
-            segments = _segments(jobs)
-            if len(segments) == 1:
-                # Alone in its transaction: a failure is undone by the ROLLBACK below.
-                outcomes = await self._run_unsaved(conn, segments[0])
+            if not saved:
+                outcomes = await self._run_alone(conn, jobs[0])
             else:
                 for segment in segments:
                     outcomes += await self._run_saved(conn, segment)
@@ -395,32 +463,62 @@ class WriterLoop:
         if first.batch is None:
             assert first.fn is not None and len(segment) == 1
             return [await first.fn(conn)]
-        self.stats.batches += 1
-        self.stats.batched_jobs += len(segment)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(segment))
-        results = list(await first.batch(conn, [job.item for job in segment]))
+        self._count_batch(segment)
+        results = list(await on_thread(conn, first.batch, [job.item for job in segment]))
         if len(results) != len(segment):
             raise StoreError(f"batch returned {len(results)} results for {len(segment)} items")
         return results
 
-    async def _run_unsaved(
-        self, conn: aiosqlite.Connection, segment: Sequence[_Job]
-    ) -> list[_Outcome]:
-        """The group is this one segment: no SAVEPOINT on the fast path. If a batch fails, the
-        transaction is begun again and each caller's item tried alone."""
+    def _count_batch(self, segment: Sequence[_Job]) -> None:
+        self.stats.batches += 1
+        self.stats.batched_jobs += len(segment)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(segment))
+
+    async def _run_batch(self, conn: aiosqlite.Connection, jobs: Sequence[_Job]) -> None:
+        """The ingest fast path — a group that is one batch: BEGIN, the batch and COMMIT in one
+        hand-off to the writer thread (`on_thread`). Should the batch raise, its callers are
+        tried one by one under SAVEPOINTs, so only those whose items fail see an error."""
+        batch = jobs[0].batch
+        assert batch is not None
+        self._count_batch(jobs)
         try:
-            return [(True, r) for r in await self._call(conn, segment)]
+            results = await shielded(
+                on_thread(conn, _batch_transaction, batch, [job.item for job in jobs])
+            )
+        except _BatchFailed as failed:
+            self.stats.rollbacks += 1
+            if len(jobs) == 1:
+                self.stats.failed_jobs += 1
+                _settle(jobs[0].future, exc=failed.cause)
+                return
+            await self._run_one_by_one(conn, jobs)
+            return
+        except Exception as exc:
+            if _broken(exc):
+                raise _ConnectionBroken() from exc
+            # BEGIN or COMMIT failed (locked past busy_timeout, disk full): nothing landed.
+            self.stats.rollbacks += 1
+            for job in jobs:
+                _settle(job.future, exc=exc)
+            return
+        self.stats.commits += 1
+        self._committed()
+        for job, result in zip(jobs, results, strict=True):
+            _settle(job.future, result=result)
+
+    async def _run_one_by_one(self, conn: aiosqlite.Connection, jobs: Sequence[_Job]) -> None:
+        """Each job of a failed batch under its own SAVEPOINT, all in one transaction."""
+        await self._in_transaction(conn, jobs, [[job] for job in jobs])
+
+    async def _run_alone(self, conn: aiosqlite.Connection, job: _Job) -> list[_Outcome]:
+        """One plain job alone in its transaction: no SAVEPOINT; a failure is undone by the
+        caller's ROLLBACK."""
+        try:
+            return [(True, r) for r in await self._call(conn, [job])]
         except Exception as exc:
             # A broken connection shows at the ROLLBACK that follows, and stops the writer.
-            if len(segment) == 1:
-                self.stats.failed_jobs += 1
-                return [(False, exc)]
-            await conn.execute("ROLLBACK")
-            await conn.execute("BEGIN IMMEDIATE")
-            outcomes: list[_Outcome] = []
-            for job in segment:
-                outcomes += await self._run_saved(conn, [job])
-            return outcomes
+            self.stats.failed_jobs += 1
+            return [(False, exc)]
 
     async def _run_saved(
         self, conn: aiosqlite.Connection, segment: Sequence[_Job]
