@@ -102,3 +102,33 @@ def test_run_once_help_imports_only_its_module() -> None:
         "daemon.commands.cmd_run_once"
     ]
     assert "aiohttp" not in loaded
+
+
+SYNC_ONLY = """
+[daemon]
+database = "{db}"
+
+[upstreams.billomat]
+billomat_id = "demo"
+api_key = "key-0123456789"
+
+[[sync]]
+name = "billomat-clients"
+upstream = "billomat"
+resource = "clients"
+every = "1h"
+"""
+
+
+def test_sync_only_config_loads_no_template_phone_or_cron_library(tmp_path: Any) -> None:
+    """A config that only syncs on intervals never needs jinja2, phonenumbers or croniter:
+    they are imported where a rule, a number or a cron schedule is validated."""
+    config = tmp_path / "c.toml"
+    config.write_text(SYNC_ONLY.format(db=tmp_path / "state.db"))
+    config.chmod(0o600)
+    loaded = _imported("--config", str(config), "check-config")
+    assert "daemon.config" in loaded
+    assert not loaded & {"jinja2", "phonenumbers", "croniter"}
+    cron = SYNC_ONLY.replace('every = "1h"', 'cron = "*/5 * * * *"')
+    config.write_text(cron.format(db=tmp_path / "state.db"))
+    assert "croniter" in _imported("--config", str(config), "check-config")

@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import phonenumbers
-from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -44,7 +42,6 @@ from daemon.config.values import (
     parse_duration,
     parse_months,
 )
-from daemon.phones import to_e164
 from daemon.tablenames import RESERVED_NAMES, table_name_problem
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -185,6 +182,8 @@ class DaemonSettings(_Model):
     @field_validator("default_region")
     @classmethod
     def _region(cls, value: str) -> str:
+        import phonenumbers  # here, not at the top: a config without phone numbers skips it
+
         region = value.upper()
         if region not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"unknown region {value!r}: expected an ISO 3166 code such as 'US'")
@@ -296,6 +295,8 @@ UPSTREAM_KINDS: dict[str, type[_Upstream]] = {
 
 def _e164(raw: str, info: ValidationInfo) -> str:
     """Stored as E.164 so the loop guard compares numbers, not spellings."""
+    from daemon.phones import to_e164  # phonenumbers is loaded only for configs with numbers
+
     region = (info.context or {}).get("default_region", "US")
     number = to_e164(raw, region)
     if number is None:
@@ -343,7 +344,11 @@ def _default_jitter(every: Any, cron: Any) -> float:
     try:
         if every is not None:
             interval = parse_duration(every)
-        elif isinstance(cron, str) and croniter.is_valid(cron):
+        elif isinstance(cron, str):
+            from croniter import croniter  # loaded only for configs that schedule by cron
+
+            if not croniter.is_valid(cron):
+                return 0.0
             it = croniter(cron, _CRON_REFERENCE)
             first, second = it.get_next(datetime), it.get_next(datetime)
             interval = (second - first).total_seconds()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from croniter import croniter
 from pydantic import BeforeValidator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -229,6 +228,8 @@ def check_cron(value: str) -> str:
             f"invalid cron expression {show(value)}: expected five fields "
             "(minute hour day-of-month month day-of-week)"
         )
+    from croniter import croniter  # loaded only for configs that schedule by cron
+
     errors = (ValueError, KeyError, TypeError, OverflowError, IndexError)
     try:
         valid = croniter.is_valid(value)

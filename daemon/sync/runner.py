@@ -32,7 +32,6 @@ from daemon.config.models import SyncJob
 from daemon.errors import LimitExceeded, UpstreamError
 from daemon.logs import redact_text
 from daemon.store import ContactEntry, Store, UpsertResult
-from daemon.sync.contacts import display_name, record_phones
 from daemon.sync.fetch import Fetcher, Page, max_cursor
 
 log = structlog.get_logger(__name__)
@@ -287,6 +286,9 @@ class JobRunner:
 
     async def _rebuild_contacts(self, job: SyncJob) -> int:
         """Rebuild this table's rows of the `contacts` index from its live records."""
+        # Imported here: phonenumbers' metadata is a sixth of a sync-only run's imports.
+        from daemon.sync.contacts import display_name, record_phones
+
         entries: list[ContactEntry] = []
         async for record_id, data in self._store.iter_records(job.table):
             phones = record_phones(data, job.phone_fields, self._region)

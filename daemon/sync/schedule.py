@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from croniter import croniter
+if TYPE_CHECKING:
+    from croniter import croniter
+
+
+def _croniter() -> type[croniter]:
+    """croniter, imported by the first cron schedule: interval-only configs never load it."""
+    from croniter import croniter
+
+    return croniter
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class Schedule:
             raise ValueError("a schedule needs exactly one of every / cron")
         if self.every is not None and self.every <= 0:
             raise ValueError("every must be positive")
-        if self.cron is not None and not croniter.is_valid(self.cron):
+        if self.cron is not None and not _croniter().is_valid(self.cron):
             raise ValueError(f"invalid cron expression {self.cron!r}")
         if self.jitter < 0:
             raise ValueError("jitter must not be negative")
@@ -36,7 +45,7 @@ class Schedule:
         if self.every is not None:
             return t + timedelta(seconds=self.every)
         assert self.cron is not None
-        nxt = croniter(self.cron, t).get_next(datetime)
+        nxt = _croniter()(self.cron, t).get_next(datetime)
         assert isinstance(nxt, datetime)
         return nxt
 
