@@ -224,8 +224,10 @@ def main() -> None:
             print(json.dumps(r))
         return
     print("simulator CPU per list page (process_time inside the handler chain)")
-    print(f"{'listing':20}{'records':>9}{'size':>6}{'build s':>9}{'cold ms':>9}"
-          f"{'warm µs':>9}{'p95 µs':>8}{'pages':>7}")
+    print(
+        f"{'listing':20}{'records':>9}{'size':>6}{'build s':>9}{'cold ms':>9}"
+        f"{'warm µs':>9}{'p95 µs':>8}{'pages':>7}"
+    )
     for r in results:
         print(
             f"{r['simulator']:20}{r['records']:>9}{r['page_size']:>6}{r['build_s']:>9.2f}"

@@ -45,12 +45,22 @@ from daemon.store.db import Synchronous
 
 PAYLOAD = json.dumps(
     {
-        "remote": "15551230000", "dialed": "15559870000", "term_user": "100",
-        "domain": "example.com", "session-id": "8d9f3c0e-6a1b-4f5e-9c7d-2a1b3c4d5e6f",
+        "remote": "15551230000",
+        "dialed": "15559870000",
+        "term_user": "100",
+        "domain": "example.com",
+        "session-id": "8d9f3c0e-6a1b-4f5e-9c7d-2a1b3c4d5e6f",
         "message": "Hi, what is my balance? I paid last week and want to check it went through.",
-        "timestamp": "2025-01-02 03:04:05", "direction": "inbound", "type": "sms",
-        "carrier": "example-carrier", "media": [], "user": "100", "territory": "example",
-        "from_name": "Ann Example", "to_name": "Support", "status": "received",
+        "timestamp": "2025-01-02 03:04:05",
+        "direction": "inbound",
+        "type": "sms",
+        "carrier": "example-carrier",
+        "media": [],
+        "user": "100",
+        "territory": "example",
+        "from_name": "Ann Example",
+        "to_name": "Support",
+        "status": "received",
     },
     separators=(",", ":"),
 )

@@ -61,9 +61,7 @@ async def reload(service: Service) -> bool:
         new = await anyio.to_thread.run_sync(_load, path)
         holder = RulesHolder.from_settings(new)  # compile before anything changes
     except ConfigError as exc:
-        log.error(
-            "config.invalid", path=str(path), problems=[str(p) for p in exc.problems]
-        )
+        log.error("config.invalid", path=str(path), problems=[str(p) for p in exc.problems])
         service.notifier.ready(service._status(run))
         return False
     add_secrets(new.secret_values())

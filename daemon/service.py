@@ -355,9 +355,7 @@ class Service:
                     work.start_soon(run.scheduler.shutdown, timeout)
                 work.start_soon(run.dispatcher.drain, timeout)
             force_scope.cancel()
-        log.info(
-            "service.stopped", duration_s=round(self.clock.monotonic() - started, 3)
-        )
+        log.info("service.stopped", duration_s=round(self.clock.monotonic() - started, 3))
 
     def _status(self, run: Running) -> str:
         return (

@@ -116,9 +116,7 @@ def map_error(resp: Response, reader: ErrorReader | None = None) -> UpstreamErro
     detail = reader.detail(resp) if reader is not None else None
     if detail is None:
         return build_error(resp, kind, default)
-    return build_error(
-        resp, detail.kind or kind, detail.message or default, detail.field_errors
-    )
+    return build_error(resp, detail.kind or kind, detail.message or default, detail.field_errors)
 
 
 def check_success(resp: Response, body: Any, reader: ErrorReader | None) -> None:
@@ -130,5 +128,6 @@ def check_success(resp: Response, body: Any, reader: ErrorReader | None) -> None
         return
     kind = detail.kind or MalformedResponse
     message = detail.message or "the upstream answered success with an error body"
-    raise build_error(resp, kind, f"answered {resp.status} with an error: {message}",
-                      detail.field_errors)
+    raise build_error(
+        resp, kind, f"answered {resp.status} with an error: {message}", detail.field_errors
+    )

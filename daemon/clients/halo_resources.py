@@ -170,8 +170,9 @@ def _count(value: Any, upstream: str) -> int | None:
 
 def _objects(items: list[Any], upstream: str) -> Records:
     if not all(isinstance(r, dict) for r in items):
-        raise MalformedResponse("a list answer holds something other than records",
-                                upstream=upstream)
+        raise MalformedResponse(
+            "a list answer holds something other than records", upstream=upstream
+        )
     return items
 
 

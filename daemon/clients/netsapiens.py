@@ -361,8 +361,9 @@ class NsList:
         if page is None:
             return []
         if not isinstance(page, list) or not all(isinstance(i, dict) for i in page):
-            raise MalformedResponse(f"expected a list of objects from {self.path}",
-                                    upstream=self.client.name)
+            raise MalformedResponse(
+                f"expected a list of objects from {self.path}", upstream=self.client.name
+            )
         return page
 
     def records(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -561,6 +562,5 @@ class NetsapiensClient(UpstreamClient):
             params["datetime-end"] = format_ns_datetime(end)
         path = f"domains/{_seg(domain)}" + (f"/users/{_seg(user)}" if user else "") + "/cdrs"
         return [
-            item
-            async for item in self.paged(path, params=params, limit=limit, max_pages=max_pages)
+            item async for item in self.paged(path, params=params, limit=limit, max_pages=max_pages)
         ]

@@ -141,8 +141,8 @@ def _print_guide(sandbox: Any, address: str | None) -> None:
         "Make an SMS arrive at the simulated PBX (it posts it to the daemon's listener; a "
         "known client saying hello gets a reply, anything else becomes a Halo ticket):\n"
         f"  curl -s -X POST {ns}{SIM_INBOUND_PATH} -H 'Content-Type: application/json' \\\n"
-        f"    -d '{{\"from\": \"15550001111\", \"to\": \"{OWN_NUMBER.lstrip('+')}\", "
-        f"\"text\": \"my internet is down\"}}'",
+        f'    -d \'{{"from": "15550001111", "to": "{OWN_NUMBER.lstrip("+")}", '
+        f'"text": "my internet is down"}}\'',
         flush=True,
     )
 

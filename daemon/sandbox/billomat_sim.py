@@ -196,9 +196,7 @@ def _order(order_by: str) -> tuple[tuple[str, bool], ...]:
 
 def list_query(res: BillomatResource, q: Any) -> Query:
     """The listing a request asks for, as a cacheable `Query`."""
-    equal = tuple(
-        sorted((k, tuple(v.split(","))) for k, v in q.items() if k not in CONTROL_PARAMS)
-    )
+    equal = tuple(sorted((k, tuple(v.split(","))) for k, v in q.items() if k not in CONTROL_PARAMS))
     start = q.get("from") if res.dated else None
     end = q.get("to") if res.dated else None
 

@@ -308,8 +308,11 @@ class Table:
         key_of = self._key_of
         if query.order:
             chosen = sorted(
-                ((self._sort_key(query, r, key_of[id(r)]), r) for r in self._base.rows
-                 if query.matches(r)),
+                (
+                    (self._sort_key(query, r, key_of[id(r)]), r)
+                    for r in self._base.rows
+                    if query.matches(r)
+                ),
                 key=lambda pair: pair[0],
             )
             view = _View(query, [r for _, r in chosen], [k for k, _ in chosen])
@@ -352,6 +355,7 @@ class Table:
         pos = bisect_left(group, canon, key=self.key_of)
         assert group[pos] is record
         del group[pos]
+
 
 def page(rows: Sequence[Record], number: int, size: int) -> list[Record]:
     """Page `number` (1-based) of `size` rows."""

@@ -348,5 +348,3 @@ class NetsapiensState:
         self._failures[sid] = self._failures.get(sid, 0) + 1
         if self._failures[sid] >= self.error_after:
             sub["status"] = "error"
-
-

@@ -38,9 +38,7 @@ def display_name(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def record_phones(
-    record: Mapping[str, Any], phone_fields: Sequence[str], region: str
-) -> list[str]:
+def record_phones(record: Mapping[str, Any], phone_fields: Sequence[str], region: str) -> list[str]:
     """Distinct E.164 numbers found at `phone_fields` (dotted paths) in `record`."""
     seen: dict[str, None] = {}
     for path in phone_fields:

@@ -54,8 +54,10 @@ class Completeness:
             verdict = cls.of(report)
             if not verdict.complete:
                 return verdict
-            expected = None if expected is None or verdict.expected is None else (
-                expected + verdict.expected
+            expected = (
+                None
+                if expected is None or verdict.expected is None
+                else (expected + verdict.expected)
             )
         return cls(True, expected=expected)
 

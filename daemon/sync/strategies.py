@@ -125,8 +125,9 @@ class ResellerFetcher:
             for package in await self.client.getpackages():
                 pid = package.get("id") if isinstance(package, dict) else None
                 if pid in (None, ""):
-                    raise MalformedResponse("getpackages returned a package without an id",
-                                            upstream=self.client.name)
+                    raise MalformedResponse(
+                        "getpackages returned a package without an id", upstream=self.client.name
+                    )
                 rows = await self.client.getpackagepricing(str(pid))
                 yield Page(as_pairs([{**r, "package_id": pid} for r in rows]))
             self._verdict = Completeness(True)

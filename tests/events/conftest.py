@@ -74,7 +74,7 @@ def write_config(tmp: Path, ns_url: str, halo_url: str, listen_port: int, extra:
     path.write_text(
         f"""
 [daemon]
-database = "{tmp / 'state.db'}"
+database = "{tmp / "state.db"}"
 timezone = "UTC"
 
 [daemon.dispatch]
@@ -142,9 +142,7 @@ async def add_client(store: Store, clock: FakeClock, phone: str, **data: Any) ->
     """A synced record with a phone, and its contacts entry, as a sync would leave them."""
     await store.ensure_record_table("blesta_clients")
     record = {"id": data.get("id", "7"), "phone": phone, **data}
-    await store.upsert_page(
-        "blesta_clients", [(record["id"], record)], run_started_at=clock.now()
-    )
+    await store.upsert_page("blesta_clients", [(record["id"], record)], run_started_at=clock.now())
     await store.replace_contacts(
         "blesta_clients", [ContactEntry("+" + phone, record["id"], data.get("first_name"))]
     )
@@ -166,20 +164,14 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
         port = free_port()
         config = write_config(tmp_path, ns_url, halo_url, port, extra_config)
         settings = load_settings(config)
-        store = await stack.enter_async_context(
-            Store.open(settings.daemon.database, clock=clock)
-        )
-        clients = await open_clients(
-            settings, list(settings.upstreams), clock=clock, stack=stack
-        )
+        store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
+        clients = await open_clients(settings, list(settings.upstreams), clock=clock, stack=stack)
         holder = RulesHolder.from_settings(settings)
         dispatcher = build_dispatcher(settings, store, clients, clock=clock, holder=holder)
         deps = deps_from_settings(
             settings, inbox=store, clock=clock, on_events=dispatcher.wake, loaded_at=clock.now()
         )
-        listener_url = await stack.enter_async_context(
-            serve_app(make_app(deps), port=port)
-        )
+        listener_url = await stack.enter_async_context(serve_app(make_app(deps), port=port))
         hooks = settings.webhooks.netsapiens
         assert hooks is not None
         keeper = SubscriptionKeeper(
@@ -193,6 +185,4 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
         )
         await keeper.sync_once()
         assert ns.live_subscriptions("message")
-        yield EventPath(
-            settings, store, clock, ns, halo, dispatcher, holder, listener_url, config
-        )
+        yield EventPath(settings, store, clock, ns, halo, dispatcher, holder, listener_url, config)

@@ -117,8 +117,12 @@ async def test_a_crash_between_call_and_record_is_looked_up_after_restart(
     assert len(p.tickets()) == 1
     # A new process over the same database: leases released, the event handled once.
     restarted = build_dispatcher(
-        p.settings, p.store, {"halo": p.dispatcher.executors.halo["halo"].client,
-                              "netsapiens": p.dispatcher.executors.sms["netsapiens"].client},
+        p.settings,
+        p.store,
+        {
+            "halo": p.dispatcher.executors.halo["halo"].client,
+            "netsapiens": p.dispatcher.executors.sms["netsapiens"].client,
+        },
         clock=p.clock,
     )
     assert await p.store.release_leases() >= 1

@@ -110,12 +110,15 @@ async def test_the_conversation_cap(event_path: EventPath) -> None:
     assert (await _skipped(p)).count("conversation cap") == 3
 
 
-BREAKER = RULES + """
+BREAKER = (
+    RULES
+    + """
 [webhooks.netsapiens.guard]
 breaker_replies = 3
 breaker_window = "5m"
 breaker_pause = "15m"
 """
+)
 
 
 @pytest.mark.parametrize("extra_config", [BREAKER])

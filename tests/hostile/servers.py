@@ -58,9 +58,7 @@ class Script:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body), status=status, content_type="application/json"
-    )
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
 def _int(value: str | None, default: int) -> int:
@@ -78,8 +76,9 @@ def blesta_app(script: Script) -> web.Application:
         if method == "getListCount":
             total = script.announced_total()
             if total is None:
-                return _json({"message": "The requested resource does not exist.",
-                              "response": None}, 404)
+                return _json(
+                    {"message": "The requested resource does not exist.", "response": None}, 404
+                )
             return _json({"response": total})
         n = _int(request.query.get("page"), 1)
         try:
@@ -102,8 +101,7 @@ def halo_app(script: Script, *, list_key: str = "tickets") -> web.Application:
     """`POST /auth/token` and `GET /api/<Resource>?pageinate=true&page_size=&page_no=`."""
 
     async def token(request: web.Request) -> web.Response:
-        return _json({"access_token": "hostile-token", "token_type": "Bearer",
-                      "expires_in": 3600})
+        return _json({"access_token": "hostile-token", "token_type": "Bearer", "expires_in": 3600})
 
     async def listing(request: web.Request) -> web.Response:
         size = _int(request.query.get("page_size"), 50)
@@ -138,8 +136,11 @@ def billomat_app(script: Script) -> web.Application:
                 return _json(script.bodies[n], script.statuses.get(n, 200))
             if n in script.statuses:
                 return _json({"errors": {"error": "boom"}}, script.statuses[n])
-            root: dict[str, Any] = {"@page": str(n), "@per_page": str(size),
-                                    "client": script.page(n, size)}
+            root: dict[str, Any] = {
+                "@page": str(n),
+                "@per_page": str(size),
+                "client": script.page(n, size),
+            }
             total = script.announced_total()
             if total is not None:
                 root["@total"] = str(total)
@@ -162,9 +163,7 @@ def reseller_app(script: Script) -> web.Application:
                 return _json(script.bodies[n], script.statuses.get(n, 200))
             if n in script.statuses:
                 return _json({"message": "boom", "response": "boom"}, script.statuses[n])
-            rows = [
-                {**r, "fields": {"license_module_key": r["id"]}} for r in script.page(n, 25)
-            ]
+            rows = [{**r, "fields": {"license_module_key": r["id"]}} for r in script.page(n, 25)]
             return _json({"response": rows})
         finally:
             script.served(n)
@@ -181,5 +180,7 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 
 def clients(n: int, start: int = 1) -> list[dict[str, Any]]:
-    return [{"id": str(i), "first_name": f"Client{i}", "phone": f"+1555000{i:04d}"}
-            for i in range(start, start + n)]
+    return [
+        {"id": str(i), "first_name": f"Client{i}", "phone": f"+1555000{i:04d}"}
+        for i in range(start, start + n)
+    ]

@@ -58,8 +58,7 @@ def _app(*, chunked: bool = False) -> web.Application:
 
     async def brotli(request: web.Request) -> web.Response:
         return web.Response(
-            body=b"\x00\x01", headers={"Content-Type": "application/json",
-                                       "Content-Encoding": "br"}
+            body=b"\x00\x01", headers={"Content-Type": "application/json", "Content-Encoding": "br"}
         )
 
     async def error_page(request: web.Request) -> web.Response:
@@ -121,7 +120,5 @@ async def test_the_error_excerpt_is_cut_before_decoding() -> None:
 
 async def test_a_too_large_page_fails_the_job_not_the_process(harness: Harness) -> None:
     script = Script(bodies={1: {"response": [{"id": "1", "blob": "x" * (4 * MB)}]}})
-    result = await harness.run(
-        "blesta", script, upstream_extra={"max_response_bytes": "1MB"}
-    )
+    result = await harness.run("blesta", script, upstream_extra={"max_response_bytes": "1MB"})
     assert result.status == "failed" and result.error_type == "ResponseTooLarge"

@@ -126,9 +126,7 @@ async def test_offset_shift_never_tombstones_a_live_record(harness: Harness, kin
     shifted_run = await harness.run(kind, script)
     script.after_page = None
     assert shifted_run.status == "ok" and shifted_run.incomplete is None  # totals agreed...
-    mark = await harness.store.fetchone(
-        'SELECT missed_at FROM "hostile" WHERE id = ?', (shifted,)
-    )
+    mark = await harness.store.fetchone('SELECT missed_at FROM "hostile" WHERE id = ?', (shifted,))
     assert mark is not None and mark["missed_at"] is not None  # ...yet the live row was missed
     for _ in range(3):
         await harness.run(kind, script)

@@ -31,7 +31,7 @@ def _config(tmp_path: Path, blesta_url: str, halo_url: str) -> Path:
     path.write_text(
         f"""
 [daemon]
-database = "{tmp_path / 'state.db'}"
+database = "{tmp_path / "state.db"}"
 
 [upstreams.blesta]
 url = "{blesta_url}/api"
@@ -143,7 +143,11 @@ async def test_sigterm_records_runs_cancelled_and_prints_the_summary(
         async with serve(app) as blesta_url:
             config = _config(tmp_path, blesta_url, halo_url)
             code, out, err = await _cli(
-                "--config", str(config), "run-once", "blesta-clients", "--json",
+                "--config",
+                str(config),
+                "run-once",
+                "blesta-clients",
+                "--json",
                 signal_when=reached,
             )
     finally:

@@ -28,8 +28,9 @@ async def test_halo_429_without_retry_after_backs_off_across_the_window(
     async def spent(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/api/") and refusals["left"] > 0:
             refusals["left"] -= 1
-            return web.Response(status=429, text="Rate Limit Reached - 300 Requests per "
-                                "rolling 5 minute window")
+            return web.Response(
+                status=429, text="Rate Limit Reached - 300 Requests per rolling 5 minute window"
+            )
         return await handler(request)
 
     app.middlewares.append(spent)

@@ -41,8 +41,9 @@ async def test_config_uses_the_api_spelling_and_a_demo_billomat_app(tmp_path: Pa
         config = tomllib.loads(sandbox.config_path.read_text())
         assert sandbox.config_path.stat().st_mode & 0o077 == 0
         billomat = sandbox.states["billomat"]
-        assert billomat.apps[config["upstreams"]["billomat"]["app_id"]] == (
-            config["upstreams"]["billomat"]["app_secret"]
+        assert (
+            billomat.apps[config["upstreams"]["billomat"]["app_id"]]
+            == (config["upstreams"]["billomat"]["app_secret"])
         )
         assert len(sandbox.states["halo"].table("Tickets")) == 25
         assert "rate_limit" not in config["upstreams"]["halo"]  # a large demo must finish

@@ -142,8 +142,6 @@ async def test_a_shutdown_during_a_sync_records_it_cancelled(
                 await anyio.sleep(0.02)
             service.request_shutdown()
     with sqlite3.connect(settings.daemon.database) as conn:
-        rows = conn.execute(
-            "SELECT status FROM sync_runs WHERE job = 'blesta-clients'"
-        ).fetchall()
+        rows = conn.execute("SELECT status FROM sync_runs WHERE job = 'blesta-clients'").fetchall()
     assert ("cancelled",) in rows or ("ok",) in rows
     assert ("running",) not in rows

@@ -67,9 +67,7 @@ async def test_start_and_finish_attempts(store: Store, clock: FakeClock) -> None
         await store.finish_action(row.id, "bogus")
 
 
-async def test_cooldown_asks_for_the_newest_not_dead_action(
-    store: Store, clock: FakeClock
-) -> None:
+async def test_cooldown_asks_for_the_newest_not_dead_action(store: Store, clock: FakeClock) -> None:
     assert await store.last_auto_action_at(A, "balance") is None
     first = await plan(store, clock, "k1")
     t1 = clock.now()

@@ -104,8 +104,9 @@ async def test_tombstones_refused_past_the_fraction(store: Store, clock: FakeClo
     for _ in range(2):
         refused = await _complete_run(store, clock, "t", ids[:4], max_fraction=0.5)
         assert refused == TombstoneResult(missing=6, live=10, refused=True)
-    rows = await store.fetchall('SELECT COUNT(*) AS n FROM "t" WHERE missed_at IS NOT NULL '
-                                "OR deleted_at IS NOT NULL")
+    rows = await store.fetchall(
+        'SELECT COUNT(*) AS n FROM "t" WHERE missed_at IS NOT NULL OR deleted_at IS NOT NULL'
+    )
     assert rows[0]["n"] == 0  # refused means untouched: not even marked
     assert (await _complete_run(store, clock, "t", ids[:5], max_fraction=0.5)).marked == 5
 

@@ -40,8 +40,12 @@ async def test_mark_stale_runs_failed(store: Store, clock: FakeClock, db_path: P
     dead = await store.start_run("dead")
     legacy = await store.start_run("legacy")
     elsewhere = await store.start_run("elsewhere")
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     gone_pid = int(finished.stdout)
     host = socket.gethostname()
 

@@ -112,5 +112,3 @@ def test_status_help_documents_exit_codes() -> None:
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     assert "Exit status" in text and "no dead letters" in text
-
-

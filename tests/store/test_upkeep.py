@@ -113,9 +113,12 @@ async def test_contacts_rebuild_in_chunks_never_hides_an_entry(
     await store.upsert_page(
         "clients", [(str(i), {"n": i}) for i in range(3000)], run_started_at=clock.now()
     )
-    assert await store.replace_contacts(
-        "clients", [ContactEntry(phone(i), str(i), f"old {i}") for i in range(2000)]
-    ) == 2000
+    assert (
+        await store.replace_contacts(
+            "clients", [ContactEntry(phone(i), str(i), f"old {i}") for i in range(2000)]
+        )
+        == 2000
+    )
     rebuild = asyncio.ensure_future(
         store.replace_contacts(
             "clients", [ContactEntry(phone(i), str(i), f"new {i}") for i in range(1000, 3000)]

@@ -112,8 +112,9 @@ async def test_tombstone_after_two_complete_runs_and_resurrection(
     assert (first_miss.deleted, first_miss.missing) == (0, 1)  # marked, not yet deleted
     db = tmp_path / "state.db"
     assert rows(
-        db, f"SELECT deleted_at IS NULL, missed_at IS NOT NULL FROM blesta_clients "
-        f"WHERE id = '{gone['id']}'"
+        db,
+        f"SELECT deleted_at IS NULL, missed_at IS NOT NULL FROM blesta_clients "
+        f"WHERE id = '{gone['id']}'",
     ) == [(1, 1)]
     result = await run(store, clock, job(), blesta)
     assert result.deleted == 1
