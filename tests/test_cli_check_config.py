@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import structlog
 
 from daemon.cli import main as cli_main
 from daemon.commands.cmd_check_config import next_runs, summarize
 from daemon.config import load_settings
-from daemon.logs import clear_secrets, configure_logging, log
+from daemon.logs import configure_logging, log
+from tests.logstate import logging_restored
 from tests.test_config import EXAMPLE, EXAMPLE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,14 +142,8 @@ def test_next_runs_every_and_cron() -> None:
 
 @pytest.fixture
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 @pytest.mark.usefixtures("_restore_logging")

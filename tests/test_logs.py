@@ -21,7 +21,6 @@ from daemon.logs import (
     RedactingStream,
     add_basic_pair,
     add_secrets,
-    clear_secrets,
     configure_logging,
     is_secret_key,
     log,
@@ -30,21 +29,15 @@ from daemon.logs import (
     redact_text,
     redacted_stdio,
 )
+from tests.logstate import logging_restored
 
 SECRET = "s3cr3t-Value-42"
 
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -38,7 +38,6 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
@@ -46,12 +45,13 @@ from yarl import URL
 from daemon.clock import FakeClock
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError
-from daemon.logs import clear_secrets, configure_logging
+from daemon.logs import configure_logging
 from daemon.sandbox.orchestra import WEBHOOK_SECRET, Sandbox, demo_states, run_sandbox
 from daemon.sandbox.orchestra import write_config as write_sandbox_config
 from daemon.service import Service
 from daemon.store import Store
 from daemon.webhooks.events import Event
+from tests.logstate import logging_restored
 from tests.reliability import secrets
 from tests.reliability.harness import free_port, strip_syncs
 from tests.test_config import EXAMPLE, EXAMPLE_ENV
@@ -71,16 +71,8 @@ MESSAGE = {
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 # -- the running service ------------------------------------------------------------------------

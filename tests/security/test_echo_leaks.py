@@ -10,16 +10,13 @@ nor its stderr (where its log goes) may hold any secret in any spelling.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, quote_plus
 
 import pytest
 from aiohttp import web
@@ -27,6 +24,7 @@ from aiohttp import web
 from daemon.clock import FakeClock
 from daemon.sandbox.server import serve_app
 from daemon.store import Store
+from tests.reliability.secrets import spellings
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every secret changes under JSON, URL and base64 encoding; each pairs with a user or id.
@@ -38,23 +36,6 @@ SECRETS = {
     "NS_PASSWORD": ("api@example.com", 'np/+=å"\\ password&%1*'),
     "NS_WEBHOOK_SECRET": ("", "webhook-secret-0123456789abcdef"),
 }
-
-
-def spellings(user: str, secret: str) -> set[str]:
-    escaped = json.dumps(secret)[1:-1]
-    forms = {
-        secret,
-        escaped,
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        json.dumps(escaped)[1:-1],
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
-        re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote_plus(secret, safe="")),
-        base64.b64encode(secret.encode()).decode().rstrip("="),
-    }
-    if user:
-        forms.add(base64.b64encode(f"{user}:{secret}".encode()).decode().rstrip("="))
-    return forms
 
 
 def assert_no_secret(*texts: str) -> None:

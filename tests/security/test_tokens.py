@@ -4,18 +4,17 @@ excerpt filter: a token in a log line, an error or CLI output is masked like a c
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import structlog
 
 from daemon.clients.auth import TokenAuth
 from daemon.clock import FakeClock
-from daemon.logs import REDACTED, clear_secrets, configure_logging, log, redact_text
+from daemon.logs import REDACTED, configure_logging, log, redact_text
+from tests.logstate import logging_restored
 
 ACCESS, REFRESH = "access-token-1f2e3d4c", "refresh-token-9a8b7c6d"
 
@@ -39,13 +38,8 @@ class Issuer(TokenAuth):
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 async def test_issued_tokens_are_masked_everywhere() -> None:

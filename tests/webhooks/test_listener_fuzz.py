@@ -13,7 +13,6 @@ import asyncio
 import gzip
 import io
 import json
-import logging
 import math
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -23,13 +22,13 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from daemon.logs import clear_secrets, configure_logging
+from daemon.logs import configure_logging
 from daemon.webhooks.events import Event
+from tests.logstate import logging_restored
 from tests.webhooks.listener_fixtures import MESSAGE, SECRET, Hook, batch, message, running_hook
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,15 +37,8 @@ MAX_BODY = 64 * 1024
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 json_scalars = (

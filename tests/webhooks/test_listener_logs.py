@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 
-from daemon.logs import clear_secrets, configure_logging
+from daemon.logs import configure_logging
+from tests.logstate import logging_restored
 from tests.webhooks.listener_fixtures import MESSAGE, SECRET, Hook, batch, running_hook
 
 pytestmark = pytest.mark.timeout(30)
@@ -23,15 +22,8 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    clear_secrets()
+    with logging_restored():
+        yield
 
 
 async def raw(hook: Hook, data: bytes) -> bytes:
