@@ -127,16 +127,26 @@ _FIELDS = ("source", "kind", "dedupe_key", "received_at", "payload", "sender", "
 # take apart with json_extract on SQLite's. Ids follow the order of the rows, hence the queue.
 ROWS_PER_STATEMENT = 100
 _INSERT_HEAD = f"INSERT INTO events ({', '.join(_FIELDS)}) VALUES "
-_INSERT_TAIL = " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 _ONE_ROW = f"({placeholders(len(_FIELDS))})"
+_RETURNING = " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 
 
 @functools.cache
-def _insert_sql(rows: int) -> str:
-    return _INSERT_HEAD + ",".join([_ONE_ROW] * rows) + _INSERT_TAIL
+def _insert_sql(rows: int, returning: bool = True) -> str:
+    return _INSERT_HEAD + ",".join([_ONE_ROW] * rows) + (_RETURNING if returning else "")
+
+
+@functools.cache
+def _count_sql(keys: int) -> str:
+    return f"SELECT count(*) FROM events WHERE dedupe_key IN ({placeholders(keys)})"
 
 
 _EXISTING = "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
+# Both ends of a plain INSERT's rows, checked in one step (see `_insert_new`).
+_ENDS = (
+    "SELECT (SELECT dedupe_key FROM events WHERE id = ?) IS ?"
+    " AND (SELECT dedupe_key FROM events WHERE id = ?) IS ?"
+)
 
 
 def _row(e: NewEvent) -> _Row:
@@ -161,6 +171,42 @@ def _parts(rows: Sequence[_Row]) -> Iterator[Sequence[_Row]]:
     yield rows[start:]
 
 
+def _insert_new(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int] | None:
+    """The common case — every key of `part` is new — in three single-step statements; None
+    (nothing written) when some key is already stored or repeated, for `_insert_returning`.
+
+    Why: each row a statement returns is one `sqlite3_step`, and the sqlite3 module releases and
+    retakes the GIL around every step. On the writer thread, each retake waits for the busy
+    event loop to let go of the GIL, so `INSERT ... RETURNING` paid that wait once per row of
+    the group. A plain INSERT is one step; the ids then follow from SQLite's rowid rule (a new
+    row of an INTEGER PRIMARY KEY table gets the largest rowid plus one, rows of one statement
+    in order: sqlite.org/autoinc.html), confirmed at both ends, with a look-up by key should
+    that ever not hold.
+    """
+    keys = [row[2] for row in part]
+    if len(set(keys)) != len(keys):
+        return None
+    if conn.execute(_count_sql(len(keys)), keys).fetchone()[0]:
+        return None
+    before = conn.total_changes
+    cursor = conn.execute(_insert_sql(len(part), returning=False), [v for r in part for v in r])
+    if conn.total_changes - before != len(part) or cursor.lastrowid is None:
+        raise StoreError("events insert wrote fewer rows than it was given")
+    last = cursor.lastrowid
+    first = last - len(part) + 1
+    if conn.execute(_ENDS, (first, keys[0], last, keys[-1])).fetchone()[0] == 1:
+        return {key: first + i for i, key in enumerate(keys)}
+    found = conn.execute(_EXISTING, (json.dumps(keys, ensure_ascii=False),)).fetchall()
+    return {str(key): int(new_id) for new_id, key in found}
+
+
+def _insert_returning(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int]:
+    """Insert what is new in `part`; the keys created, with their ids."""
+    values = [value for row in part for value in row]
+    found = conn.execute(_insert_sql(len(part)), values).fetchall()
+    return {str(key): int(new_id) for new_id, key in found}
+
+
 def _insert_batch(
     conn: sqlite3.Connection, requests: Sequence[Sequence[_Row]]
 ) -> list[list[InsertedEvent]]:
@@ -173,9 +219,8 @@ def _insert_batch(
     rows = [row for request in requests for row in request]
     created: dict[str, int] = {}
     for part in _parts(rows):
-        values = [value for row in part for value in row]
-        found = conn.execute(_insert_sql(len(part)), values).fetchall()
-        created.update((str(key), int(new_id)) for new_id, key in found)
+        new = _insert_new(conn, part)
+        created.update(new if new is not None else _insert_returning(conn, part))
     missing = sorted({row[2] for row in rows} - created.keys())
     stored: dict[str, int] = {}
     if missing:

@@ -192,3 +192,50 @@ async def test_large_payloads_are_split_across_statements(
     assert [e.duplicate for e in flat] == [False] * 10 + [True, False]
     assert flat[10].id == flat[3].id
     assert [e.id for e in flat[:10]] == sorted(e.id for e in flat[:10])
+
+
+async def test_new_events_go_in_without_returning(store: Store, clock: FakeClock) -> None:
+    """The common case is a plain INSERT (one step, so one GIL round trip on the writer
+    thread, not one per row); a group holding a stored key falls back to RETURNING."""
+    async with traced(store) as statements:
+        fresh = await asyncio.gather(*(store.insert_events([ev(k, clock)]) for k in keys(8)))
+    inserts = starting(statements, "INSERT INTO EVENTS")
+    assert inserts and not [s for s in inserts if "RETURNING" in s.upper()]
+    async with traced(store) as statements:
+        again = await store.insert_events([ev("k3", clock), ev("new", clock)])
+    assert [s for s in starting(statements, "INSERT INTO EVENTS") if "RETURNING" in s.upper()]
+    assert (again[0].id, again[0].duplicate) == (fresh[3][0].id, True)
+    assert again[1].duplicate is False
+
+
+async def test_ids_are_right_when_sqlite_picks_rowids_at_random(
+    store: Store, clock: FakeClock
+) -> None:
+    """Past the largest rowid SQLite chooses new rowids at random, so ids no longer follow
+    `lastrowid`: the check of both ends notices and the ids are looked up by key."""
+
+    async def top(conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            "INSERT INTO events (id, source, kind, dedupe_key, received_at, payload)"
+            " VALUES (9223372036854775807, 'ns', 'message.received', 'top', '2025', '{}')"
+        )
+
+    await store.write(top)
+    gate = Gate()
+    held = asyncio.ensure_future(store.write(gate))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    calls = [asyncio.ensure_future(store.insert_events([ev(k, clock)])) for k in keys(20)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    batches, rollbacks = store.stats.batches, store.stats.rollbacks
+    gate.release.set()
+    with anyio.fail_after(30):
+        results = await asyncio.gather(*calls)
+        await held
+    assert (store.stats.batches, store.stats.rollbacks) == (batches + 1, rollbacks)
+    assert store._reader is not None
+    stored = dict(await store._reader.execute_fetchall("SELECT dedupe_key, id FROM events"))
+    assert {r[0].dedupe_key: r[0].id for r in results} == {
+        k: v for k, v in stored.items() if k != "top"
+    }
+    assert all(not r[0].duplicate for r in results)
