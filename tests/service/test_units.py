@@ -423,6 +423,11 @@ class Hardened:
             os.chown(self.credentials / name, self.uid, self.uid)
         os.chown(self.credentials, self.uid, self.uid)
         os.chown(self.state, self.uid, self.uid)
+        # The harness runs from the box, not from the checkout: a checkout in a private
+        # directory (mktemp -d makes 0700 ones) cannot be read by the dynamic uid.
+        self.harness = base / HARNESS.name
+        shutil.copyfile(HARNESS, self.harness)
+        self.harness.chmod(0o644)
         base.chmod(0o755)
         self.notify_path = str(notify_dir / "notify")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -436,7 +441,6 @@ class Hardened:
             sys.exec_prefix,
             sys.base_exec_prefix,
             str(Path(daemon.__file__).resolve().parents[1]),
-            str(HARNESS.parent),
             str(base),
             str(notify_dir),
         ]
@@ -502,7 +506,7 @@ class Hardened:
                 "private",
                 "--",
                 sys.executable,
-                str(HARNESS),
+                str(self.harness),
                 "outer",
                 str(spec_path),
             ],
