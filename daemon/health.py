@@ -25,13 +25,11 @@ liveness check at it (systemd's watchdog restarts a stuck process).
 from __future__ import annotations
 
 import asyncio
-import os
-import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -44,6 +42,8 @@ from daemon.errors import StoreError
 from daemon.logs import redact_text
 from daemon.rules.guard import BreakerState
 from daemon.store import SyncState
+from daemon.store.filecheck import file_problems, identity
+from daemon.sync.freshness import GRACE, JobFreshness, job_freshness
 from daemon.sync.schedule import Schedule
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,6 @@ __all__ = [
     "job_freshness",
 ]
 
-GRACE = 300.0  # seconds a job may be late beyond two missed ticks and its jitter
 CACHE_TTL = 1.0
 PROBE_TIMEOUT = 5.0  # real seconds for the write probe (and each read) to answer
 COUNTS_MAX_AGE = 120.0  # older upkeep counts are refreshed by a query of our own
@@ -182,49 +181,6 @@ class CountsCache:
         return latest
 
 
-# -- job freshness (pure) --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobFreshness:
-    state: Literal["ok", "pending", "stale"]
-    stale_at: datetime  # when the job turns (or turned) stale without a new success
-
-    @property
-    def ok(self) -> bool:
-        return self.state != "stale"
-
-
-def job_freshness(
-    schedule: Schedule,
-    last_success: datetime | None,
-    *,
-    started_at: datetime,
-    now: datetime,
-    grace: float = GRACE,
-) -> JobFreshness:
-    """Whether a job's data is as fresh as its schedule promises.
-
-    Stale once the second tick after the last success has passed, plus the start jitter and
-    `grace`: one failed or skipped run is not yet a problem, two are. For `every` that is
-    2 × every + jitter + grace; for `cron` the second cron tick (a weekday 09:00 job that last
-    succeeded on Friday is stale on Tuesday at 09:00 + grace).
-
-    A job that never succeeded counts from `started_at` (the service's start, when its first
-    run is due) and is `pending` until that count makes it stale. A job that was already
-    overdue at start (the service was down) is given its catch-up run: it is not stale before
-    `started_at` + jitter + grace.
-    """
-    slack = timedelta(seconds=schedule.jitter + grace)
-    base = last_success if last_success is not None else started_at
-    stale_at = schedule.next_after(schedule.next_after(base)) + slack
-    if last_success is not None:
-        stale_at = max(stale_at, started_at + slack)
-    if now > stale_at:
-        return JobFreshness("stale", stale_at)
-    return JobFreshness("ok" if last_success is not None else "pending", stale_at)
-
-
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -247,64 +203,6 @@ class HealthReport:
 def _report(checks: dict[str, dict[str, Any]], now: datetime) -> HealthReport:
     failing = [name for name, check in checks.items() if not check.get("ok")]
     return HealthReport(not failing, checks, now, failing)
-
-
-# -- file checks -----------------------------------------------------------------------------
-
-Identity = tuple[int, int]
-
-
-def _identity(path: Path) -> Identity | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _not_writable(path: Path, what: str, mode: int, access: int) -> str | None:
-    """Why this process cannot (or should not) write `path`, or None.
-
-    `os.access` answers for our user; root passes it whatever the mode, so a mode with no write
-    bit at all (`chmod a-w`: what an operator does to freeze a file) is reported too.
-    """
-    if not os.access(path, access):
-        return f"the {what} is not writable by this user (mode {stat.S_IMODE(mode):04o})"
-    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        return f"the {what} is read-only (mode {stat.S_IMODE(mode):04o})"
-    return None
-
-
-def file_problems(path: Path, identity: Identity | None) -> list[str]:
-    """What is wrong with the database file at `path` for a process that opened `identity`."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return [
-            "the database file is gone (deleted or renamed): writes go to a file that will not "
-            "be opened again"
-        ]
-    except OSError as exc:
-        return [f"cannot stat the database file: {exc.strerror or exc}"]
-    problems: list[str] = []
-    if identity is not None and (st.st_dev, st.st_ino) != identity:
-        problems.append(
-            "the database file was replaced: the path names another file than the one open"
-        )
-    if why := _not_writable(path, "database file", st.st_mode, os.W_OK):
-        problems.append(why)
-    parent = path.parent
-    try:
-        dst = os.stat(parent)
-        vfs = os.statvfs(parent)
-    except OSError as exc:
-        problems.append(f"cannot stat the database directory: {exc.strerror or exc}")
-        return problems
-    if why := _not_writable(parent, "database directory", dst.st_mode, os.W_OK | os.X_OK):
-        problems.append(why)
-    if vfs.f_flag & os.ST_RDONLY:
-        problems.append("the database is on a read-only file system")
-    return problems
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -349,7 +247,7 @@ class Health:
         self.probe_timeout = probe_timeout
         self.counts_max_age = counts_max_age
         self.started_at = clock.now()
-        self.identity = _identity(store.path)  # the file as opened; a later one is another
+        self.identity = identity(store.path)  # the file as opened; a later one is another
         self._lock = asyncio.Lock()
         self._cached: tuple[float, HealthReport] | None = None
         self._failing: list[str] = []

@@ -28,8 +28,9 @@ from typing import Any
 
 from daemon.clients.auth import StaticHeaders
 from daemon.clients.errormap import ErrorDetail
-from daemon.clients.http import Response, UpstreamClient, UpstreamSession
+from daemon.clients.http import UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
+from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.config.models import BillomatUpstream

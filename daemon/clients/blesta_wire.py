@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from multidict import CIMultiDictProxy
 
 from daemon.clients.errormap import ErrorDetail, error_kwargs
-from daemon.clients.http import Response
+from daemon.clients.response import Response
 from daemon.errors import MalformedResponse, UpstreamResponseError, ValidationError
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"

@@ -31,7 +31,7 @@ from daemon.errors import (
 )
 
 if TYPE_CHECKING:
-    from daemon.clients.http import Response
+    from daemon.clients.response import Response
 
 # status -> (error type, message when the body says nothing); 5xx and HTML pages are below.
 STATUS_ERRORS: Mapping[int, tuple[type[UpstreamError], str]] = {

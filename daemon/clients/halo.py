@@ -32,7 +32,8 @@ from daemon.clients.halo_resources import (
     ResourceSpec,
     find_spec,
 )
-from daemon.clients.http import Response, UpstreamClient, UpstreamSession
+from daemon.clients.http import UpstreamClient, UpstreamSession
+from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.config.models import HaloUpstream

@@ -15,34 +15,29 @@ A non-idempotent request (POST) is retried only when the upstream cannot have ac
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 import aiohttp
 import structlog
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from daemon import __version__
-from daemon.clients.errormap import ErrorReader, check_success, map_error
+from daemon.clients.errormap import ErrorReader, map_error
 from daemon.clients.priority import for_action
 from daemon.clients.ratelimit import RateBudget, RateLimit
+from daemon.clients.response import ACCEPT_ENCODING, Response, parse_retry_after, read_capped
 from daemon.clock import Clock
 from daemon.errors import (
     ConnectError,
-    MalformedResponse,
     NetworkError,
     RateLimited,
-    ResponseTooLarge,
     UpstreamError,
     UpstreamTimeout,
-    redact_excerpt,
 )
 
 log = structlog.get_logger(__name__)
@@ -52,10 +47,6 @@ Params = Mapping[str, Any] | Sequence[tuple[str, Any]]
 
 
 MiB = 1024 * 1024
-EXCERPT_BYTES = 4096  # bytes of a body decoded for an error excerpt: cut before decoding
-READ_CHUNK = 64 * 1024
-# We decompress ourselves, under the size limit, so we only offer what zlib can undo.
-ACCEPT_ENCODING = "gzip, deflate"
 
 
 @dataclass(frozen=True)
@@ -75,70 +66,6 @@ class HttpOptions:
     user_agent: str = f"integration-daemon/{__version__}"
 
 
-@dataclass
-class Response:
-    """A fully read upstream answer. Bodies are read eagerly (pages are small and bounded by
-    `max_response_bytes`), which keeps connection lifetimes out of the callers' hands."""
-
-    method: str
-    url: URL
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    upstream: str
-    secrets: Sequence[str] = field(default=(), repr=False)
-    reader: ErrorReader | None = field(default=None, repr=False)
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-
-    @property
-    def is_json(self) -> bool:
-        return self.content_type.endswith("json") or self.content_type.endswith("+json")
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-    def excerpt(self) -> str:
-        # Cut the bytes first: decoding (and redacting) a 64 MB error page to keep 300
-        # characters of it would cost more than the request did.
-        head = self.body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
-        return redact_excerpt(head, self.secrets)
-
-    def parse_json(self) -> Any:
-        """The body as JSON, without judging it; not JSON is a `MalformedResponse`."""
-        try:
-            return json.loads(self.body)
-        except RecursionError as exc:
-            raise self._malformed("JSON nested too deeply to read") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise self._malformed(
-                f"expected JSON, got {self.content_type or 'no content type'}"
-            ) from exc
-
-    def json(self) -> Any:
-        """The body as JSON; a 2xx that carries an error instead of data raises (errormap)."""
-        body = self.parse_json()
-        if self.ok:
-            check_success(self, body, self.reader)
-        return body
-
-    def _malformed(self, message: str) -> MalformedResponse:
-        return MalformedResponse(
-            message,
-            upstream=self.upstream,
-            status=self.status,
-            method=self.method,
-            path=self.url.path,
-            excerpt=self.excerpt(),
-        )
-
-
 class Auth(Protocol):
     """Adds credentials to a request and reacts to a 401 (see daemon.clients.auth)."""
 
@@ -153,54 +80,6 @@ class Auth(Protocol):
 
 RetryAfterHook = Callable[[Response, float], float | None]
 BackoffHook = Callable[[int], float]
-
-
-def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date.
-
-    Nonsense (negative, NaN, infinite, unparsable) is None: the caller falls back to its own
-    backoff rather than trusting it.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - now_epoch)
-
-
-class _Decoder:
-    """Undo a Content-Encoding with a hard cap on the output, chunk by chunk.
-
-    aiohttp would inflate a whole network chunk at once; a 300 KB gzip that inflates to 300 MB
-    must instead fail after `limit` bytes, having held at most that much.
-    """
-
-    def __init__(self, encoding: str, limit: int):
-        self.limit = limit
-        if encoding in ("gzip", "x-gzip"):
-            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self._z = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, detected
-        else:
-            raise ValueError(encoding)
-
-    def feed(self, chunk: bytes, produced: int) -> bytes:
-        # Ask for one byte more than the budget allows: getting it proves the body is too big.
-        return self._z.decompress(chunk, max(1, self.limit - produced + 1))
-
-    def flush(self) -> bytes:
-        return self._z.flush()
 
 
 class UpstreamSession:
@@ -269,7 +148,7 @@ class UpstreamSession:
                     "Accept-Encoding": ACCEPT_ENCODING,
                     **self._default_headers,
                 },
-                # We inflate bodies ourselves, under max_response_bytes (see _Decoder).
+                # We inflate bodies ourselves, under max_response_bytes (clients/response.py).
                 auto_decompress=False,
             )
 
@@ -451,7 +330,13 @@ class UpstreamSession:
                 headers=CIMultiDict(headers),
                 allow_redirects=False,
             ) as r:
-                body = await self._read_body(r, method, url)
+                body = await read_capped(
+                    r,
+                    limit=self.options.max_response_bytes,
+                    upstream=self.name,
+                    method=method,
+                    url=url,
+                )
                 return Response(
                     method, r.url, r.status, r.headers, body, self.name, self.secrets, self.errors
                 )
@@ -476,58 +361,6 @@ class UpstreamSession:
                 method=method,
                 path=url.path,
             ) from exc
-
-    async def _read_body(self, r: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
-        """The body, decompressed, never more than `max_response_bytes` of it in memory."""
-        limit = self.options.max_response_bytes
-        encoding = r.headers.get("Content-Encoding", "").strip().lower()
-        encoding = "" if encoding == "identity" else encoding
-        declared = r.content_length
-        if declared is not None and declared > limit:
-            self._too_large(r, method, url, f"announced {declared} bytes")
-        try:
-            decoder = _Decoder(encoding, limit) if encoding else None
-        except ValueError:
-            r.close()
-            raise MalformedResponse(
-                f"unsupported Content-Encoding {encoding!r}",
-                upstream=self.name,
-                status=r.status,
-                method=method,
-                path=url.path,
-            ) from None
-        out = bytearray()
-        received = 0
-        try:
-            async for chunk in r.content.iter_chunked(READ_CHUNK):
-                received += len(chunk)
-                out += decoder.feed(chunk, len(out)) if decoder is not None else chunk
-                if len(out) > limit or received > limit:
-                    self._too_large(r, method, url, f"more than {limit} bytes")
-            if decoder is not None:
-                out += decoder.flush()
-                if len(out) > limit:
-                    self._too_large(r, method, url, f"more than {limit} bytes")
-        except zlib.error as exc:
-            r.close()
-            raise MalformedResponse(
-                f"{encoding} body cannot be decompressed: {exc}",
-                upstream=self.name,
-                status=r.status,
-                method=method,
-                path=url.path,
-            ) from None
-        return bytes(out)
-
-    def _too_large(self, r: aiohttp.ClientResponse, method: str, url: URL, what: str) -> None:
-        r.close()  # drop the connection instead of draining the rest of the body
-        raise ResponseTooLarge(
-            f"answer too large ({what}; max_response_bytes is {self.options.max_response_bytes})",
-            upstream=self.name,
-            status=r.status,
-            method=method,
-            path=url.path,
-        )
 
     def _log_retry(
         self, method: str, url: URL, attempt: int, wait: float, exc: UpstreamError

@@ -24,12 +24,11 @@ Facts this module is faithful to (upstream-apis §5):
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -37,8 +36,16 @@ import structlog
 
 from daemon.clients.auth import TokenAuth
 from daemon.clients.errormap import ErrorDetail
-from daemon.clients.http import Response, UpstreamClient, UpstreamSession
+from daemon.clients.http import UpstreamClient, UpstreamSession
+from daemon.clients.ns_subscriptions import Subscription, SubscriptionExists, SubscriptionsApi
+from daemon.clients.ns_wire import (
+    DEFAULT_PAGE,
+    format_ns_datetime,
+    parse_ns_datetime,
+    validate_session_id,
+)
 from daemon.clients.paging import DEFAULT_MAX_PAGES, walk_pages
+from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.config.models import NetsapiensUpstream
@@ -46,7 +53,6 @@ from daemon.errors import (
     AuthError,
     MalformedResponse,
     UpstreamError,
-    UpstreamResponseError,
     redact_excerpt,
 )
 
@@ -68,47 +74,6 @@ log = structlog.get_logger(__name__)
 API_PREFIX = "/ns-api/v2"
 TOKEN_PATH = "tokens"  # noqa: S105 - a path, not a secret
 MESSAGE_TYPES = frozenset({"sms", "mms", "chat", "chat-media"})
-SESSION_ID = re.compile(r"^[A-Za-z0-9_]{32,}$")
-NS_DATETIME = "%Y-%m-%d %H:%M:%S"
-DEFAULT_PAGE = 500
-
-
-class SubscriptionExists(UpstreamResponseError):
-    """409 on `POST /subscriptions`: one with the same model, post-url and domain exists."""
-
-
-def parse_ns_datetime(value: Any) -> datetime | None:
-    """A NetSapiens datetime in either form as aware UTC; None for empty/zero/unparseable.
-
-    `2023-10-09 17:16:36` carries no zone and is UTC; `0000-00-00 00:00:00` means "never"."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if not text or text.startswith("0000-00-00"):
-        return None
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def format_ns_datetime(value: datetime) -> str:
-    """`YYYY-MM-DD HH:MM:SS` in UTC, the form the subscription and CDR filters take."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime: NetSapiens times are sent as UTC")
-    return value.astimezone(UTC).strftime(NS_DATETIME)
-
-
-def validate_session_id(session_id: str) -> str:
-    """The id unchanged, or `ValueError`: ≥32 characters of `[A-Za-z0-9_]` (upstream-apis §5)."""
-    if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-        raise ValueError("message session id must be at least 32 characters of [A-Za-z0-9_]")
-    return session_id
 
 
 def _message(resp: Response, body: Any = None) -> str:
@@ -205,126 +170,6 @@ class NetsapiensAuth(TokenAuth):
                 "token endpoint answered a non-object", upstream=session.name, status=resp.status
             )
         return payload
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """The fields of a subscription object the keeper reasons about; `raw` keeps the rest."""
-
-    id: str
-    model: str
-    post_url: str
-    domain: str
-    user: str
-    status: str
-    expires_at: datetime | None
-    error_count: int
-    posts_count: int
-    raw: dict[str, Any] = field(repr=False, compare=False)
-
-    @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> Subscription:
-        def num(key: str) -> int:
-            try:
-                return int(obj.get(key) or 0)
-            except (TypeError, ValueError):
-                return 0
-
-        return cls(
-            id=str(obj.get("id") or ""),
-            model=str(obj.get("model") or ""),
-            post_url=str(obj.get("post-url") or ""),
-            domain=str(obj.get("domain") or "*"),
-            user=str(obj.get("user") or "*"),
-            status=str(obj.get("status") or "").lower(),
-            expires_at=parse_ns_datetime(obj.get("subscription-expires-datetime")),
-            error_count=num("error-count"),
-            posts_count=num("posts-count"),
-            raw=dict(obj),
-        )
-
-
-_FIELD_NAMES = {
-    "post_url": "post-url",
-    "geo_support": "subscription-geo-support",
-    "expires_at": "subscription-expires-datetime",
-    "preferred_server": "preferred-server",
-    "error_count": "error-count",
-    "posts_count": "posts-count",
-}
-
-
-def _wire_value(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, datetime):
-        return format_ns_datetime(value)
-    return value
-
-
-class SubscriptionsApi:
-    """`/subscriptions` CRUD; reached as `client.subscriptions`."""
-
-    def __init__(self, client: NetsapiensClient):
-        self._client = client
-
-    async def create(
-        self,
-        model: str,
-        post_url: str,
-        *,
-        expires_at: datetime,
-        domain: str = "*",
-        user: str = "*",
-        reseller: str | None = None,
-        geo_support: bool = True,
-        preferred_server: str | None = None,
-    ) -> dict[str, Any]:
-        """Create one; raises `SubscriptionExists` on 409. The expiry is mandatory because the
-        upstream default is "dies with the token that created it"."""
-        body: dict[str, Any] = {
-            "model": model,
-            "post-url": post_url,
-            "domain": domain,
-            "user": user,
-            "subscription-geo-support": _wire_value(geo_support),
-            "subscription-expires-datetime": format_ns_datetime(expires_at),
-        }
-        if reseller is not None:
-            body["reseller"] = reseller
-        if preferred_server is not None:
-            body["preferred-server"] = preferred_server
-        result = await self._client.request("POST", "subscriptions", json=body)
-        if isinstance(result, dict) and result.get("id"):
-            return result
-        # Accepted without the object: find what was made.
-        for sub in await self.list():
-            if sub.get("post-url") == post_url and sub.get("model") == model:
-                return sub
-        raise MalformedResponse(
-            "subscription created but not returned or listed", upstream=self._client.name
-        )
-
-    async def get(self, subscription_id: str) -> dict[str, Any]:
-        result = await self._client.request("GET", f"subscriptions/{quote(subscription_id)}")
-        if isinstance(result, list) and len(result) == 1:  # some builds wrap it in an array
-            result = result[0]
-        if not isinstance(result, dict):
-            raise MalformedResponse("subscription is not an object", upstream=self._client.name)
-        return result
-
-    async def list(self, *, limit: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
-        return [s async for s in self._client.paged("subscriptions", limit=limit)]
-
-    async def update(self, subscription_id: str, **fields: Any) -> Any:
-        """Partial update (`expires_at=datetime`, `post_url=...`); 202 answers carry no object."""
-        body = {_FIELD_NAMES.get(k, k.replace("_", "-")): _wire_value(v) for k, v in fields.items()}
-        return await self._client.request(
-            "PUT", f"subscriptions/{quote(subscription_id)}", json=body
-        )
-
-    async def delete(self, subscription_id: str) -> Any:
-        return await self._client.request("DELETE", f"subscriptions/{quote(subscription_id)}")
 
 
 def _seg(value: str) -> str:

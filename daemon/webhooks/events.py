@@ -29,7 +29,7 @@ from typing import Any
 
 from daemon.canonical import canonical_json as _canonical
 from daemon.canonical import repair_surrogates, sha256_hex
-from daemon.clients.netsapiens import parse_ns_datetime
+from daemon.clients.ns_wire import parse_ns_datetime
 from daemon.phones import to_e164
 from daemon.webhooks.body import DEFAULT_MAX_DEPTH, BodyError, load_json, nests_deeper
 

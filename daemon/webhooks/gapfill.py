@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon.clients.netsapiens import parse_ns_datetime
+from daemon.clients.ns_wire import parse_ns_datetime
 from daemon.clients.paging import DEFAULT_MAX_PAGES
 from daemon.clock import Clock
 from daemon.errors import LimitExceeded, UpstreamError, UpstreamResponseError

@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 
 from daemon.clients.auth import BasicAuth
-from daemon.clients.http import HttpOptions, UpstreamSession, parse_retry_after
+from daemon.clients.http import HttpOptions, UpstreamSession
 from daemon.clients.ratelimit import RateLimit
+from daemon.clients.response import parse_retry_after
 from daemon.clock import FakeClock
 from daemon.errors import (
     AuthError,
