@@ -7,41 +7,23 @@ hour), so `create` always sends an explicit expiry; a duplicate answers 409, rai
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from daemon.clients.ns_wire import DEFAULT_PAGE, format_ns_datetime, parse_ns_datetime
 from daemon.errors import MalformedResponse, UpstreamResponseError
+
+if TYPE_CHECKING:
+    from daemon.clients.netsapiens import NetsapiensClient
 
 __all__ = ["Subscription", "SubscriptionExists", "SubscriptionsApi"]
 
 
 class SubscriptionExists(UpstreamResponseError):
     """409 on `POST /subscriptions`: one with the same model, post-url and domain exists."""
-
-
-class _Client(Protocol):
-    """The slice of `NetsapiensClient` the subscription calls use."""
-
-    @property
-    def name(self) -> str: ...
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        idempotent: bool | None = None,
-    ) -> Any: ...
-
-    def paged(
-        self, path: str, *, params: Mapping[str, Any] | None = None, limit: int = ...
-    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +84,7 @@ def _wire_value(value: Any) -> Any:
 class SubscriptionsApi:
     """`/subscriptions` CRUD; reached as `client.subscriptions`."""
 
-    def __init__(self, client: _Client):
+    def __init__(self, client: NetsapiensClient):
         self._client = client
 
     async def create(
