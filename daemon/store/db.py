@@ -35,17 +35,10 @@ from daemon.clock import Clock
 from daemon.errors import StoreError
 from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
 from daemon.store.files import private_file, tighten_companions
+from daemon.store.handoff import run_to_end, shielded
 from daemon.store.schema import SCHEMA_VERSION, migrate, user_version
 from daemon.store.util import to_db
-from daemon.store.writer import (
-    _STOP,
-    BatchFn,
-    StoreStats,
-    WriteFn,
-    WriterLoop,
-    run_to_end,
-    shielded,
-)
+from daemon.store.writer import _STOP, BatchFn, StoreStats, WriteFn, WriterLoop
 
 log = structlog.get_logger(__name__)
 
