@@ -6,7 +6,8 @@ The layout for users is documented in docs/database.md.
 
 from daemon.store.actions import ACTION_STATUSES, ActionRow, HaloThread, NewAction
 from daemon.store.contacts import Contact, ContactEntry
-from daemon.store.inbox import EVENT_STATUSES, EventRow, InsertedEvent, NewEvent
+from daemon.store.inbox import EVENT_STATUSES, EventRow
+from daemon.store.ingest import InsertedEvent, NewEvent
 from daemon.store.records import TombstoneResult, UpsertResult
 from daemon.store.runs import RUN_STATUSES, UNSET, RunRow, SyncState
 from daemon.store.schema import SCHEMA_VERSION

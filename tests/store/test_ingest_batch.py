@@ -15,7 +15,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.errors import StoreError
-from daemon.store import NewEvent, Store, inbox
+from daemon.store import NewEvent, Store, ingest
 
 
 def ev(
@@ -167,7 +167,7 @@ async def test_large_payloads_are_split_across_statements(
 ) -> None:
     """A burst of big bodies is written in parts of about STATEMENT_BYTES each: memory stays
     bounded and the results are the same."""
-    monkeypatch.setattr(inbox, "STATEMENT_BYTES", 1000)
+    monkeypatch.setattr(ingest, "STATEMENT_BYTES", 1000)
     big = "x" * 400
 
     def event(key: str) -> NewEvent:
