@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daemon.clock import FakeClock
-from daemon.config.models import HaloUpstream, NetsapiensUpstream
+from daemon.config.upstreams import HaloUpstream, NetsapiensUpstream
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

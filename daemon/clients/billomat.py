@@ -33,7 +33,7 @@ from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.config.models import BillomatUpstream
+from daemon.config.upstreams import BillomatUpstream
 from daemon.errors import (
     MalformedResponse,
     RateLimited,

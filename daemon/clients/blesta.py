@@ -45,7 +45,7 @@ from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.config.models import BlestaUpstream
+from daemon.config.upstreams import BlestaUpstream
 from daemon.errors import AuthError, MalformedResponse, UpstreamError
 
 __all__ = [

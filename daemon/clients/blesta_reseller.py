@@ -34,7 +34,7 @@ from daemon.clients.http import HttpOptions, UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.config.models import ResellerUpstream
+from daemon.config.upstreams import ResellerUpstream
 from daemon.errors import MalformedResponse
 
 DEFAULT_URL = "https://account.blesta.com/plugin/blesta_reseller/v2/index"

@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any, cast
 
 from daemon.clock import Clock
-from daemon.config.models import UpstreamSettings
+from daemon.config.upstreams import UpstreamSettings
 from daemon.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily below: `daemon --help` must not load every client

@@ -36,7 +36,7 @@ from daemon.clients.http import UpstreamClient, UpstreamSession
 from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.config.models import HaloUpstream
+from daemon.config.upstreams import HaloUpstream
 from daemon.errors import AuthError, UpstreamError, redact_excerpt
 
 __all__ = ["RESOURCES", "HaloClient", "HaloPage", "HaloResource", "ResourceSpec"]

@@ -48,7 +48,7 @@ from daemon.clients.paging import DEFAULT_MAX_PAGES, walk_pages
 from daemon.clients.response import Response
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
-from daemon.config.models import NetsapiensUpstream
+from daemon.config.upstreams import NetsapiensUpstream
 from daemon.errors import (
     AuthError,
     MalformedResponse,

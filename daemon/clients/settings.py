@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from daemon.clients.http import HttpOptions
-from daemon.config.models import UpstreamSettings
+from daemon.config.upstreams import UpstreamSettings
 
 
 def seconds(value: float | timedelta | None, default: float) -> float:

@@ -5,6 +5,7 @@ The public API lives here; `values` holds the scalar parsers, `models` the setti
 """
 
 from daemon.config.checks import database_problem
+from daemon.config.fields import Secret
 from daemon.config.load import (
     SYSTEM_CONFIG,
     load_settings,
@@ -13,26 +14,27 @@ from daemon.config.load import (
     schedule_description,
 )
 from daemon.config.models import (
-    DEFAULT_RESELLER_URL,
     NETSAPIENS_MODELS,
     RESERVED_TABLES,
-    UPSTREAM_KINDS,
-    BillomatUpstream,
-    BlestaUpstream,
     DaemonSettings,
-    HaloUpstream,
     HttpSettings,
-    NetsapiensUpstream,
     NetsapiensWebhookSettings,
-    ResellerUpstream,
     Rule,
-    Secret,
     Settings,
     SyncJob,
-    UpstreamSettings,
     WebhooksSettings,
 )
 from daemon.config.secrets import SECRET_KEYS
+from daemon.config.upstreams import (
+    DEFAULT_RESELLER_URL,
+    UPSTREAM_KINDS,
+    BillomatUpstream,
+    BlestaUpstream,
+    HaloUpstream,
+    NetsapiensUpstream,
+    ResellerUpstream,
+    UpstreamSettings,
+)
 from daemon.config.values import (
     MAX_DURATION,
     ByteSize,

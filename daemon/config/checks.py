@@ -19,10 +19,10 @@ from daemon.config.models import (
     RESELLER_RESOURCES,
     Rule,
     SyncJob,
-    UpstreamSettings,
     WebhooksSettings,
 )
 from daemon.config.secrets import join
+from daemon.config.upstreams import UpstreamSettings
 from daemon.errors import ConfigProblem
 from daemon.eventkinds import EVENT_FIELDS, EVENT_KINDS, pattern_is_known
 

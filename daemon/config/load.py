@@ -22,16 +22,15 @@ from daemon.config.checks import (
     check_upstream_refs,
 )
 from daemon.config.models import (
-    UPSTREAM_KINDS,
     DaemonSettings,
     HttpSettings,
     Rule,
     Settings,
     SyncJob,
-    UpstreamSettings,
     WebhooksSettings,
 )
 from daemon.config.secrets import Resolved, insecure_mode, join, resolve_references
+from daemon.config.upstreams import UPSTREAM_KINDS, UpstreamSettings
 from daemon.config.values import expand_user, format_duration
 from daemon.errors import ConfigError, ConfigProblem
 from daemon.logs import redact_text

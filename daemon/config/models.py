@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -24,76 +23,38 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from daemon.config.dispatch import BusinessHours, DispatchSettings, LoopGuardSettings
+from daemon.config.fields import (
+    DAY,
+    HOUR,
+    GiB,
+    HttpUrl,
+    Model,
+    Network,
+    Secret,
+    between,
+    field_error,
+    sized,
+)
+from daemon.config.upstreams import (
+    BlestaUpstream,
+    HaloUpstream,
+    NetsapiensUpstream,
+    ResellerUpstream,
+    UpstreamSettings,
+)
 from daemon.config.values import (
-    MAX_DURATION,
     ByteSize,
     Duration,
-    RateLimitValue,
     check_cron,
-    check_http_url,
     check_listen,
-    check_network,
     expand_user,
-    format_byte_size,
-    format_duration,
     parse_duration,
     parse_months,
 )
 from daemon.tablenames import RESERVED_NAMES, table_name_problem
 
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
-KiB, GiB = 1024, 1024**3
-
-
-def _usable_secret(value: SecretStr) -> SecretStr:
-    # An empty secret would send blank credentials and fail obscurely at the first request; a
-    # control character cannot travel in a header and would make the request itself fail.
-    text = value.get_secret_value()
-    if not text.strip():
-        raise ValueError("must not be empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError("must not contain control characters (a newline, a tab, ...)")
-    return value
-
-
-def _between(
-    minimum: float = 0.0, maximum: float = MAX_DURATION, *, positive: bool = False
-) -> AfterValidator:
-    """A duration's bounds, with the message in the file's own units (`at most 1h`)."""
-
-    def check(value: float | None) -> float | None:
-        if value is None:
-            return value
-        if positive and value <= 0:
-            raise ValueError("must be positive")
-        if value < minimum:
-            raise ValueError(f"must be at least {format_duration(minimum)}")
-        if value > maximum:
-            raise ValueError(f"must be at most {format_duration(maximum)}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _sized(minimum: int, maximum: int) -> AfterValidator:
-    def check(value: int) -> int:
-        if not minimum <= value <= maximum:
-            raise ValueError(
-                f"must be between {format_byte_size(minimum)} and {format_byte_size(maximum)}"
-            )
-        return value
-
-    return AfterValidator(check)
-
-
-Secret = Annotated[SecretStr, AfterValidator(_usable_secret)]
-HttpUrl = Annotated[str, AfterValidator(check_http_url)]
-Network = Annotated[str, AfterValidator(check_network)]
-
-DEFAULT_RESELLER_URL = "https://account.blesta.com/plugin/blesta_reseller/v2/index"
 NetsapiensModel = Literal[
     "agent",
     "auditlog",
@@ -124,27 +85,13 @@ DEFAULT_MAX_PAGES = 100_000
 MAX_PAGES = 1_000_000_000
 MAX_PAGE_SIZE = 100_000
 DEFAULT_MAX_DURATION = 2 * 3600.0
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_RETRY_WAIT = 600.0
 JOB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_DEFAULT_JITTER = 30.0
 _CRON_REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def field_error(field: str, message: str) -> PydanticCustomError:
-    """An error from a model-level check that still names its key (`sync[0].cron`).
-
-    Model validators have no loc of their own; `load._problems` appends `ctx['field']`.
-    """
-    return PydanticCustomError("config_field", "{message}", {"field": field, "message": message})
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class DaemonSettings(_Model):
+class DaemonSettings(Model):
     """`[daemon]`: process-wide settings."""
 
     database: Path = Path("state.db")
@@ -152,9 +99,9 @@ class DaemonSettings(_Model):
     log_format: Literal["json", "console", "auto"] = "auto"
     timezone: str = "UTC"
     default_region: str = "US"
-    shutdown_timeout: Annotated[Duration, _between(maximum=HOUR, positive=True)] = 30.0
+    shutdown_timeout: Annotated[Duration, between(maximum=HOUR, positive=True)] = 30.0
     # At least an hour: `retention = 90` is ninety seconds, and would prune everything.
-    retention: Annotated[Duration, _between(minimum=HOUR)] = 90 * 86400.0
+    retention: Annotated[Duration, between(minimum=HOUR)] = 90 * 86400.0
     allow_insecure_config: bool = False
     business_hours: BusinessHours | None = None
     dispatch: DispatchSettings = DispatchSettings()
@@ -190,11 +137,11 @@ class DaemonSettings(_Model):
         return region
 
 
-class HttpSettings(_Model):
+class HttpSettings(Model):
     """`[http]`: the webhook / health listener."""
 
     listen: Annotated[str, AfterValidator(check_listen)] = "127.0.0.1:8780"
-    max_body_bytes: Annotated[ByteSize, _sized(1, GiB)] = 1048576
+    max_body_bytes: Annotated[ByteSize, sized(1, GiB)] = 1048576
     trusted_proxies: list[Network] = []
 
     @property
@@ -204,93 +151,6 @@ class HttpSettings(_Model):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
-
-
-class _Upstream(_Model):
-    """Fields every `[upstreams.<name>]` table shares; `name` is the table's key."""
-
-    name: str
-    timeout: Annotated[Duration, _between(maximum=HOUR, positive=True)] = 30.0
-    max_retries: int = Field(default=4, ge=0, le=10)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    rate_limit: RateLimitValue = None
-    # Every answer is read into memory up to this size (after decompression) and no further.
-    max_response_bytes: Annotated[ByteSize, _sized(KiB, GiB)] = DEFAULT_MAX_RESPONSE_BYTES
-    # All the waiting one request may do between its tries (backoff and Retry-After together).
-    max_retry_wait: Annotated[Duration, _between(maximum=DAY)] = DEFAULT_MAX_RETRY_WAIT
-    # The share of `rate_limit` kept for actions (SMS replies, tickets): a sync may use the rest
-    # of the window, never this part, so a big sync cannot starve a reply.
-    action_reserve: float = Field(default=0.2, ge=0.0, le=0.9, allow_inf_nan=False)
-
-
-class BlestaUpstream(_Upstream):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
-    kind: Literal["blesta"] = "blesta"
-    url: HttpUrl
-    user: str
-    key: Secret
-    auth: Literal["basic", "header"] = "basic"
-
-
-class ResellerUpstream(_Upstream):
-    kind: Literal["blesta_reseller"] = "blesta_reseller"
-    url: HttpUrl = DEFAULT_RESELLER_URL
-    user: str
-    password: Secret
-
-
-class BillomatUpstream(_Upstream):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
-    kind: Literal["billomat"] = "billomat"
-    billomat_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")]
-    api_key: Secret
-    app_id: str | None = None
-    app_secret: Secret | None = None
-    url: HttpUrl | None = None
-    max_rate_wait: Annotated[Duration, _between(maximum=DAY)] = 900.0
-
-    @model_validator(mode="after")
-    def _app_pair(self) -> BillomatUpstream:
-        if (self.app_id is None) != (self.app_secret is None):
-            missing = "app_secret" if self.app_secret is None else "app_id"
-            raise field_error(missing, "app_id and app_secret go together: set both or neither")
-        return self
-
-    @property
-    def base_url(self) -> str:
-        """The API root: the `url` override (sandbox, proxies) or the account's own host."""
-        return (self.url or f"https://{self.billomat_id}.billomat.net/api").rstrip("/")
-
-
-class HaloUpstream(_Upstream):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
-    kind: Literal["halo"] = "halo"
-    tenant_url: HttpUrl
-    client_id: str
-    client_secret: Secret
-    scope: str = "all"
-    tenant: str = ""
-
-
-class NetsapiensUpstream(_Upstream):
-    kind: Literal["netsapiens"] = "netsapiens"
-    api_url: HttpUrl
-    client_id: str
-    client_secret: Secret
-    username: str
-    password: Secret
-
-
-UpstreamSettings = (
-    BlestaUpstream | ResellerUpstream | BillomatUpstream | HaloUpstream | NetsapiensUpstream
-)
-UPSTREAM_KINDS: dict[str, type[_Upstream]] = {
-    "blesta": BlestaUpstream,
-    "blesta_reseller": ResellerUpstream,
-    "billomat": BillomatUpstream,
-    "halo": HaloUpstream,
-    "netsapiens": NetsapiensUpstream,
-}
 
 
 def _e164(raw: str, info: ValidationInfo) -> str:
@@ -307,7 +167,7 @@ def _e164(raw: str, info: ValidationInfo) -> str:
 PhoneNumber = Annotated[str, AfterValidator(_e164)]
 
 
-class NetsapiensWebhookSettings(_Model):
+class NetsapiensWebhookSettings(Model):
     """`[webhooks.netsapiens]`: the listener, the subscriptions it keeps, and the loop guard."""
 
     secret: Secret
@@ -322,7 +182,7 @@ class NetsapiensWebhookSettings(_Model):
     # Secret rotation: the old secret is still accepted for `rotation_grace` after the daemon
     # first loads it here, while the keeper moves the subscriptions to the new one.
     previous_secret: Secret | None = None
-    rotation_grace: Annotated[Duration, _between(maximum=30 * DAY, positive=True)] = DAY
+    rotation_grace: Annotated[Duration, between(maximum=30 * DAY, positive=True)] = DAY
     guard: LoopGuardSettings = LoopGuardSettings()
 
     @field_validator("secret")
@@ -334,7 +194,7 @@ class NetsapiensWebhookSettings(_Model):
         return value
 
 
-class WebhooksSettings(_Model):
+class WebhooksSettings(Model):
     netsapiens: NetsapiensWebhookSettings | None = None
 
 
@@ -359,7 +219,7 @@ def _default_jitter(every: Any, cron: Any) -> float:
     return min(MAX_DEFAULT_JITTER, interval * 0.1)
 
 
-class SyncJob(_Model):
+class SyncJob(Model):
     """One `[[sync]]` entry: what to copy, into which table, how often."""
 
     name: str
@@ -368,7 +228,7 @@ class SyncJob(_Model):
     resource: str | None = None
     method: str = "getList"
     params: dict[str, Any] = {}
-    every: Annotated[Duration, _between(minimum=1.0, positive=True)] | None = None
+    every: Annotated[Duration, between(minimum=1.0, positive=True)] | None = None
     cron: Annotated[str, AfterValidator(check_cron)] | None = None
     jitter: Duration = 0.0
     mode: Literal["full", "incremental", "append"] = "full"
@@ -379,7 +239,7 @@ class SyncJob(_Model):
     page_size: int | None = Field(default=None, gt=0, le=MAX_PAGE_SIZE)
     # Every run ends, and no run erases most of a table on one bad answer (docs/database.md).
     max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1, le=MAX_PAGES)
-    max_duration: Annotated[Duration, _between(positive=True)] = DEFAULT_MAX_DURATION
+    max_duration: Annotated[Duration, between(positive=True)] = DEFAULT_MAX_DURATION
     max_tombstone_fraction: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @model_validator(mode="before")
@@ -433,7 +293,7 @@ class SyncJob(_Model):
         return self
 
 
-class Rule(_Model):
+class Rule(Model):
     """One `[[rules]]` entry; matching and acting live in `daemon.rules`."""
 
     name: str
@@ -467,7 +327,7 @@ class Rule(_Model):
         return self
 
 
-class Settings(_Model):
+class Settings(Model):
     """The whole file, validated. Built by `load_settings`/`parse_settings`."""
 
     daemon: DaemonSettings = DaemonSettings()

@@ -13,7 +13,7 @@ from aiohttp import web
 from daemon.clients.factory import build_client
 from daemon.clock import FakeClock
 from daemon.config import SyncJob, UpstreamSettings
-from daemon.config.models import UPSTREAM_KINDS
+from daemon.config.upstreams import UPSTREAM_KINDS
 from daemon.store import Store
 from daemon.sync.runner import JobRunner, RunResult
 from daemon.sync.strategies import build_fetcher

@@ -9,7 +9,7 @@ from aiohttp import web
 from daemon.clients.factory import build_client
 from daemon.clients.netsapiens import NetsapiensClient
 from daemon.clock import FakeClock
-from daemon.config.models import NetsapiensUpstream
+from daemon.config.upstreams import NetsapiensUpstream
 from daemon.sandbox.server import serve_app
 from tests.hostile.conftest import SECRET, Harness
 from tests.hostile.servers import Script, clients, halo_app
