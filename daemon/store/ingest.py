@@ -115,9 +115,9 @@ def _insert_new(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int
         return None
     if conn.execute(_count_sql(len(keys)), keys).fetchone()[0]:
         return None
-    before = conn.total_changes
     cursor = conn.execute(_insert_sql(len(part), returning=False), [v for r in part for v in r])
-    if conn.total_changes - before != len(part) or cursor.lastrowid is None:
+    # rowcount is this statement's own rows (sqlite3_changes), not a trigger's.
+    if cursor.rowcount != len(part) or cursor.lastrowid is None:
         raise StoreError("events insert wrote fewer rows than it was given")
     last = cursor.lastrowid
     first = last - len(part) + 1
