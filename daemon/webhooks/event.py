@@ -1,0 +1,140 @@
+"""The normalised `Event` (what rules see and the inbox stores), the result of parsing a batch,
+and the text normalisation the loop guard compares. Built by `events.parse_payload`.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from daemon.canonical import canonical_json as _canonical
+from daemon.canonical import repair_surrogates, sha256_hex
+from daemon.clients.ns_wire import parse_ns_datetime
+
+__all__ = [
+    "SOURCE",
+    "Event",
+    "ParseResult",
+    "PayloadError",
+    "Rejected",
+    "body_hash",
+    "canonical_json",
+    "normalise_text",
+]
+
+SOURCE = "netsapiens"
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON of an event or a raw element (odd values as their str)."""
+    return _canonical(obj, default=str)
+
+
+class PayloadError(ValueError):
+    """The whole body is unusable (not JSON, or JSON that is neither object nor array).
+
+    The message is short fixed text that never echoes the body (the listener answers with it);
+    `kind` is a label from a small set (`not json`, `too deep`, `too many elements`, `not
+    finite`, `not an array`) for logs and metrics.
+    """
+
+    def __init__(self, reason: str, kind: str = "not json"):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def normalise_text(text: str) -> str:
+    """Message text as the loop guard compares it: compatibility-normalised (NFKC, so a
+    carrier's full-width or ligature rewrite of our own reply still matches), stripped,
+    whitespace runs collapsed to one space, case-folded."""
+    return " ".join(unicodedata.normalize("NFKC", repair_surrogates(text)).split()).casefold()
+
+
+def body_hash(text: str | None) -> str | None:
+    """sha256 (hex) of `normalise_text(text)`: what the inbox stores as `body_hash` and what the
+    dispatcher's echo and repeat guards compare outgoing text against. None for no text or for
+    text that is only whitespace — an empty body says nothing about echoes or repeats."""
+    if text is None:
+        return None
+    norm = normalise_text(text)
+    return sha256_hex(norm) if norm else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened at the PBX, in the form rules and the inbox use."""
+
+    source: str
+    kind: str
+    from_number: str | None
+    to_number: str | None
+    body: str | None
+    direction: str | None  # 'inbound' | 'outbound' | None
+    session_id: str | None
+    domain: str | None
+    user: str | None
+    occurred_at: datetime | None
+    duration: int | None
+    dedupe_key: str
+    raw: dict[str, Any] = field(compare=False)
+
+    def as_context(self) -> dict[str, Any]:
+        """The `event` object of rule templates and `match` (DESIGN §3)."""
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "from": self.from_number,
+            "to": self.to_number,
+            "body": self.body,
+            "direction": self.direction,
+            "session_id": self.session_id,
+            "domain": self.domain,
+            "user": self.user,
+            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
+            "duration": self.duration,
+            "dedupe_key": self.dedupe_key,
+            "raw": self.raw,
+        }
+
+    def to_json(self) -> str:
+        """What the inbox stores as `payload`: the normalised event, so the dispatcher need
+        not know which model or default region produced it."""
+        return canonical_json(self.as_context())
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        """Inverse of `to_json` (for the dispatcher and `events show`)."""
+        d = json.loads(text)
+        duration = d.get("duration")
+        return cls(
+            source=d.get("source") or SOURCE,
+            kind=d["kind"],
+            from_number=d.get("from"),
+            to_number=d.get("to"),
+            body=d.get("body"),
+            direction=d.get("direction"),
+            session_id=d.get("session_id"),
+            domain=d.get("domain"),
+            user=d.get("user"),
+            occurred_at=parse_ns_datetime(d.get("occurred_at")),
+            duration=int(duration) if duration is not None else None,
+            dedupe_key=d["dedupe_key"],
+            raw=dict(d.get("raw") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An element of the batch that could not become an event, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    events: list[Event]
+    rejected: list[Rejected]
