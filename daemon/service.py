@@ -52,7 +52,7 @@ from daemon.systemd import Notifier, watchdog_loop
 from daemon.upkeep import Upkeep
 from daemon.webhooks.access import listener_runner
 from daemon.webhooks.app import deps_from_settings, make_app
-from daemon.webhooks.events import SOURCE
+from daemon.webhooks.event import SOURCE
 from daemon.webhooks.gapfill import Backfiller, should_backfill
 from daemon.webhooks.keeper import SubscriptionKeeper
 

@@ -23,7 +23,8 @@ from daemon.config import NetsapiensUpstream
 from daemon.sandbox.netsapiens_sim import NetsapiensState, serve_netsapiens
 from daemon.sandbox.server import serve_app
 from daemon.store import NewEvent, Store
-from daemon.webhooks.events import PayloadError, parse_payload
+from daemon.webhooks.event import PayloadError
+from daemon.webhooks.events import parse_payload
 
 T0 = datetime(2025, 1, 2, 15, 0, 0, tzinfo=UTC)
 SECRET = "hook-secret-0123456789"

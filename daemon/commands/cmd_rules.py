@@ -31,7 +31,8 @@ from daemon.errors import StoreError
 from daemon.rules.engine import RuleSet, Trace
 from daemon.rules.plan import Plan
 from daemon.store.contacts import Contact
-from daemon.webhooks.events import Event, PayloadError, parse_payload
+from daemon.webhooks.event import Event, PayloadError
+from daemon.webhooks.events import parse_payload
 
 ORDER = 40
 EXIT_OK, EXIT_ACTION_ERROR, EXIT_USAGE = 0, 1, 2

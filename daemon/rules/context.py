@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from daemon.config.dispatch import BusinessHours
 from daemon.store.contacts import Contact
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 
 _END_OF_DAY = time(23, 59, 59, 999999)  # how `parse_hours` spells 24:00
 

@@ -47,7 +47,7 @@ from daemon.rules.engine import RuleSet
 from daemon.rules.guard import EventFacts, LoopGuard
 from daemon.rules.plan import Plan, PlannedAction, Skipped, SmsRequest, TicketRequest
 from daemon.store import ActionRow, EventRow, NewAction, Store
-from daemon.webhooks.events import Event, body_hash
+from daemon.webhooks.event import Event, body_hash
 
 log = structlog.get_logger(__name__)
 

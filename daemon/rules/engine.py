@@ -50,7 +50,7 @@ from daemon.rules.templates import (
 )
 from daemon.store.contacts import Contact
 from daemon.templating import SMS_MAX_CHARS, TemplateProblem, make_environment
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 
 # Why a rule did or did not act on one event (`daemon rules test` prints these).
 Outcome = Literal["acted", "error", "disabled", "kind", "match", "when", "not reached"]

@@ -47,7 +47,8 @@ from daemon.config import NETSAPIENS_MODELS, Settings
 from daemon.crashpoints import crashpoint
 from daemon.errors import ConfigError, StoreError
 from daemon.webhooks.body import DEFAULT_MAX_DEPTH
-from daemon.webhooks.events import PayloadError, parse_payload
+from daemon.webhooks.event import PayloadError
+from daemon.webhooks.events import parse_payload
 from daemon.webhooks.inbox import InboxWriter, new_event
 from daemon.webhooks.remote import IPAddress, IPNetwork, client_address, is_allowed, networks
 from daemon.webhooks.secrets import SecretCheck, WebhookSecrets

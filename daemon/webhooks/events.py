@@ -34,26 +34,14 @@ from daemon.webhooks.event import (
     ParseResult,
     PayloadError,
     Rejected,
-    body_hash,
     canonical_json,
-    normalise_text,
 )
 
 # How deep one element of a batch may nest (NetSapiens objects are flat; 2 levels at most).
 MAX_ELEMENT_DEPTH = 32
 UNLIMITED_ELEMENTS = 1 << 62
 
-__all__ = [
-    "SOURCE",
-    "Event",
-    "ParseResult",
-    "PayloadError",
-    "Rejected",
-    "body_hash",
-    "canonical_json",
-    "normalise_text",
-    "parse_payload",
-]
+__all__ = ["MAX_ELEMENT_DEPTH", "parse_payload"]
 
 
 class _Reject(Exception):

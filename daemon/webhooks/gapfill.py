@@ -41,7 +41,8 @@ from daemon.clients.paging import DEFAULT_MAX_PAGES
 from daemon.clock import Clock
 from daemon.errors import LimitExceeded, UpstreamError, UpstreamResponseError
 from daemon.store import SyncState
-from daemon.webhooks.events import SOURCE, parse_payload
+from daemon.webhooks.event import SOURCE
+from daemon.webhooks.events import parse_payload
 from daemon.webhooks.inbox import InboxWriter, new_event
 
 log = structlog.get_logger(__name__)

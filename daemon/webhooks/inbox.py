@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Literal, Protocol, get_args
 
 from daemon.store import InsertedEvent, NewEvent
-from daemon.webhooks.events import Event, body_hash
+from daemon.webhooks.event import Event, body_hash
 
 __all__ = ["VIAS", "InboxWriter", "Via", "new_event"]
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from daemon.rules.plan import TicketRequest
 from daemon.rules.wiring import build_dispatcher
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 from tests.events.conftest import ANN, BOB, EventPath, add_client
 
 

@@ -50,7 +50,7 @@ from daemon.sandbox.orchestra import WEBHOOK_SECRET, Sandbox, demo_states, run_s
 from daemon.sandbox.orchestra import write_config as write_sandbox_config
 from daemon.service import Service
 from daemon.store import Store
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 from tests.logstate import logging_restored
 from tests.reliability import secrets
 from tests.reliability.harness import free_port, strip_syncs

@@ -9,7 +9,7 @@ from daemon.config.dispatch import BusinessHours
 from daemon.config.models import Rule
 from daemon.rules.engine import RuleSet
 from daemon.store.contacts import Contact
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 
 # A Monday, 15:00 UTC = 10:00 in New York.
 NOW = datetime(2025, 1, 6, 15, 0, tzinfo=UTC)

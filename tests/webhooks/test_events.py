@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from daemon.phones import to_e164
-from daemon.webhooks.events import Event, ParseResult, PayloadError, body_hash, parse_payload
+from daemon.webhooks.event import Event, ParseResult, PayloadError, body_hash
+from daemon.webhooks.events import parse_payload
 
 SID = "s" * 40
 INBOUND = {

@@ -17,7 +17,8 @@ from daemon.errors import UpstreamError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.sandbox.server import serve_app
 from daemon.store import InsertedEvent, NewEvent, Store, SyncState
-from daemon.webhooks.events import body_hash, parse_payload
+from daemon.webhooks.event import body_hash
+from daemon.webhooks.events import parse_payload
 from daemon.webhooks.gapfill import JOB, Backfiller, should_backfill
 from daemon.webhooks.inbox import new_event
 from daemon.webhooks.keeper import SubscriptionKeeper

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from daemon.store import InsertedEvent, NewEvent, Store
 from daemon.webhooks.app import reload_listener
-from daemon.webhooks.events import body_hash
+from daemon.webhooks.event import body_hash
 from daemon.webhooks.inbox import InboxWriter
 from daemon.webhooks.remote import networks
 from daemon.webhooks.secrets import WebhookSecrets

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from daemon.logs import configure_logging
-from daemon.webhooks.events import Event
+from daemon.webhooks.event import Event
 from tests.logstate import logging_restored
 from tests.webhooks.listener_fixtures import MESSAGE, SECRET, Hook, batch, message, running_hook
 
