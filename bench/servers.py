@@ -22,8 +22,8 @@ import sys
 from contextlib import AsyncExitStack
 from typing import Any
 
+from bench.blesta_server import bulk_state
 from daemon.sandbox.billomat_sim import BillomatState, serve_billomat
-from daemon.sandbox.blesta_sim import BlestaState
 from daemon.sandbox.blesta_sim import make_app as make_blesta_app
 from daemon.sandbox.halo_sim import HaloState, serve_halo
 from daemon.sandbox.server import serve_app
@@ -31,34 +31,11 @@ from daemon.sandbox.server import serve_app
 BLESTA_USER = "sync"
 
 
-def bulk_blesta(clients: int, latency: float) -> BlestaState:
-    """A Blesta simulator holding `clients` active clients (ids 1..N)."""
-    state = BlestaState()
-    state.clients = [
-        {
-            "id": str(i),
-            "id_code": str(1500 + i),
-            "user_id": str(i),
-            "first_name": f"First{i}",
-            "last_name": f"Last{i}",
-            "company": f"Company {i % 997} LLC",
-            "email": f"user{i}@example.com",
-            "phone": f"+1555{i % 10_000_000:07d}",
-            "status": "active",
-            "client_group_id": "1",
-            "date_added": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d} 10:00:00",
-        }
-        for i in range(1, clients + 1)
-    ]
-    state.faults.latency = latency
-    return state
-
-
 async def serve(blesta: int, halo: int, billomat: int, latency: float) -> None:
     info: dict[str, Any] = {"latency": latency}
     async with AsyncExitStack() as stack:
         if blesta:
-            state = bulk_blesta(blesta, latency)
+            state = bulk_state(blesta, latency)
             root = await stack.enter_async_context(serve_app(make_blesta_app(state)))
             info["blesta"] = {
                 "url": root + "/api",
