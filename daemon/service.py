@@ -282,19 +282,10 @@ class Service:
         hooks, client = run.settings.webhooks.netsapiens, self._ns_client(run)
         if hooks is None or client is None:
             return None
-        previous = [hooks.previous_secret.get_secret_value()] if hooks.previous_secret else []
         backfiller = run.backfiller
-        return SubscriptionKeeper(
-            client,
-            run.store,
-            clock=self.clock,
-            public_url=hooks.public_url,
-            secret=hooks.secret.get_secret_value(),
-            previous_secrets=previous,
-            models=hooks.subscribe,
-            domain=hooks.domain,
-            renew_before=timedelta(seconds=hooks.renew_before),
-            on_gap=backfiller.backfill if backfiller is not None else None,
+        on_gap = backfiller.backfill if backfiller is not None else None
+        return SubscriptionKeeper.from_settings(
+            client, run.store, hooks, clock=self.clock, on_gap=on_gap
         )
 
     async def _gapfill(self, *, task_status: TaskStatus[None]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 from contextlib import AsyncExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -105,19 +104,7 @@ async def run(
                 ],
             }
         if command == "sync":
-            keeper = SubscriptionKeeper(
-                client,
-                store,
-                clock=clock,
-                public_url=str(hooks.public_url),
-                secret=secret,
-                previous_secrets=(
-                    [hooks.previous_secret.get_secret_value()] if hooks.previous_secret else []
-                ),
-                models=list(hooks.subscribe),
-                domain=hooks.domain,
-                renew_before=timedelta(seconds=hooks.renew_before),
-            )
+            keeper = SubscriptionKeeper.from_settings(client, store, hooks, clock=clock)
             report = await keeper.sync_once()
             return report.as_dict()
         if command == "delete":

@@ -25,17 +25,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.clients.netsapiens import Subscription, SubscriptionExists
+from daemon.clients.ns_subscriptions import Subscription, SubscriptionExists
 from daemon.clock import Clock
 from daemon.errors import AuthError, NotFoundError, UpstreamError
 from daemon.logs import mask_webhook_url
 from daemon.store import SubscriptionRow
+
+if TYPE_CHECKING:
+    from daemon.config.models import NetsapiensWebhookSettings
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +172,32 @@ class SubscriptionKeeper:
         self.on_gap = on_gap
         self.last_report: KeeperReport | None = None
         self.last_error: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        client: KeeperClient,
+        store: SubscriptionStore,
+        hooks: NetsapiensWebhookSettings,
+        *,
+        clock: Clock,
+        on_gap: Callable[[], Awaitable[object]] | None = None,
+    ) -> SubscriptionKeeper:
+        """The keeper `[webhooks.netsapiens]` describes (the service and `daemon subscriptions
+        sync` both build it here, so they keep the same subscriptions)."""
+        previous = [hooks.previous_secret.get_secret_value()] if hooks.previous_secret else []
+        return cls(
+            client,
+            store,
+            clock=clock,
+            public_url=str(hooks.public_url),
+            secret=hooks.secret.get_secret_value(),
+            previous_secrets=previous,
+            models=list(hooks.subscribe),
+            domain=hooks.domain,
+            renew_before=timedelta(seconds=hooks.renew_before),
+            on_gap=on_gap,
+        )
 
     def post_url(self, model: str) -> str:
         return f"{self.public_url}/{model}/{self.secret}"

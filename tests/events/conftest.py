@@ -12,7 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +174,11 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
         listener_url = await stack.enter_async_context(serve_app(make_app(deps), port=port))
         hooks = settings.webhooks.netsapiens
         assert hooks is not None
-        keeper = SubscriptionKeeper(
+        keeper = SubscriptionKeeper.from_settings(
             clients["netsapiens"],  # type: ignore[arg-type]
             store,
+            hooks,
             clock=clock,
-            public_url=hooks.public_url,
-            secret=hooks.secret.get_secret_value(),
-            models=hooks.subscribe,
-            renew_before=timedelta(seconds=hooks.renew_before),
         )
         await keeper.sync_once()
         assert ns.live_subscriptions("message")

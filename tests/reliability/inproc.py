@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from daemon.clients.factory import open_clients
@@ -118,14 +117,11 @@ async def event_path(
         await stack.enter_async_context(serve_app(make_app(deps), port=port))
         hooks = settings.webhooks.netsapiens
         assert hooks is not None
-        keeper = SubscriptionKeeper(
+        keeper = SubscriptionKeeper.from_settings(
             clients["netsapiens"],  # type: ignore[arg-type]
             store,
+            hooks,
             clock=clock,
-            public_url=hooks.public_url,
-            secret=hooks.secret.get_secret_value(),
-            models=hooks.subscribe,
-            renew_before=timedelta(seconds=hooks.renew_before),
         )
         await keeper.sync_once()
         assert ns.live_subscriptions("message")
