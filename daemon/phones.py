@@ -9,6 +9,7 @@ written without a country code. Extensions and junk give None rather than a wron
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -49,6 +50,14 @@ def to_e164(raw: object, default_region: str = "US") -> str | None:
         raw = str(raw)
     if not isinstance(raw, str):
         return None
+    return _text_to_e164(raw, default_region)
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_to_e164(raw: str, default_region: str) -> str | None:
+    # Cached: libphonenumber is most of parsing a webhook message, and the same numbers recur
+    # (our own on every inbound message, a correspondent on each of theirs, a client's number
+    # in every contacts rebuild). Pure, so a cache cannot change an answer.
     text = _strip_uri(raw)
     if not text or not _ALLOWED.match(text):
         return None  # letters: a SIP user name, "anonymous", "Restricted"...

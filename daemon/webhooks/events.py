@@ -19,7 +19,6 @@ made only when the body holds such an escape, or was decoded elsewhere.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -86,15 +85,8 @@ def _when(obj: Mapping[str, Any], *keys: str) -> datetime | None:
     return None
 
 
-@functools.lru_cache(maxsize=8192)
-def _e164(value: str, region: str) -> str | None:
-    # libphonenumber is ~75 % of parsing a message, and the same numbers recur (our own on
-    # every inbound message, a correspondent on each of theirs); to_e164 is pure.
-    return to_e164(value, region)
-
-
 def _number(value: str | None, region: str) -> str | None:
-    return _e164(value, region) if value else None
+    return to_e164(value, region) if value else None
 
 
 class _Ctx:
