@@ -154,23 +154,10 @@ class ActionsRepo(Database):
         `done_at` is set when the status is final (sent or dead). `response`/`upstream_ref`
         given as None keep what is stored.
         """
-        _check_status(status)
-        nxt = None if next_attempt_at is None else to_db(next_attempt_at)
-
-        async def fn(conn: aiosqlite.Connection) -> None:
-            now = to_db(self.clock.now())
-            done = now if status in ("sent", "dead") else None
-            changed = await execute(
-                conn,
-                "UPDATE actions SET status = ?, attempts = attempts + ?, "
-                "response = COALESCE(?, response), upstream_ref = COALESCE(?, upstream_ref), "
-                "last_error = ?, next_attempt_at = ?, done_at = ? WHERE id = ?",
-                (status, int(count_attempt), response, upstream_ref, error, nxt, done, action_id),
-            )
-            if changed == 0:
-                raise StoreError(f"no action with id {action_id}")
-
-        await self.write(fn)
+        await self._record_outcome(
+            action_id, status, response, upstream_ref, error, next_attempt_at,
+            count_attempt=count_attempt, clear_started=False,
+        )  # fmt: skip
 
     async def start_attempt(self, action_id: int) -> datetime:
         """Commit `attempt_started_at = now` before the upstream call; returns that time."""
@@ -201,6 +188,24 @@ class ActionsRepo(Database):
         """Record an attempt's outcome: `attempts` + 1, `attempt_started_at` cleared, `done_at`
         set when final (sent or dead); `response`/`upstream_ref` given as None keep what is
         stored."""
+        crashpoint("before_outcome")
+        await self._record_outcome(
+            action_id, status, response, upstream_ref, error, next_attempt_at,
+            count_attempt=True, clear_started=True,
+        )  # fmt: skip
+
+    async def _record_outcome(
+        self,
+        action_id: int,
+        status: str,
+        response: str | None,
+        upstream_ref: str | None,
+        error: str | None,
+        next_attempt_at: datetime | None,
+        *,
+        count_attempt: bool,
+        clear_started: bool,
+    ) -> None:
         _check_status(status)
         nxt = None if next_attempt_at is None else to_db(next_attempt_at)
 
@@ -208,16 +213,17 @@ class ActionsRepo(Database):
             done = to_db(self.clock.now()) if status in ("sent", "dead") else None
             changed = await execute(
                 conn,
-                "UPDATE actions SET status = ?, attempts = attempts + 1, "
+                "UPDATE actions SET status = ?, attempts = attempts + ?, "
                 "response = COALESCE(?, response), upstream_ref = COALESCE(?, upstream_ref), "
-                "last_error = ?, next_attempt_at = ?, done_at = ?, attempt_started_at = NULL "
+                "last_error = ?, next_attempt_at = ?, done_at = ?, "
+                "attempt_started_at = CASE WHEN ? THEN NULL ELSE attempt_started_at END "
                 "WHERE id = ?",
-                (status, response, upstream_ref, error, nxt, done, action_id),
-            )
+                (status, int(count_attempt), response, upstream_ref, error, nxt, done,
+                 int(clear_started), action_id),
+            )  # fmt: skip
             if changed == 0:
                 raise StoreError(f"no action with id {action_id}")
 
-        crashpoint("before_outcome")
         await self.write(fn)
 
     async def actions_for_event(self, event_id: int) -> list[ActionRow]:
