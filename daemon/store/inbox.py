@@ -148,20 +148,7 @@ class InboxRepo(Database):
     ) -> None:
         """Record an outcome: `attempts` + 1, the lease freed; `failed` with `next_attempt_at`
         schedules a retry."""
-        _check_status(status)
-        params = (status, error, None if next_attempt_at is None else to_db(next_attempt_at))
-
-        async def fn(conn: aiosqlite.Connection) -> None:
-            changed = await execute(
-                conn,
-                "UPDATE events SET status = ?, last_error = ?, next_attempt_at = ?, "
-                "attempts = attempts + 1, lease_until = NULL WHERE id = ?",
-                (*params, event_id),
-            )
-            if changed == 0:
-                raise StoreError(f"no event with id {event_id}")
-
-        await self.write(fn)
+        await self._set_status(event_id, status, error, next_attempt_at, outcome=True)
 
     async def set_event_status(
         self,
@@ -173,13 +160,27 @@ class InboxRepo(Database):
     ) -> None:
         """Set the status without counting an attempt or touching the lease (tools, tests);
         the dispatcher records outcomes with `finish_event`."""
+        await self._set_status(event_id, status, error, next_attempt_at, outcome=False)
+
+    async def _set_status(
+        self,
+        event_id: int,
+        status: str,
+        error: str | None,
+        next_attempt_at: datetime | None,
+        *,
+        outcome: bool,
+    ) -> None:
         _check_status(status)
         params = (status, error, None if next_attempt_at is None else to_db(next_attempt_at))
+        # An outcome counts the attempt and frees the lease; a plain status change does neither.
+        extra = ", attempts = attempts + 1, lease_until = NULL" if outcome else ""
 
         async def fn(conn: aiosqlite.Connection) -> None:
             changed = await execute(
                 conn,
-                "UPDATE events SET status = ?, last_error = ?, next_attempt_at = ? WHERE id = ?",
+                f"UPDATE events SET status = ?, last_error = ?, next_attempt_at = ?{extra} "
+                "WHERE id = ?",
                 (*params, event_id),
             )
             if changed == 0:
