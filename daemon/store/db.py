@@ -35,7 +35,7 @@ from daemon.clock import Clock
 from daemon.errors import StoreError
 from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
 from daemon.store.files import private_file, tighten_companions
-from daemon.store.handoff import run_to_end, shielded
+from daemon.store.handoff import on_thread, run_to_end, shielded
 from daemon.store.schema import SCHEMA_VERSION, migrate, user_version
 from daemon.store.util import to_db
 from daemon.store.writer import _STOP, BatchFn, StoreStats, WriteFn, WriterLoop
@@ -81,12 +81,16 @@ async def _connect(
     conn = await aiosqlite.connect(target, isolation_level=None, uri=uri)
     try:
         pragmas = READ_ONLY_PRAGMAS if uri else (*PRAGMAS, f"PRAGMA synchronous = {synchronous}")
-        for pragma in pragmas:
-            await conn.execute(pragma)
+        await on_thread(conn, _run_pragmas, pragmas)  # one hand-off, not one per pragma
     except BaseException:
         await run_to_end(_close_conn(conn))
         raise
     return conn
+
+
+def _run_pragmas(raw: sqlite3.Connection, pragmas: Iterable[str]) -> None:
+    for pragma in pragmas:
+        raw.execute(pragma).fetchall()
 
 
 async def _close_conn(conn: aiosqlite.Connection) -> None:

@@ -2,8 +2,8 @@
 
 Why `user_version` rather than a `schema_version` table: it lives in the database header, so
 it is read without a query plan and changes atomically with the DDL of the same transaction.
-Each step runs in its own `BEGIN IMMEDIATE` transaction together with the version bump, so a
-crash mid-migration leaves the previous version intact and the step is simply retried.
+The pending steps run in one `BEGIN IMMEDIATE` transaction together with the version bump, so
+a crash mid-migration leaves the previous version intact and the steps are simply retried.
 
 Record tables (one per sync job) are not created here: they appear on demand through
 `Store.ensure_record_table`, because their names come from the configuration. A future step
@@ -14,10 +14,13 @@ Never edit a released step; append a new one.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import aiosqlite
 import structlog
+
+from daemon.store.handoff import on_thread
 
 log = structlog.get_logger(__name__)
 
@@ -184,35 +187,50 @@ async def user_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def _version(raw: sqlite3.Connection) -> int:
+    row = raw.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _apply(raw: sqlite3.Connection) -> tuple[int, int]:
+    """Every pending step and the version bump in one `BEGIN IMMEDIATE` transaction, on the
+    connection's own thread: all or nothing, one commit, one hand-off (a fresh database's
+    dozens of statements were one hand-off each, and one commit per step)."""
+    start = _version(raw)
+    if start >= SCHEMA_VERSION:
+        return start, start
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        start = _version(raw)
+        if start >= SCHEMA_VERSION:
+            raw.execute("ROLLBACK")
+            return start, start
+        for steps in MIGRATIONS[start:]:
+            for sql in steps:
+                raw.execute(sql)
+        # PRAGMA takes no parameters; SCHEMA_VERSION is our own int.
+        raw.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return start, SCHEMA_VERSION
+
+
 async def migrate(conn: aiosqlite.Connection, path: str) -> tuple[int, int]:
     """Bring the schema to `SCHEMA_VERSION`; returns (from, to). A no-op when current."""
-    from daemon.errors import StoreError
-
     start = await user_version(conn)
+    if start < SCHEMA_VERSION:
+        start, version = await on_thread(conn, _apply)  # the version is read again, locked
+        if version != start:
+            log.info("store.migrated", path=path, from_version=start, to_version=version)
     if start > SCHEMA_VERSION:
+        from daemon.errors import StoreError
+
         raise StoreError(
             f"{path}: schema version {start} is newer than this daemon's {SCHEMA_VERSION}; "
             "refusing to run an older daemon against it"
         )
-    version = start
-    for number, steps in enumerate(MIGRATIONS[start:], start=start + 1):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-check under the write lock: another process may have migrated meanwhile.
-            if await user_version(conn) >= number:
-                await conn.execute("ROLLBACK")
-                version = number
-                continue
-            for sql in steps:
-                await conn.execute(sql)
-            # PRAGMA takes no parameters; `number` is an int we computed.
-            await conn.execute(f"PRAGMA user_version = {int(number)}")
-            await conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            raise
-        version = number
-    if version != start:
-        log.info("store.migrated", path=path, from_version=start, to_version=version)
-    return start, version
+    return start, SCHEMA_VERSION

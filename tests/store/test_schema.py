@@ -46,6 +46,28 @@ async def test_migrates_from_empty(db_path: Path, clock: FakeClock) -> None:
     assert migrated[0]["to_version"] == SCHEMA_VERSION
 
 
+async def test_failed_migration_leaves_the_file_as_it_was(
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All pending steps share one transaction: a step that fails takes the earlier ones (and
+    the version bump) with it, and a later start retries from the same version."""
+    from daemon.store import schema
+
+    broken = (*schema.MIGRATIONS, ("CREATE TABLE later (a TEXT)", "NOT SQL AT ALL"))
+    monkeypatch.setattr(schema, "MIGRATIONS", broken)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(broken))
+    with pytest.raises(StoreError, match="cannot open database"):
+        async with Store.open(db_path, clock=clock):
+            pass
+    assert _user_version(db_path) == 0
+    assert not _tables(db_path)
+    monkeypatch.undo()
+    async with Store.open(db_path, clock=clock):
+        pass
+    assert _user_version(db_path) == SCHEMA_VERSION
+    assert TABLES <= _tables(db_path)
+
+
 async def test_reopen_is_idempotent(db_path: Path, clock: FakeClock) -> None:
     async with Store.open(db_path, clock=clock) as store:
         await store.start_run("job")
