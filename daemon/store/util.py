@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from daemon.canonical import canonical_json, sha256_hex
+from daemon.canonical import canonical_json_hash
 from daemon.errors import StoreError, UnstorableRecord
 from daemon.tablenames import table_name_problem
 
@@ -74,14 +74,13 @@ def encode_record(data: Mapping[str, Any], record_id: str = "?") -> tuple[str, s
     (NaN, Infinity, nesting deeper than Python's recursion limit) is refused naming its id.
     """
     try:
-        text = canonical_json(data)
+        return canonical_json_hash(data)
     except ValueError as exc:
         raise UnstorableRecord(
             f"record {record_id!r} holds a value JSON cannot store ({exc}): NaN or Infinity"
         ) from None
     except RecursionError:
         raise UnstorableRecord(f"record {record_id!r} is nested too deeply to store") from None
-    return text, sha256_hex(text)
 
 
 def chunked(items: Sequence[T], size: int = MAX_VARIABLES) -> Iterator[Sequence[T]]:
