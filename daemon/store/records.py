@@ -231,6 +231,8 @@ class RecordsRepo(Database):
             )
             if live and missing > max_fraction * live:
                 return TombstoneResult(missing=missing, live=live, refused=True)
+            if not missing:  # the usual run: both updates below would scan the table for nothing
+                return TombstoneResult(missing=0, live=live)
             deleted = await execute(
                 conn,
                 f"UPDATE {q} SET deleted_at = ?, missed_at = NULL WHERE deleted_at IS NULL "
