@@ -22,6 +22,7 @@ period (e.g. `2025-01:pkg-7`), since the primary key is `id` alone.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,6 +82,81 @@ def _record_ddl(table: str, report: bool) -> list[str]:
     return ddl
 
 
+@dataclass(frozen=True)
+class _PageWrite:
+    """One page's rows, encoded in the caller's task, for `_upsert_pages` on the writer."""
+
+    table: str  # quoted
+    is_report: bool
+    prepared: dict[str, tuple[str, str]]  # id -> (canonical JSON, hash), in page order
+    now: str
+    seen: str  # max(now, the run's start): see the module docstring
+    period: str | None
+    insert_only: bool
+
+
+def _upsert_pages(raw: sqlite3.Connection, pages: Sequence[_PageWrite]) -> list[UpsertResult]:
+    """The writer's half of `upsert_page`, for each page queued together: on the writer
+    connection's own thread, so a page is one hand-off (BEGIN, look-up, writes, COMMIT)
+    rather than one per statement, each of which had to win the GIL back from a busy loop."""
+    return [_upsert(raw, page) for page in pages]
+
+
+def _upsert(raw: sqlite3.Connection, page: _PageWrite) -> UpsertResult:
+    q, now, seen, period = page.table, page.now, page.seen, page.period
+    ids = list(page.prepared)
+    existing: dict[str, tuple[str | None, str | None]] = {}
+    for chunk in chunked(ids):
+        rows = raw.execute(
+            f"SELECT id, hash, deleted_at FROM {q} WHERE id IN ({placeholders(len(chunk))})",
+            chunk,
+        )
+        existing.update({r[0]: (r[1], r[2]) for r in rows})
+    inserts: list[tuple[Any, ...]] = []
+    changed: list[tuple[Any, ...]] = []
+    revived: list[str] = []  # tombstoned append-only rows that came back: kept as is
+    unchanged: list[str] = []
+    for rid, (text, digest) in page.prepared.items():
+        if rid not in existing:
+            row: tuple[Any, ...] = (rid, text, digest, now, now, seen)
+            inserts.append((*row, period) if page.is_report else row)
+            continue
+        old_hash, deleted_at = existing[rid]
+        if deleted_at is None and (page.insert_only or old_hash == digest):
+            unchanged.append(rid)
+        elif page.insert_only:
+            revived.append(rid)
+        else:
+            fields = (text, digest, now, seen)
+            changed.append((*fields, period, rid) if page.is_report else (*fields, rid))
+    if inserts:
+        cols = "id, data, hash, first_seen_at, updated_at, seen_at"
+        cols += ", period" if page.is_report else ""
+        raw.executemany(
+            f"INSERT INTO {q} ({cols}) VALUES ({placeholders(len(inserts[0]))})", inserts
+        )
+    if changed:
+        set_period = ", period = ?" if page.is_report else ""
+        raw.executemany(
+            f"UPDATE {q} SET data = ?, hash = ?, updated_at = ?, seen_at = ?, "
+            f"deleted_at = NULL, missed_at = NULL{set_period} WHERE id = ?",
+            changed,
+        )
+    for chunk in chunked(revived):
+        raw.execute(
+            f"UPDATE {q} SET deleted_at = NULL, missed_at = NULL, updated_at = ?, "
+            f"seen_at = ? WHERE id IN ({placeholders(len(chunk))})",
+            (now, seen, *chunk),
+        )
+    for chunk in chunked(unchanged):
+        raw.execute(
+            f"UPDATE {q} SET seen_at = ?, missed_at = NULL "
+            f"WHERE id IN ({placeholders(len(chunk))})",
+            (seen, *chunk),
+        )
+    return UpsertResult(len(inserts), len(changed) + len(revived), len(unchanged))
+
+
 class RecordsRepo(Database):
     async def ensure_record_table(self, table: str, *, report: bool = False) -> None:
         """Create the job's table if missing; a job switching to/from report is refused."""
@@ -123,7 +199,9 @@ class RecordsRepo(Database):
         period: str | None = None,
         insert_only: bool = False,
     ) -> UpsertResult:
-        """Write one page in one transaction.
+        """Write one page in one transaction, which group commit may share with other writes
+        queued at the same moment; should the page fail, it is tried again alone, so its error
+        is its own and the others' rows are kept.
 
         `insert_only` (append-mode jobs, whose upstream rows never change) keeps existing rows
         as they are and counts them unchanged. A later duplicate id in the same page wins.
@@ -137,67 +215,17 @@ class RecordsRepo(Database):
             prepared[str(rid)] = encode_record(data, str(rid))
         if not prepared:
             return UpsertResult()
-        q = quote_ident(table)
-        ids = list(prepared)
-        started = to_db(run_started_at)
-
-        async def job(conn: aiosqlite.Connection) -> UpsertResult:
-            now = to_db(self.clock.now())
-            seen = max(now, started)
-            existing: dict[str, tuple[str | None, str | None]] = {}
-            for chunk in chunked(ids):
-                marks = placeholders(len(chunk))
-                rows = await query(
-                    conn, f"SELECT id, hash, deleted_at FROM {q} WHERE id IN ({marks})", chunk
-                )
-                existing.update({r[0]: (r[1], r[2]) for r in rows})
-            inserts: list[tuple[Any, ...]] = []
-            changed: list[tuple[Any, ...]] = []
-            revived: list[str] = []  # tombstoned append-only rows that came back: kept as is
-            unchanged: list[str] = []
-            for rid, (text, digest) in prepared.items():
-                if rid not in existing:
-                    row: tuple[Any, ...] = (rid, text, digest, now, now, seen)
-                    inserts.append((*row, period) if is_report else row)
-                    continue
-                old_hash, deleted_at = existing[rid]
-                if deleted_at is None and (insert_only or old_hash == digest):
-                    unchanged.append(rid)
-                elif insert_only:
-                    revived.append(rid)
-                else:
-                    fields = (text, digest, now, seen)
-                    changed.append((*fields, period, rid) if is_report else (*fields, rid))
-            if inserts:
-                cols = "id, data, hash, first_seen_at, updated_at, seen_at"
-                cols += ", period" if is_report else ""
-                await conn.executemany(
-                    f"INSERT INTO {q} ({cols}) VALUES ({placeholders(len(inserts[0]))})", inserts
-                )
-            if changed:
-                set_period = ", period = ?" if is_report else ""
-                await conn.executemany(
-                    f"UPDATE {q} SET data = ?, hash = ?, updated_at = ?, seen_at = ?, "
-                    f"deleted_at = NULL, missed_at = NULL{set_period} WHERE id = ?",
-                    changed,
-                )
-            for chunk in chunked(revived):
-                await execute(
-                    conn,
-                    f"UPDATE {q} SET deleted_at = NULL, missed_at = NULL, updated_at = ?, "
-                    f"seen_at = ? WHERE id IN ({placeholders(len(chunk))})",
-                    (now, seen, *chunk),
-                )
-            for chunk in chunked(unchanged):
-                await execute(
-                    conn,
-                    f"UPDATE {q} SET seen_at = ?, missed_at = NULL "
-                    f"WHERE id IN ({placeholders(len(chunk))})",
-                    (seen, *chunk),
-                )
-            return UpsertResult(len(inserts), len(changed) + len(revived), len(unchanged))
-
-        return await self.write(job)
+        now = to_db(self.clock.now())
+        page = _PageWrite(
+            table=quote_ident(table),
+            is_report=is_report,
+            prepared=prepared,
+            now=now,
+            seen=max(now, to_db(run_started_at)),
+            period=period,
+            insert_only=insert_only,
+        )
+        return await self.write_batched(_upsert_pages, page)
 
     async def mark_tombstones(
         self,
