@@ -23,7 +23,7 @@ import aiosqlite
 
 from daemon.errors import StoreError
 from daemon.store.db import Database, execute, query
-from daemon.store.util import chunked, quote_ident, validate_table_name
+from daemon.store.util import chunked, quote_ident, validate_table_name, value_rows
 
 REBUILD_CHUNK = 500  # rows per transaction
 
@@ -126,12 +126,13 @@ def _upsert(
     chunk: Sequence[tuple[str, str, str, str | None]], gen: int
 ) -> Callable[[aiosqlite.Connection], Awaitable[None]]:
     async def fn(conn: aiosqlite.Connection) -> None:
-        await conn.executemany(
-            "INSERT INTO contacts (phone, table_name, record_id, name, gen) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone, table_name, record_id) "
-            "DO UPDATE SET name = excluded.name, gen = excluded.gen",
-            [(*row, gen) for row in chunk],
-        )
+        for marks, params in value_rows([(*row, gen) for row in chunk]):
+            await conn.execute(
+                "INSERT INTO contacts (phone, table_name, record_id, name, gen) "
+                f"VALUES {marks} ON CONFLICT (phone, table_name, record_id) "
+                "DO UPDATE SET name = excluded.name, gen = excluded.gen",
+                params,
+            )
 
     return fn
 

@@ -88,6 +88,18 @@ async def _connect(
     return conn
 
 
+async def _require_json(conn: aiosqlite.Connection) -> None:
+    """The record writes look rows up as one JSON row (`records._upsert`): SQLite has had the
+    JSON functions built in since 3.38, and nearly every build of 3.35-3.37 enables them."""
+    try:
+        await conn.execute("SELECT json_group_array(json_array(1))")
+    except sqlite3.OperationalError as exc:
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, "
+            "which the store needs"
+        ) from exc
+
+
 def _run_pragmas(raw: sqlite3.Connection, pragmas: Iterable[str]) -> None:
     for pragma in pragmas:
         raw.execute(pragma).fetchall()
@@ -208,6 +220,7 @@ class Database(WriterLoop):
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             private_file(self.path)
             self._writer = await _connect(str(self.path), synchronous=self.synchronous)
+            await _require_json(self._writer)
             await migrate(self._writer, str(self.path))
             self._reader = await _connect(str(self.path))
             await self._reader.execute("PRAGMA query_only = ON")

@@ -39,6 +39,7 @@ from daemon.store.util import (
     quote_ident,
     to_db,
     validate_table_name,
+    value_rows,
 )
 
 
@@ -107,11 +108,13 @@ def _upsert(raw: sqlite3.Connection, page: _PageWrite) -> UpsertResult:
     ids = list(page.prepared)
     existing: dict[str, tuple[str | None, str | None]] = {}
     for chunk in chunked(ids):
-        rows = raw.execute(
-            f"SELECT id, hash, deleted_at FROM {q} WHERE id IN ({placeholders(len(chunk))})",
+        # One row holding them all (`value_rows` says why few steps matter).
+        ((found,),) = raw.execute(
+            "SELECT json_group_array(json_array(id, hash, deleted_at)) "
+            f"FROM {q} WHERE id IN ({placeholders(len(chunk))})",
             chunk,
-        )
-        existing.update({r[0]: (r[1], r[2]) for r in rows})
+        ).fetchall()
+        existing.update({rid: (h, d) for rid, h, d in json.loads(found)})
     inserts: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     revived: list[str] = []  # tombstoned append-only rows that came back: kept as is
@@ -127,20 +130,19 @@ def _upsert(raw: sqlite3.Connection, page: _PageWrite) -> UpsertResult:
         elif page.insert_only:
             revived.append(rid)
         else:
-            fields = (text, digest, now, seen)
-            changed.append((*fields, period, rid) if page.is_report else (*fields, rid))
-    if inserts:
-        cols = "id, data, hash, first_seen_at, updated_at, seen_at"
-        cols += ", period" if page.is_report else ""
-        raw.executemany(
-            f"INSERT INTO {q} ({cols}) VALUES ({placeholders(len(inserts[0]))})", inserts
-        )
-    if changed:
-        set_period = ", period = ?" if page.is_report else ""
-        raw.executemany(
-            f"UPDATE {q} SET data = ?, hash = ?, updated_at = ?, seen_at = ?, "
-            f"deleted_at = NULL, missed_at = NULL{set_period} WHERE id = ?",
-            changed,
+            fields = (rid, text, digest, now, seen)
+            changed.append((*fields, period) if page.is_report else fields)
+    cols = "id, data, hash, first_seen_at, updated_at, seen_at"
+    cols += ", period" if page.is_report else ""
+    for marks, params in value_rows(inserts):
+        raw.execute(f"INSERT INTO {q} ({cols}) VALUES {marks}", params)
+    set_period = ", period = v.column6" if page.is_report else ""
+    for marks, params in value_rows(changed):
+        raw.execute(
+            f"UPDATE {q} SET data = v.column2, hash = v.column3, updated_at = v.column4, "
+            f"seen_at = v.column5, deleted_at = NULL, missed_at = NULL{set_period} "
+            f"FROM (VALUES {marks}) AS v WHERE {q}.id = v.column1",
+            params,
         )
     for chunk in chunked(revived):
         raw.execute(

@@ -205,3 +205,45 @@ async def test_duplicate_id_in_page_last_wins(store: Store) -> None:
     )
     assert res.inserted == 1
     assert await store.get_record("t", "1") == {"v": 2}
+
+
+async def test_many_changed_rows_cross_statement_limits(store: Store, clock: FakeClock) -> None:
+    """Changed rows are written as multi-row statements: every chunk boundary keeps its rows."""
+    await store.ensure_record_table("big")
+    page = [(f"{i:05d}", {"i": i}) for i in range(2500)]
+    await store.upsert_page("big", page, run_started_at=clock.now())
+    clock.advance(1)
+    page2 = [
+        (rid, {"i": -data["i"] - 1} if n % 3 == 0 else data) for n, (rid, data) in enumerate(page)
+    ]
+    res = await store.upsert_page("big", page2, run_started_at=clock.now())
+    assert res == UpsertResult(0, 834, 1666)
+    for n in (0, 3, 149, 150, 151, 897, 900, 2499):
+        assert await store.get_record("big", f"{n:05d}") == dict(page2[n][1])
+
+
+async def test_report_row_changed_in_its_period(store: Store, clock: FakeClock) -> None:
+    await store.ensure_record_table("revenue", report=True)
+    first = await store.upsert_page(
+        "revenue", [("2025-01:a", {"x": 1})], run_started_at=clock.now(), period="2025-01"
+    )
+    clock.advance(1)
+    again = await store.upsert_page(
+        "revenue", [("2025-01:a", {"x": 9})], run_started_at=clock.now(), period="2025-01"
+    )
+    assert (first, again) == (UpsertResult(1, 0, 0), UpsertResult(0, 1, 0))
+    assert await store.get_record("revenue", "2025-01:a") == {"x": 9}
+    rows = await store.fetchall('SELECT period FROM "revenue"')
+    assert [r["period"] for r in rows] == ["2025-01"]
+
+
+async def test_odd_ids_are_found_again(store: Store, clock: FakeClock) -> None:
+    """Existing rows are looked up through one JSON row per chunk: any text id must survive
+    the round trip, or an unchanged record would be inserted twice or counted as new."""
+    ids = ['a"b', "back\\slash", "tab\there", "nul\x00byte", "ünï", "😀", "new\nline", " ", "1"]
+    await store.ensure_record_table("odd")
+    page = [(rid, {"id": rid}) for rid in ids]
+    assert (await store.upsert_page("odd", page, run_started_at=clock.now())).inserted == 9
+    clock.advance(1)
+    res = await store.upsert_page("odd", page, run_started_at=clock.now())
+    assert res == UpsertResult(0, 0, 9)
