@@ -113,6 +113,17 @@ def sync_rows(quick: bool) -> list[Row]:
                 sync_ratio <= 1.2,
             )
         )
+        if d.get("floor_s"):
+            rows.append(
+                Row(
+                    f"{label}: the sync itself / transport floor (bare aiohttp, same pages)",
+                    f"{d['ours_sync_s']:.2f} s",
+                    f"{d['floor_s']:.3f} s",
+                    f"{d['ours_sync_vs_floor']:.3f}x",
+                    "",
+                    None,
+                )
+            )
         rewrites.append(f"{upstream} {d['resync_rewritten']}")
     if not rewrites:
         return rows
