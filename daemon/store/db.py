@@ -88,11 +88,16 @@ async def _connect(
     return conn
 
 
+JSON_PROBE = "SELECT json_group_array(json_array(1)), json_each.value FROM json_each('[1]')"
+
+
 async def _require_json(conn: aiosqlite.Connection) -> None:
-    """The record writes look rows up as one JSON row (`records._upsert`): SQLite has had the
-    JSON functions built in since 3.38, and nearly every build of 3.35-3.37 enables them."""
+    """Record writes read existing rows back as one JSON row (`records._upsert`) and the inbox
+    looks keys up through `json_each` (`ingest`): say so at open, not at the first write.
+    SQLite has had the JSON functions built in since 3.38; nearly every 3.35-3.37 build has
+    them enabled."""
     try:
-        await conn.execute("SELECT json_group_array(json_array(1))")
+        await conn.execute(JSON_PROBE)
     except sqlite3.OperationalError as exc:
         raise StoreError(
             f"SQLite {sqlite3.sqlite_version} was built without its JSON functions, "

@@ -68,6 +68,18 @@ async def test_failed_migration_leaves_the_file_as_it_was(
     assert TABLES <= _tables(db_path)
 
 
+async def test_sqlite_without_json_functions_is_refused_clearly(
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe is run for real; a function this SQLite lacks stands in for missing JSON."""
+    from daemon.store import db
+
+    monkeypatch.setattr(db, "JSON_PROBE", "SELECT json_group_array_missing(1)")
+    with pytest.raises(StoreError, match="without its JSON functions"):
+        async with Store.open(db_path, clock=clock):
+            pass
+
+
 async def test_reopen_is_idempotent(db_path: Path, clock: FakeClock) -> None:
     async with Store.open(db_path, clock=clock) as store:
         await store.start_run("job")
