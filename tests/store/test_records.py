@@ -262,3 +262,31 @@ async def test_iter_records_in_sqlite_id_order_across_batches(
     got = [(rid, rec) async for rid, rec in store.iter_records("odd", batch=3)]
     assert [rid for rid, _ in got] == sorted(ids, key=lambda i: i.encode())
     assert all(rec == {**data, "id": rid} for rid, rec in got)
+
+
+async def test_a_page_is_a_few_statements_not_one_per_row(store: Store, clock: FakeClock) -> None:
+    """Each statement SQLite steps makes the writer thread give the GIL up and win it back
+    from the event loop; a page must cost a handful of statements whatever its size (a
+    1,000-row executemany beside a busy loop took seconds). Counted with SQLite's own trace of
+    every statement it runs, `executemany`'s per-row runs included."""
+    from daemon.store.handoff import on_thread
+
+    traced: list[str] = []
+    assert store._writer is not None
+
+    def trace(raw: sqlite3.Connection) -> None:
+        raw.set_trace_callback(traced.append)
+
+    await on_thread(store._writer, trace)
+    await store.ensure_record_table("big")
+    page = [(f"{i:05d}", {"i": i}) for i in range(1000)]
+    traced.clear()
+    assert (await store.upsert_page("big", page, run_started_at=clock.now())).inserted == 1000
+    inserted = len(traced)
+    clock.advance(1)
+    half = [(rid, {"i": -1 - data["i"]} if n % 2 else data) for n, (rid, data) in enumerate(page)]
+    traced.clear()
+    result = await store.upsert_page("big", half, run_started_at=clock.now())
+    assert result == UpsertResult(0, 500, 500)
+    # 11 and 8 today (BEGIN, look-ups, multi-row writes, COMMIT); row by row would be 1,000+
+    assert inserted <= 15 and len(traced) <= 15, (inserted, len(traced))
