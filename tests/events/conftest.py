@@ -8,7 +8,6 @@ our listener) and looks at (what the simulators were asked to send, the store).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,18 +17,16 @@ from typing import Any
 
 import pytest
 
-from daemon.clients.factory import open_clients
 from daemon.clock import FakeClock
 from daemon.config import Settings, load_settings
 from daemon.rules.dispatcher import Dispatcher
-from daemon.rules.wiring import RulesHolder, build_dispatcher
+from daemon.rules.wiring import RulesHolder
 from daemon.sandbox.halo_sim import HaloState, serve_halo
 from daemon.sandbox.netsapiens_sim import serve_netsapiens
 from daemon.sandbox.netsapiens_state import NetsapiensState
-from daemon.sandbox.server import serve_app
 from daemon.store import ContactEntry, EventRow, Store
-from daemon.webhooks.app import deps_from_settings, make_app
-from daemon.webhooks.keeper import SubscriptionKeeper
+from tests.eventwiring import wire_event_path
+from tests.localnet import free_port
 
 T0 = datetime(2025, 3, 4, 15, 0, tzinfo=UTC)  # a Tuesday, 15:00 UTC
 SECRET = "events-webhook-secret-0123456789"
@@ -61,12 +58,6 @@ thread = true
 max_notes = 3
 ticket = { summary = "SMS from {{ event.from }}", details = "{{ event.body }}", tickettype_id = 1 }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(tmp: Path, ns_url: str, halo_url: str, listen_port: int, extra: str) -> Path:
@@ -164,22 +155,17 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
         port = free_port()
         config = write_config(tmp_path, ns_url, halo_url, port, extra_config)
         settings = load_settings(config)
-        store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
-        clients = await open_clients(settings, list(settings.upstreams), clock=clock, stack=stack)
         holder = RulesHolder.from_settings(settings)
-        dispatcher = build_dispatcher(settings, store, clients, clock=clock, holder=holder)
-        deps = deps_from_settings(
-            settings, inbox=store, clock=clock, on_events=dispatcher.wake, loaded_at=clock.now()
-        )
-        listener_url = await stack.enter_async_context(serve_app(make_app(deps), port=port))
-        hooks = settings.webhooks.netsapiens
-        assert hooks is not None
-        keeper = SubscriptionKeeper.from_settings(
-            clients["netsapiens"],  # type: ignore[arg-type]
-            store,
-            hooks,
-            clock=clock,
-        )
-        await keeper.sync_once()
+        wired = await wire_event_path(settings, stack, clock=clock, port=port, holder=holder)
         assert ns.live_subscriptions("message")
-        yield EventPath(settings, store, clock, ns, halo, dispatcher, holder, listener_url, config)
+        yield EventPath(
+            settings,
+            wired.store,
+            clock,
+            ns,
+            halo,
+            wired.dispatcher,
+            holder,
+            wired.listener_url,
+            config,
+        )

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import sys
 from collections import Counter
@@ -38,6 +37,7 @@ from daemon.sandbox.halo_sim import HaloState
 from daemon.sandbox.netsapiens_state import NetsapiensState
 from daemon.sandbox.orchestra import OWN_NUMBER, WEBHOOK_SECRET, Sandbox, run_sandbox
 from daemon.sync.batch import burst
+from tests.localnet import NotifySocket, free_port
 
 TIMEOUT = 30.0
 OURS = OWN_NUMBER.lstrip("+")  # the DID the PBX delivers to, as the PBX spells it
@@ -45,38 +45,12 @@ FINAL_EVENTS = ("done", "ignored", "dead")
 FINAL_ACTIONS = ("sent", "dead")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Notify:
-    """The systemd end of sd_notify: READY=1 says the listener is bound and the store open."""
-
-    def __init__(self, path: Path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-
-    async def expect(self, key: str, value: str = "1") -> None:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                data = (await loop.sock_recv(self.sock, 4096)).decode()
-                if f"{key}={value}" in data.splitlines():
-                    return
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @dataclass
 class Daemon:
     """One `daemon run` process; `log` fills with its JSON lines as they come."""
 
     proc: asyncio.subprocess.Process
-    notify: Notify
+    notify: NotifySocket
     log: list[dict[str, Any]] = field(default_factory=list)
     pump: asyncio.Task[None] | None = None
 
@@ -154,7 +128,7 @@ class World:
         """`daemon run` on this world's config; with `crash_at`, armed to SIGKILL itself there."""
         self.starts += 1
         path = self.tmp / f"notify-{self.starts}.sock"
-        notify = Notify(path)
+        notify = NotifySocket(path)
         env = {k: v for k, v in os.environ.items() if k not in ("WATCHDOG_PID", CRASH_ENV)}
         env.update(NOTIFY_SOCKET=str(path), WATCHDOG_USEC="2000000")
         if crash_at is not None:

@@ -16,20 +16,17 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.clients.factory import open_clients
 from daemon.clock import FakeClock
 from daemon.config import Settings, load_settings
 from daemon.rules.dispatcher import Dispatcher
-from daemon.rules.wiring import build_dispatcher
 from daemon.sandbox.halo_sim import HaloState
 from daemon.sandbox.netsapiens_state import NetsapiensState
 from daemon.sandbox.orchestra import Sandbox, run_sandbox
-from daemon.sandbox.server import serve_app
 from daemon.store import Store
 from daemon.sync.batch import burst
-from daemon.webhooks.app import deps_from_settings, make_app
-from daemon.webhooks.keeper import SubscriptionKeeper
-from tests.reliability.harness import free_port, refs, strip_syncs
+from tests.eventwiring import wire_event_path
+from tests.localnet import free_port
+from tests.reliability.harness import refs, strip_syncs
 
 
 def tune_upstreams(text: str, **values: str | int) -> str:
@@ -108,21 +105,6 @@ async def event_path(
         assert [r.status for r in await burst(settings, ["blesta-clients"], clock=clock)] == ["ok"]
         sb.config_path.write_text(strip_syncs(text))
         settings = load_settings(sb.config_path)
-        store = await stack.enter_async_context(Store.open(settings.daemon.database, clock=clock))
-        clients = await open_clients(settings, list(settings.upstreams), clock=clock, stack=stack)
-        dispatcher = build_dispatcher(settings, store, clients, clock=clock)
-        deps = deps_from_settings(
-            settings, inbox=store, clock=clock, on_events=dispatcher.wake, loaded_at=clock.now()
-        )
-        await stack.enter_async_context(serve_app(make_app(deps), port=port))
-        hooks = settings.webhooks.netsapiens
-        assert hooks is not None
-        keeper = SubscriptionKeeper.from_settings(
-            clients["netsapiens"],  # type: ignore[arg-type]
-            store,
-            hooks,
-            clock=clock,
-        )
-        await keeper.sync_once()
+        wired = await wire_event_path(settings, stack, clock=clock, port=port)
         assert ns.live_subscriptions("message")
-        yield Path_(sb, settings, clock, store, dispatcher)
+        yield Path_(sb, settings, clock, wired.store, wired.dispatcher)

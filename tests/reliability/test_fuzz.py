@@ -51,9 +51,10 @@ from daemon.sandbox.orchestra import write_config as write_sandbox_config
 from daemon.service import Service
 from daemon.store import Store
 from daemon.webhooks.event import Event
+from tests.localnet import free_port
 from tests.logstate import logging_restored
 from tests.reliability import secrets
-from tests.reliability.harness import free_port, strip_syncs
+from tests.reliability.harness import strip_syncs
 from tests.test_config import EXAMPLE, EXAMPLE_ENV
 
 pytestmark = pytest.mark.timeout(180)

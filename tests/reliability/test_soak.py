@@ -26,7 +26,8 @@ from daemon.clock import FakeClock
 from daemon.config import load_settings
 from daemon.sandbox.orchestra import run_sandbox
 from daemon.service import Running, Service
-from tests.reliability.harness import OURS, free_port
+from tests.localnet import free_port
+from tests.reliability.harness import OURS
 
 HOURS = 3
 STEP = 60.0  # seconds of clock per step

@@ -24,40 +24,9 @@ import aiohttp
 import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
+from tests.localnet import NotifySocket, free_port
 
 TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NotifySocket:
-    """The systemd side of sd_notify: a datagram socket the daemon writes to."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.seen: list[dict[str, str]] = []
-
-    async def expect(self, key: str, value: str = "1", timeout: float = TIMEOUT) -> dict[str, str]:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout):
-            while True:
-                data = await loop.sock_recv(self.sock, 4096)
-                fields = dict(
-                    line.split("=", 1) for line in data.decode().splitlines() if "=" in line
-                )
-                self.seen.append(fields)
-                if fields.get(key) == value:
-                    return fields
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass

@@ -20,12 +20,7 @@ from daemon.config import Settings, load_settings
 from daemon.sandbox.orchestra import Sandbox, run_sandbox
 from daemon.service import Service
 from daemon.systemd import Notifier
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.localnet import free_port
 
 
 @pytest.fixture
