@@ -38,7 +38,7 @@ async def tour(sandbox: Sandbox, settings: Settings, *, as_json: bool) -> int:
     report: dict[str, Any] = {"sync_ok": exit_code(results) == 0}
     service = Service(settings, clock=clock, config_path=sandbox.config_path,
                       handle_signals=False)  # fmt: skip
-    ns, halo = sandbox.states["netsapiens"], sandbox.states["halo"]
+    ns, halo = sandbox.netsapiens, sandbox.halo
     ok = False
     async with anyio.create_task_group() as tg:
         await tg.start(service.serve)

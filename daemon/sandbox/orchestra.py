@@ -64,6 +64,17 @@ class Sandbox:
     urls: dict[str, str] = field(default_factory=dict)
     states: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def netsapiens(self) -> NetsapiensState:
+        """The PBX simulator's state: what tests and the tour drive (`inbound_sms`...)."""
+        state: NetsapiensState = self.states["netsapiens"]
+        return state
+
+    @property
+    def halo(self) -> HaloState:
+        state: HaloState = self.states["halo"]
+        return state
+
 
 def _port(base: int, offset: int) -> int:
     return base + offset if base else 0

@@ -110,11 +110,11 @@ class World:
 
     @property
     def ns(self) -> NetsapiensState:
-        return self.sb.states["netsapiens"]  # type: ignore[no-any-return]
+        return self.sb.netsapiens
 
     @property
     def halo(self) -> HaloState:
-        return self.sb.states["halo"]  # type: ignore[no-any-return]
+        return self.sb.halo
 
     @property
     def db(self) -> Path:

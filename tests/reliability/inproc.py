@@ -50,11 +50,11 @@ class Path_:
 
     @property
     def ns(self) -> NetsapiensState:
-        return self.sb.states["netsapiens"]  # type: ignore[no-any-return]
+        return self.sb.netsapiens
 
     @property
     def halo(self) -> HaloState:
-        return self.sb.states["halo"]  # type: ignore[no-any-return]
+        return self.sb.halo
 
     def client_phones(self) -> list[str]:
         conn = sqlite3.connect(self.sb.directory / "state.db")
@@ -90,7 +90,7 @@ async def event_path(
         run_sandbox(tmp, now=clock.now(), listen=f"127.0.0.1:{port}") as sb,
         AsyncExitStack() as stack,
     ):
-        ns, halo = sb.states["netsapiens"], sb.states["halo"]
+        ns, halo = sb.netsapiens, sb.halo
         ns.wall, ns.now, halo.now = clock.now, clock.monotonic, clock.monotonic
         text = sb.config_path.read_text()
         text = text.replace('\nrate_limit = "300/5m"\n', "\n", 1)  # hundreds of tickets at once

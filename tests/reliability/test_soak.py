@@ -88,7 +88,7 @@ async def test_three_clock_hours_of_traffic_stay_flat(tmp_path: Path) -> None:
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     port = free_port()
     async with run_sandbox(tmp_path, now=clock.now(), listen=f"127.0.0.1:{port}") as sb:
-        ns, halo = sb.states["netsapiens"], sb.states["halo"]
+        ns, halo = sb.netsapiens, sb.halo
         ns.wall, ns.now, halo.now = clock.now, clock.monotonic, clock.monotonic
         text = sb.config_path.read_text().replace('\nrate_limit = "300/5m"\n', "\n", 1)
         sb.config_path.write_text(text.replace("[daemon]\n", '[daemon]\nretention = "1h"\n', 1))

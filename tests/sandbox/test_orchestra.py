@@ -45,7 +45,7 @@ async def test_config_uses_the_api_spelling_and_a_demo_billomat_app(tmp_path: Pa
             billomat.apps[config["upstreams"]["billomat"]["app_id"]]
             == (config["upstreams"]["billomat"]["app_secret"])
         )
-        assert len(sandbox.states["halo"].table("Tickets")) == 25
+        assert len(sandbox.halo.table("Tickets")) == 25
         assert "rate_limit" not in config["upstreams"]["halo"]  # a large demo must finish
     async with run_sandbox(tmp_path / "default", now=NOW) as default:
         halo = tomllib.loads(default.config_path.read_text())["upstreams"]["halo"]

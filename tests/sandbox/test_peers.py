@@ -139,7 +139,7 @@ async def test_billomapy(billomapy: Path, tmp_path: Path, registered: bool) -> N
 
 async def test_halopsa(halopsa: Path, tmp_path: Path) -> None:
     async with run_sandbox(tmp_path, now=NOW) as sandbox:
-        state = sandbox.states["halo"]
+        state = sandbox.halo
         config = {
             "url": sandbox.urls["halo"],
             "tenant": "sandbox",

@@ -146,7 +146,7 @@ async def test_sigterm_with_an_action_in_flight_loses_nothing(
     the next start releases it, looks for the ticket (the attempt had started) and creates it
     exactly once."""
     sb, port = sandbox
-    halo, ns = sb.states["halo"], sb.states["netsapiens"]
+    halo, ns = sb.halo, sb.netsapiens
     d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
     try:
         await d.notify.expect("READY")
