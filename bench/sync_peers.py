@@ -77,7 +77,7 @@ class Comparison:
         return self.pages * self.latency / CONCURRENCY
 
     def med(self, side: str, what: str = "wall") -> float:
-        return statistics.median(getattr(t, what) for t in getattr(self, side))
+        return float(statistics.median(getattr(t, what) for t in getattr(self, side)))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -202,7 +202,7 @@ def compare(upstream: str, records: int, runs: int, latency: float = 0.02) -> Co
                     _, again = run_ours(upstream, sim, run_dir)  # unchanged re-sync
                     result.resync_rewritten = again["inserted"] + again["updated"]
                 shutil.rmtree(run_dir)
-        result.floor_s = floor(upstream, sim, records, concurrency=CONCURRENCY)
+        result.floor_s = floor(upstream, sim, result.pages, concurrency=CONCURRENCY)
     return result
 
 

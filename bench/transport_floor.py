@@ -26,11 +26,6 @@ import aiohttp
 
 from bench.procs import simulators
 
-CONCURRENCY = 8
-PAGE_SIZE = {"blesta": 20, "halo": 50, "billomat": 1000}
-FULL_SIZE = {"blesta": 20_000, "halo": 20_000, "billomat": 10_000}
-QUICK_SIZE = {"blesta": 2_000, "halo": 2_000, "billomat": 2_000}
-
 Fetch = Callable[[int], Awaitable[None]]
 
 
@@ -96,30 +91,27 @@ async def _walk(upstream: str, sim: dict[str, Any], pages: int, concurrency: int
 
 
 def floor(
-    upstream: str,
-    sim: dict[str, Any],
-    records: int,
-    *,
-    concurrency: int = CONCURRENCY,
-    runs: int = 3,
+    upstream: str, sim: dict[str, Any], pages: int, *, concurrency: int, runs: int = 3
 ) -> float:
-    """Median seconds of `runs` bare walks over `records` records' pages."""
-    pages = math.ceil(records / PAGE_SIZE[upstream])
+    """Median seconds of `runs` bare walks over `pages` pages."""
     return statistics.median(
         asyncio.run(_walk(upstream, sim, pages, concurrency)) for _ in range(runs)
     )
 
 
 def main() -> None:
+    # The sizes are the sync comparison's (which imports this module, hence here).
+    from bench.sync_peers import CONCURRENCY, FULL_SIZE, PAGE_SIZE, QUICK_SIZE
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="blesta,halo,billomat")
     p.add_argument("--quick", action="store_true", help="2,000 records each")
     a = p.parse_args()
     for upstream in a.only.split(","):
         n = (QUICK_SIZE if a.quick else FULL_SIZE)[upstream]
-        with simulators(**{upstream: n}) as sim:
-            seconds = floor(upstream, sim, n)
         pages = math.ceil(n / PAGE_SIZE[upstream])
+        with simulators(**{upstream: n}) as sim:
+            seconds = floor(upstream, sim, pages, concurrency=CONCURRENCY)
         ideal = pages * 0.02 / CONCURRENCY
         row = {"upstream": upstream, "records": n, "floor_s": round(seconds, 3), "ideal_s": ideal}
         print(json.dumps({**row, "floor_vs_ideal": round(seconds / ideal, 3)}))
