@@ -18,7 +18,7 @@ from datetime import datetime
 
 from daemon.crashpoints import crashpoint
 from daemon.errors import StoreError
-from daemon.store.util import placeholders, to_db
+from daemon.store.util import placeholders, to_db, value_marks
 
 __all__ = ["EVENT_VIA", "InsertedEvent", "NewEvent", "insert_batch", "to_row"]
 
@@ -54,13 +54,12 @@ _FIELDS = ("source", "kind", "dedupe_key", "received_at", "payload", "sender", "
 # take apart with json_extract on SQLite's. Ids follow the order of the rows, hence the queue.
 ROWS_PER_STATEMENT = 100
 _INSERT_HEAD = f"INSERT INTO events ({', '.join(_FIELDS)}) VALUES "
-_ONE_ROW = f"({placeholders(len(_FIELDS))})"
 _RETURNING = " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, dedupe_key"
 
 
 @functools.cache
 def _insert_sql(rows: int, returning: bool = True) -> str:
-    return _INSERT_HEAD + ",".join([_ONE_ROW] * rows) + (_RETURNING if returning else "")
+    return _INSERT_HEAD + value_marks(len(_FIELDS), rows) + (_RETURNING if returning else "")
 
 
 @functools.cache

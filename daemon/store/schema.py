@@ -182,9 +182,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 async def user_version(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
+    return await on_thread(conn, _version)
 
 
 def _version(raw: sqlite3.Connection) -> int:

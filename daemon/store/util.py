@@ -105,9 +105,10 @@ def value_rows(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]
         return
     width = len(rows[0])
     for chunk in chunked(rows, max(1, MAX_VARIABLES // width)):
-        yield _value_marks(width, len(chunk)), [v for row in chunk for v in row]
+        yield value_marks(width, len(chunk)), [v for row in chunk for v in row]
 
 
 @functools.cache
-def _value_marks(width: int, rows: int) -> str:
+def value_marks(width: int, rows: int) -> str:
+    """`(?,?),(?,?)` for `rows` rows of `width` values: a multi-row VALUES' placeholders."""
     return ",".join([f"({placeholders(width)})"] * rows)
