@@ -83,6 +83,10 @@ def _record_ddl(table: str, report: bool) -> list[str]:
     return ddl
 
 
+# `iter_records`: the JSON text one batch may carry (a record larger than this comes alone).
+BATCH_CHARS = 8 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class _PageWrite:
     """One page's rows, encoded in the caller's task, for `_upsert_pages` on the writer."""
@@ -293,31 +297,47 @@ class RecordsRepo(Database):
     async def iter_records(
         self, table: str, *, include_deleted: bool = False, batch: int = 1000
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Stream `(id, data)` in id order, a batch per query, so memory stays flat.
+        """Stream `(id, data)` in id order, a batch per query, so memory stays flat: at most
+        `batch` records and, past the first, `BATCH_CHARS` of their JSON.
 
         A batch is read as one JSON row, not a row per record: each row SQLite returns is a
         step, and each step gives the GIL up and has to win it back from the event loop (see
         `value_rows`); a 1,000-row batch beside a busy thread took 0.5 s that way and 10 ms as
-        one row. The order inside the aggregate is not promised before SQLite 3.44, so the
-        batch is sorted here (UTF-8 byte order, which SQLite compares, is code point order).
+        one row. The ids and sizes come first (one small row), so a batch of large records is
+        cut short instead of growing one string towards SQLite's 1 GB limit. The order inside
+        an aggregate is not promised before SQLite 3.44, so each is sorted here (UTF-8 byte
+        order, which SQLite compares, is code point order).
         """
         await self._table_kind(table)
         q = quote_ident(table)
         live = "" if include_deleted else " AND deleted_at IS NULL"
-        sql = (
-            "SELECT json_group_array(json_array(id, json(data))) FROM "
+        sizes_sql = (
+            "SELECT json_group_array(json_array(id, length(data))) FROM "
             f"(SELECT id, data FROM {q} WHERE id > ?{live} ORDER BY id LIMIT ?)"
+        )
+        rows_sql = (
+            "SELECT json_group_array(json_array(id, json(data))) FROM "
+            f"(SELECT id, data FROM {q} WHERE id > ? AND id <= ?{live})"
         )
         last = ""
         while True:
-            row = await self.fetchone(sql, (last, batch))
-            pairs: list[list[Any]] = [] if row is None else json.loads(row[0])
+            found = await self.fetchone(sizes_sql, (last, batch))
+            sizes: list[list[Any]] = sorted(json.loads(found[0])) if found is not None else []
+            if not sizes:
+                return
+            upto, total = sizes[0][0], 0
+            for record_id, size in sizes:
+                if total and total + size > BATCH_CHARS:
+                    break
+                upto, total = record_id, total + size
+            found = await self.fetchone(rows_sql, (last, upto))
+            pairs: list[list[Any]] = json.loads(found[0]) if found is not None else []
             pairs.sort(key=lambda pair: pair[0])
             for record_id, data in pairs:
                 yield record_id, data
-            if len(pairs) < batch:
+            if upto == sizes[-1][0] and len(sizes) < batch:
                 return
-            last = pairs[-1][0]
+            last = upto
 
     async def get_record(self, table: str, record_id: str) -> dict[str, Any] | None:
         """The live record's data, or None when unknown or tombstoned."""

@@ -290,3 +290,30 @@ async def test_a_page_is_a_few_statements_not_one_per_row(store: Store, clock: F
     assert result == UpsertResult(0, 500, 500)
     # 11 and 8 today (BEGIN, look-ups, multi-row writes, COMMIT); row by row would be 1,000+
     assert inserted <= 15 and len(traced) <= 15, (inserted, len(traced))
+
+
+async def test_iter_records_cuts_batches_of_large_records_short(
+    store: Store, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is bounded by its JSON size as well as its count, so large records never build
+    one huge string; a record larger than the bound comes alone; nothing is skipped."""
+    from daemon.store import records
+
+    monkeypatch.setattr(records, "BATCH_CHARS", 1000)
+    await store.ensure_record_table("fat")
+    sizes = [10, 600, 600, 5000, 20, 20, 999, 1]
+    page = [(f"r{n:02d}", {"pad": "x" * size}) for n, size in enumerate(sizes)]
+    await store.upsert_page("fat", page, run_started_at=clock.now())
+    reads: list[tuple[object, ...]] = []
+    fetchone = store.fetchone
+
+    async def counted(sql: str, params: tuple[object, ...] = ()) -> object:
+        reads.append(tuple(params))
+        return await fetchone(sql, params)
+
+    monkeypatch.setattr(store, "fetchone", counted)
+    got = [(rid, rec) async for rid, rec in store.iter_records("fat", batch=5)]
+    assert got == [(rid, dict(data)) for rid, data in page]
+    # batches: r00-r01 (r02 would pass 1000), r02, r03 alone, r04-r05, then r06, r07
+    row_reads = [p for p in reads if len(p) == 2 and isinstance(p[1], str)]
+    assert [p[1] for p in row_reads] == ["r01", "r02", "r03", "r05", "r06", "r07"]
