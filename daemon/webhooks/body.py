@@ -101,6 +101,11 @@ def _check_shape(body: bytes, max_depth: int, max_elements: int) -> None:
         depth += 1
 
 
+# One decoder for every body: `json.loads` with hooks builds a new `JSONDecoder` per call,
+# which was almost half of decoding a one-message webhook. Decoders keep no state between calls.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def load_json(
     body: bytes,
     *,
@@ -122,7 +127,7 @@ def load_json(
         raise BodyError("body is empty")
     _check_shape(body, max_depth, max_elements)
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return _DECODER.decode(text)
     except BodyError:
         raise
     except _DECODER_LIMITS:  # the scan should make this unreachable; never let it escape
