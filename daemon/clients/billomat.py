@@ -238,6 +238,9 @@ class BillomatList:
     async def count(self) -> int | None:
         return None
 
+    def missing_total(self, first: BillomatPage) -> str | None:
+        return f"the {self.label} list carries no @total"
+
 
 class BillomatResource:
     """One Billomat resource (`clients`, `credit-notes`, ...)."""

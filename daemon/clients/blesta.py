@@ -46,7 +46,7 @@ from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.config.upstreams import BlestaUpstream
-from daemon.errors import AuthError, MalformedResponse, UpstreamError
+from daemon.errors import AuthError, MalformedResponse, NotFoundError, UpstreamError
 
 __all__ = [
     "BLESTA_ERRORS",
@@ -83,6 +83,9 @@ class BlestaList:
     args: dict[str, Any]
     count_method: str | None
     first_page_size: int | None = None
+    # Why the last count call gave no total although there is a count method; None when it
+    # answered or the method does not exist (404: a list without a count).
+    count_failure: str | None = None
 
     @property
     def label(self) -> str:
@@ -105,7 +108,13 @@ class BlestaList:
         return None
 
     async def count(self) -> int | None:
-        return await self.client._try_count(self.model, self.count_method, self.args)
+        counted, self.count_failure = await self.client._try_count(
+            self.model, self.count_method, self.args
+        )
+        return counted
+
+    def missing_total(self, first: list[Any]) -> str | None:
+        return self.count_failure
 
 
 class BlestaClient(UpstreamClient):
@@ -221,12 +230,15 @@ class BlestaClient(UpstreamClient):
 
     async def _try_count(
         self, model: str, count_method: str | None, args: Mapping[str, Any] | None
-    ) -> int | None:
+    ) -> tuple[int | None, str | None]:
+        """`(total, None)`; `(None, None)` for a list without a count (no count method, or
+        Blesta answers 404: the model has no such method); `(None, why)` when the count
+        failed otherwise: the walk then goes on without a total but cannot vouch for it."""
         if not count_method:
-            return None
+            return None, None
         count_args = {k: v for k, v in (args or {}).items() if k not in PAGING_ARGS}
         try:
-            return await self.count(model, count_method, count_args)
+            return await self.count(model, count_method, count_args), None
         except AuthError:
             raise
         except UpstreamError as exc:
@@ -237,7 +249,9 @@ class BlestaClient(UpstreamClient):
                 method=count_method,
                 error=type(exc).__name__,
             )
-            return None
+            if isinstance(exc, NotFoundError):
+                return None, None
+            return None, f"{model}/{count_method} failed ({type(exc).__name__})"
 
     async def iter_pages(
         self,

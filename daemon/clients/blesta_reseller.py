@@ -80,6 +80,9 @@ class ResellerSearch:
     async def count(self) -> int | None:
         return None
 
+    def missing_total(self, first: list[Any]) -> str | None:
+        return None  # this list never announces a total
+
 
 class ResellerClient(UpstreamClient):
     """Calls the Blesta Reseller API for one account. Owns its session: use `async with`."""

@@ -161,9 +161,9 @@ def _count(value: Any, upstream: str) -> int | None:
         return None
     try:
         count = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON `Infinity`
         count = -1
-    if count < 0 or isinstance(value, bool):
+    if count < 0 or isinstance(value, bool) or (isinstance(value, float) and value != count):
         raise MalformedResponse(f"record_count {value!r} is not a count", upstream=upstream)
     return count
 
@@ -256,6 +256,12 @@ class HaloList:
         return echoed if isinstance(echoed, int) and echoed > 0 else None
 
     async def count(self) -> int | None:
+        return None
+
+    def missing_total(self, first: HaloPage) -> str | None:
+        # An envelope carries `record_count` beside its list; a bare array never has one.
+        if isinstance(first.raw, dict):
+            return f"the {self.label} answer carries no record_count"
         return None
 
 

@@ -107,7 +107,11 @@ class NetsapiensErrors:
         if isinstance(body, dict) and set(body) <= {"code", "message"}:
             code = body.get("code")
             if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
-                return ErrorDetail(_message(resp, body) or f"error code {code}")
+                text = _message(resp, body) or f"error code {code}"
+                if resp.url.path.rstrip("/").endswith(f"{API_PREFIX}/{TOKEN_PATH}"):
+                    # A grant refused inside a 200 is a refusal all the same.
+                    return ErrorDetail(f"token request refused: {text}", kind=AuthError)
+                return ErrorDetail(text)
         return None
 
 
@@ -144,7 +148,10 @@ class NetsapiensAuth(TokenAuth):
                     {"grant_type": "refresh_token", "refresh_token": self.state.refresh_token},
                 )
             except UpstreamError as exc:
-                if exc.transient or exc.status is None or not 400 <= exc.status < 500:
+                refused = isinstance(exc, AuthError) or (
+                    not exc.transient and exc.status is not None and 400 <= exc.status < 500
+                )
+                if not refused:
                     raise
                 # A spent, rotated or revoked refresh token: start over with the password.
                 log.info("auth.refresh_refused", upstream=session.name, status=exc.status)
@@ -222,6 +229,9 @@ class NsList:
 
     async def count(self) -> int | None:
         return None
+
+    def missing_total(self, first: list[Any]) -> str | None:
+        return None  # this list never announces a total
 
 
 class NetsapiensClient(UpstreamClient):

@@ -16,7 +16,11 @@ The rules:
   the total predicts, plus one to notice growth; if that extra page has records, the walk
   continues one page at a time until a short page. A total that predicts more than `max_pages`
   pages fails at once.
-- Without a total, pages are read one at a time until an empty or short page.
+- Without a total, pages are read one at a time until an empty or short page. That ending is
+  trusted only for a list that never has one (a bare array, the Reseller search): where the API
+  promises a total (an envelope that carries it, a count method) and this walk got none, the
+  walk still reads every page it can but reports itself incomplete (`missing_total`), since an
+  empty page in the middle would otherwise look like the end of the list.
 - A page identical to any earlier one raises `MalformedResponse`: the server is ignoring `page`
   and following it would loop forever. A failed page raises. Past `max_pages`, `LimitExceeded`.
 - At the end the total is read again: once every page has arrived (while the consumer may still
@@ -192,6 +196,11 @@ class PagedList(Protocol[P]):
         has none or it failed."""
         ...
 
+    def missing_total(self, first: P) -> str | None:
+        """Why this walk has no total although the list promises one (page 1 is an envelope
+        without its count, the count call failed), or None for a list that has none."""
+        ...
+
 
 @dataclass
 class WalkReport:
@@ -307,6 +316,10 @@ async def _walk(
     total = source.announced_total(first)
     total = counted if total is None else total
     report.total_start = total
+    if total is None:
+        missing = source.missing_total(first)
+        if missing is not None:
+            report.mark_incomplete(f"no total: {missing}")
     rows = source.records(first)
     n1 = len(rows)
     if n1 == 0:

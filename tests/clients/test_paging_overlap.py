@@ -47,6 +47,9 @@ class FakeList:
         self.events.append(("count", len(self.rows)))
         return len(self.rows)
 
+    def missing_total(self, page: list[int]) -> str | None:
+        return "the count failed"
+
 
 async def _consume_slowly(source: FakeList, report: WalkReport) -> list[int]:
     seen: list[int] = []

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests.hostile.conftest import Harness
-from tests.hostile.servers import Script, clients
+from tests.hostile.servers import Script, blesta_app, clients
 
 PAGED = ["blesta", "halo", "billomat"]
 
@@ -65,6 +66,73 @@ async def test_an_empty_page_2_is_incomplete(harness: Harness, kind: str) -> Non
             result = await harness.run(kind, script)
         assert result.status == "ok" and result.incomplete and "empty" in result.incomplete
         assert any(e["event"] == "sync.incomplete" for e in logs)
+    assert await harness.tombstoned() == 0
+
+
+@pytest.mark.parametrize("kind", ["halo", "billomat"])
+async def test_a_total_the_api_promises_but_leaves_out_is_incomplete(
+    harness: Harness, kind: str
+) -> None:
+    """Without the total its envelope always carries, an empty page 3 would look like the end
+    of the list: the walk still reads what it can, but vouches for nothing."""
+    script = Script(rows=clients(60))
+    await _baseline(harness, kind, script)
+    script.total = None
+    script.bodies[3] = {
+        "halo": {"tickets": []},
+        "billomat": {"clients": {"@page": "3", "@per_page": "20"}},
+    }[kind]
+    for _ in range(2):
+        result = await harness.run(kind, script)
+        assert result.status == "ok", result.error
+        assert result.incomplete and result.incomplete.startswith("no total"), result.incomplete
+    assert await harness.tombstoned() == 0
+    assert len(await harness.live_ids()) == 60
+
+
+async def test_a_failed_blesta_count_is_incomplete_not_the_end(harness: Harness) -> None:
+    """getListCount answering 503 is not "this list has no count" (a 404 is): with an empty
+    page 3 the walk would otherwise end there and tombstone the rest."""
+    script = Script(rows=clients(60))
+    await _baseline(harness, "blesta", script)
+    script.bodies[3] = {"response": []}
+    failing = blesta_app(script)
+
+    async def count_down(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.match_info.get("method") == "getListCount":
+            return web.json_response({"message": "db timeout", "response": None}, status=503)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    failing.middlewares.append(web.middleware(count_down))
+    for _ in range(2):
+        result = await harness.run("blesta", script, app=failing)
+        assert result.status == "ok", result.error
+        assert result.incomplete and "getListCount failed" in result.incomplete
+    assert await harness.tombstoned() == 0
+
+
+async def test_a_blesta_list_without_a_count_still_ends_at_a_short_page(
+    harness: Harness,
+) -> None:
+    """A 404 from the count method means the list has none: a short page is its end, and a
+    record gone from it is tombstoned after two complete runs."""
+    script = Script(rows=clients(45))
+    script.total = None  # the hostile app answers getListCount with Blesta's 404
+    await _baseline(harness, "blesta", script)
+    script.rows = script.rows[:-1]
+    for _ in range(2):
+        result = await harness.run("blesta", script)
+        assert result.status == "ok" and result.incomplete is None, result.incomplete
+    assert await harness.tombstoned() == 1
+
+
+@pytest.mark.parametrize("count", [float("inf"), 45.5, -1, True, "many"])
+async def test_a_halo_total_that_is_no_count_fails_typed(harness: Harness, count: Any) -> None:
+    script = Script(rows=clients(45))
+    await _baseline(harness, "halo", script)
+    script.bodies[1] = {"tickets": script.page(1), "record_count": count}
+    result = await harness.run("halo", script)
+    assert result.status == "failed" and result.error_type == "MalformedResponse", result.error
     assert await harness.tombstoned() == 0
 
 
