@@ -87,12 +87,16 @@ _ERROR_KEYS = frozenset(
 )  # fmt: skip
 
 
+def _is_token_path(resp: Response) -> bool:
+    return resp.url.path.rstrip("/").lower().endswith("/auth/token")
+
+
 class HaloErrors:
     """How Halo says what went wrong: OAuth errors from the token endpoint, text or JSON
     messages elsewhere, and `200 {"error": ...}` where data was asked for."""
 
     def detail(self, resp: Response) -> ErrorDetail | None:
-        if resp.url.path.rstrip("/").lower().endswith("/auth/token") and resp.status in (400, 401):
+        if _is_token_path(resp) and resp.status in (400, 401):
             body = _json_or_none(resp)
             code = body.get("error") if isinstance(body, dict) else None
             desc = body.get("error_description") if isinstance(body, dict) else None
@@ -108,6 +112,9 @@ class HaloErrors:
             and (body.get("error") or body.get("errors"))
             and set(body) <= _ERROR_KEYS
         ):
+            if _is_token_path(resp):  # an OAuth refusal sent as a 200 is still a refusal
+                return ErrorDetail(f"token request refused: {_message(resp) or 'error body'}",
+                                   kind=AuthError)  # fmt: skip
             return ErrorDetail(_message(resp) or "error body")
         return None
 

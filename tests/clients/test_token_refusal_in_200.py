@@ -1,0 +1,97 @@
+"""OAuth refusals sent with a 200: still refusals.
+
+Halo's token endpoint answering `200 {"error": "invalid_client"}` must mark the upstream
+unhealthy and back off (DESIGN §5), not count as a transient malformed answer that asks for a
+token on every call; a NetSapiens refresh grant refused as `200 {"code": 401}` must fall back
+to the password grant, not fail every call until a restart."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from daemon.clients.factory import build_client
+from daemon.clock import FakeClock
+from daemon.errors import UpstreamError
+from tests.hostile.conftest import upstream
+from tests.hostile.servers import _json, serve
+
+
+async def test_oauth_error_in_a_200_is_an_auth_failure() -> None:
+    token_calls = []
+
+    async def token(request: web.Request) -> web.Response:
+        token_calls.append(1)
+        return _json({"error": "invalid_client", "error_description": "client secret revoked"})
+
+    async def listing(request: web.Request) -> web.Response:
+        return _json({"tickets": [], "record_count": 0})
+
+    app = web.Application()
+    app.router.add_post("/auth/token", token)
+    app.router.add_get("/api/{resource}", listing)
+    clock = FakeClock(autojump=True)
+    errors = []
+    async with serve(app) as url:
+        async with build_client(upstream("halo", url), clock=clock) as client:
+            for _ in range(5):
+                try:
+                    await client.tickets.list(20, 1)
+                except UpstreamError as exc:
+                    errors.append(type(exc).__name__)
+            auth = client.session.auth
+    assert errors[0] == "AuthError", errors
+    assert not auth.healthy
+    assert len(token_calls) == 1  # the next four fail fast inside failure_backoff
+
+
+async def test_netsapiens_refresh_refused_in_a_200_falls_back_to_password() -> None:
+    from daemon.config.upstreams import NetsapiensUpstream
+
+    grants: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        body = await request.json()
+        grants.append(body["grant_type"])
+        if body["grant_type"] == "refresh_token":
+            return _json({"code": 401, "message": "Refresh token revoked"})
+        return _json(
+            {
+                "access_token": f"acc-{len(grants)}-abcdefgh",
+                "refresh_token": "ref-abcdefgh1",
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            }
+        )
+
+    async def me(request: web.Request) -> web.Response:
+        return _json([{"domain": "acme"}])
+
+    app = web.Application()
+    app.router.add_post("/ns-api/v2/tokens", token)
+    app.router.add_get("/ns-api/v2/domains", me)
+    clock = FakeClock(autojump=True)
+    outcomes = []
+    async with serve(app) as url:
+        cfg = NetsapiensUpstream.model_validate(
+            {
+                "name": "ns",
+                "kind": "netsapiens",
+                "api_url": url,
+                "client_id": "c",
+                "client_secret": "hostile-secret-0123456789",
+                "username": "u",
+                "password": "hostile-secret-0123456789",
+                "max_retries": 0,
+            }
+        )
+        async with build_client(cfg, clock=clock) as client:
+            await client.request("GET", "domains")
+            for _ in range(3):
+                clock.advance(4000)  # the access token has expired
+                try:
+                    await client.request("GET", "domains")
+                    outcomes.append("ok")
+                except UpstreamError as exc:
+                    outcomes.append(type(exc).__name__)
+    assert outcomes == ["ok", "ok", "ok"], (grants, outcomes)
+    assert grants[:3] == ["password", "refresh_token", "password"], grants
