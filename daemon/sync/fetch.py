@@ -38,6 +38,9 @@ class Completeness:
     complete: bool
     reason: str | None = None
     expected: int | None = None
+    # A report job's months read in this run: only their rows may be tombstoned (a month the
+    # job did not ask about again says nothing about its rows). None: the whole table.
+    periods: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, report: WalkReport) -> Completeness:

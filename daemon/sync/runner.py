@@ -31,7 +31,7 @@ from daemon.clock import Clock
 from daemon.config.models import SyncJob
 from daemon.errors import LimitExceeded, UpstreamError
 from daemon.logs import redact_text
-from daemon.store import ContactEntry, Store, UpsertResult
+from daemon.store import ContactEntry, Store, TombstoneResult, UpsertResult
 from daemon.sync.fetch import Fetcher, Page, max_cursor
 
 log = structlog.get_logger(__name__)
@@ -219,29 +219,44 @@ class JobRunner:
             result.incomplete = reason
             log.warning("sync.incomplete", job=job.name, run_id=result.run_id, reason=reason)
             return
-        outcome = await self._store.mark_tombstones(
-            job.table, run_started_at=run_started_at, max_fraction=job.max_tombstone_fraction
+        # A report job answers for the months it read this run, each on its own; any other job
+        # for its whole table.
+        scopes: tuple[str | None, ...] = (None,) if verdict.periods is None else verdict.periods
+        for period in scopes:
+            outcome = await self._store.mark_tombstones(
+                job.table,
+                run_started_at=run_started_at,
+                period=period,
+                max_fraction=job.max_tombstone_fraction,
+            )
+            result.missing += outcome.missing
+            if outcome.refused:
+                self._refused(job, result, outcome, period)
+                continue
+            result.deleted += outcome.deleted
+
+    @staticmethod
+    def _refused(
+        job: SyncJob, result: RunResult, outcome: TombstoneResult, period: str | None
+    ) -> None:
+        share = outcome.missing / outcome.live if outcome.live else 1.0
+        log.error(
+            "sync.tombstones_refused",
+            job=job.name,
+            run_id=result.run_id,
+            missing=outcome.missing,
+            live=outcome.live,
+            period=period,
+            max_tombstone_fraction=job.max_tombstone_fraction,
         )
-        result.missing = outcome.missing
-        if outcome.refused:
-            share = outcome.missing / outcome.live if outcome.live else 1.0
-            log.error(
-                "sync.tombstones_refused",
-                job=job.name,
-                run_id=result.run_id,
-                missing=outcome.missing,
-                live=outcome.live,
-                max_tombstone_fraction=job.max_tombstone_fraction,
-            )
-            result.status = "failed"
-            result.error_type = "TombstonesRefused"
-            result.error = (
-                f"the run would tombstone {outcome.missing} of {outcome.live} live rows "
-                f"({share:.0%}), more than max_tombstone_fraction "
-                f"({job.max_tombstone_fraction:g}); nothing was tombstoned"
-            )
-            return
-        result.deleted = outcome.deleted
+        where = f" of {period}" if period is not None else ""
+        result.status = "failed"
+        result.error_type = "TombstonesRefused"
+        result.error = (
+            f"the run would tombstone {outcome.missing} of {outcome.live} live rows{where} "
+            f"({share:.0%}), more than max_tombstone_fraction "
+            f"({job.max_tombstone_fraction:g}); nothing{where} was tombstoned"
+        )
 
     async def _record(
         self,

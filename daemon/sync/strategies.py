@@ -74,6 +74,7 @@ class BlestaFetcher:
         self.current_month = current_month  # 'YYYY-MM', for a report job without `months`
         self._walk = WalkReport()
         self._months_done = False
+        self._periods: list[str] = []
 
     async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
         job = self.job
@@ -83,6 +84,7 @@ class BlestaFetcher:
             async with aclosing(series) as stream:
                 async for period, rows in stream:
                     pairs = [(f"{period}:{i:06d}", dict(r)) for i, r in enumerate(rows)]
+                    self._periods.append(period)
                     yield Page(pairs, period=period)
             self._months_done = True
             return
@@ -100,7 +102,9 @@ class BlestaFetcher:
     def completeness(self) -> Completeness:
         if self.job.report:
             # Each month is one request answered whole (a CSV file) or not at all.
-            return Completeness(self._months_done, None if self._months_done else "months")
+            if not self._months_done:
+                return Completeness(False, "months")
+            return Completeness(True, periods=tuple(dict.fromkeys(self._periods)))
         return Completeness.of(self._walk)
 
 

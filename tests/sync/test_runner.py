@@ -197,6 +197,26 @@ async def test_report_series_one_period_per_month(store, blesta, clock, tmp_path
     assert again.unchanged == result.fetched and again.deleted == 0
 
 
+async def test_a_report_job_tombstones_only_the_months_it_read(store, blesta, clock, tmp_path):
+    """Without `months` a report job reads the current month only; at the month change the
+    previous month's rows were all 'missing' and tombstoned on the second February run,
+    though the job never asked about January again."""
+    j = job(name="blesta-revenue", table="blesta_revenue", resource=None, report="package_revenue")
+    clock.advance(30 * 86400)  # January 2025
+    january = await run(store, clock, j, blesta)
+    assert january.status == "ok" and january.fetched > 0, january.error
+    clock.advance(20 * 86400)  # February: only 2025-02 is read
+    for _ in range(2):
+        result = await run(store, clock, j, blesta)
+        assert result.status == "ok" and result.deleted == 0, result.error
+    dead = rows(
+        tmp_path / "state.db", "SELECT COUNT(*) FROM blesta_revenue WHERE deleted_at IS NOT NULL"
+    )
+    assert dead == [(0,)]
+    live = rows(tmp_path / "state.db", "SELECT DISTINCT period FROM blesta_revenue ORDER BY 1")
+    assert live == [("2025-01",), ("2025-02",)]
+
+
 async def test_append_mode_keeps_existing_rows(store, blesta, state, clock, tmp_path):
     j = job(name="blesta-log", table="blesta_log", mode="append")
     await run(store, clock, j, blesta)
