@@ -32,7 +32,7 @@ from daemon.config.models import SyncJob
 from daemon.errors import LimitExceeded, UpstreamError
 from daemon.logs import redact_text
 from daemon.store import ContactEntry, Store, TombstoneResult, UpsertResult
-from daemon.sync.fetch import Fetcher, Page, max_cursor
+from daemon.sync.fetch import Completeness, Fetcher, Page, max_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -103,9 +103,13 @@ class JobRunner:
             result.run_id = await self._store.start_run(job.name)
             log.info("sync.started", job=job.name, run_id=result.run_id, mode=job.mode)
             await self._store.ensure_record_table(job.table, report=job.report is not None)
-            await self._fetch(job, fetcher, result, run_started_at, started_mono, progress)
+            cursors = await self._fetch(
+                job, fetcher, result, run_started_at, started_mono, progress
+            )
             if job.mode == "full":
                 await self._tombstones(job, fetcher, result, run_started_at)
+            elif job.mode == "incremental" and job.cursor_field:
+                await self._advance_cursor(job, fetcher, result, run_started_at, cursors)
             if job.phone_fields and result.status != "failed":
                 result.contacts = await self._rebuild_contacts(job)
             if result.status == "running":
@@ -130,15 +134,18 @@ class JobRunner:
         run_started_at: datetime,
         started_mono: float,
         progress: Progress | None,
-    ) -> None:
+    ) -> tuple[str | None, str | None]:
         """Write the pages as they come, one transaction each, in order. A page's write is
         submitted before the previous page's has been confirmed, so this task encodes and
         hashes page k while the writer commits page k-1 (the writer runs jobs in order, each in
-        its own transaction); at most one page is ever waiting for its commit. Counters, the
-        cursor and progress follow the confirmed writes, in page order."""
+        its own transaction); at most one page is ever waiting for its commit. Counters and
+        progress follow the confirmed writes, in page order. Returns the stored cursor and the
+        high-water mark of what was written (incremental jobs; stored only by the caller,
+        after a complete walk)."""
         store = self._store
         state = await store.get_sync_state(job.name)
         cursor = state.cursor if (state is not None and job.mode == "incremental") else None
+        start = cursor
         submitted = 0
         pending: tuple[asyncio.Future[UpsertResult], Page] | None = None
         try:
@@ -177,6 +184,7 @@ class JobRunner:
                         except Exception as exc:  # the error under way is the one to raise
                             log.error("sync.record_failed", job=job.name,
                                       run_id=result.run_id, error=repr(exc))  # fmt: skip
+        return start, cursor
 
     @staticmethod
     def _count(result: RunResult, page: Page, written: UpsertResult) -> None:
@@ -194,30 +202,57 @@ class JobRunner:
         cursor: str | None,
         progress: Progress | None,
     ) -> str | None:
-        """Wait for one page's commit, then count it and store the cursor after it."""
+        """Wait for one page's commit, then count it; the high-water mark after it."""
         write, page = pending
         self._count(result, page, await write)
         if job.mode == "incremental" and job.cursor_field:
-            new_cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field)
-            if new_cursor is not None and new_cursor != cursor:
-                cursor = new_cursor
-                await self._store.set_sync_state(job.name, cursor=cursor)
+            cursor = page.cursor or max_cursor(cursor, page.records, job.cursor_field) or cursor
         if progress is not None:
             progress(result)
         return cursor
 
-    async def _tombstones(
+    async def _incomplete(
         self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
-    ) -> None:
+    ) -> Completeness | None:
+        """The fetcher's verdict when the run saw the whole list (its total checked against
+        the distinct ids stored); None, with the reason recorded and logged, when it did not."""
         verdict = fetcher.completeness()
         reason = verdict.reason if not verdict.complete else None
         if verdict.complete and verdict.expected is not None:
             seen = await self._store.count_seen(job.table, run_started_at=run_started_at)
             if seen != verdict.expected:
                 reason = f"{seen} distinct ids stored, the upstream's total is {verdict.expected}"
-        if reason is not None:
-            result.incomplete = reason
-            log.warning("sync.incomplete", job=job.name, run_id=result.run_id, reason=reason)
+        if reason is None:
+            return verdict
+        result.incomplete = reason
+        log.warning("sync.incomplete", job=job.name, run_id=result.run_id, reason=reason)
+        return None
+
+    async def _advance_cursor(
+        self,
+        job: SyncJob,
+        fetcher: Fetcher,
+        result: RunResult,
+        run_started_at: datetime,
+        cursors: tuple[str | None, str | None],
+    ) -> None:
+        """Store the new high-water mark only after a walk that saw every record the filter
+        matched. After a partial one (a failed page, a record that moved onto a page already
+        read while the walk went on, an upstream that ignores the order asked for) the next
+        run asks again from the old mark: rereading is free (the hash check), skipping a
+        record past the mark would be for ever."""
+        start, reached = cursors
+        if reached is None or reached == start:
+            return
+        if await self._incomplete(job, fetcher, result, run_started_at) is None:
+            return
+        await self._store.set_sync_state(job.name, cursor=reached)
+
+    async def _tombstones(
+        self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
+    ) -> None:
+        verdict = await self._incomplete(job, fetcher, result, run_started_at)
+        if verdict is None:
             return
         # A report job answers for the months it read this run, each on its own; any other job
         # for its whole table.

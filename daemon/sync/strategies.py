@@ -8,10 +8,12 @@ runner's tombstones depend on.
 
 Incremental mode (`mode = "incremental"`, `cursor_field`): where the upstream has a
 "modified since" filter (Halo assets' `lastupdatefromdate`) the stored cursor is sent as that
-filter and records are requested in cursor order, so the cursor stored after each committed
-page is safe to resume from. Elsewhere the APIs have no such filter (upstream-apis.md), so the
-job rescans and the store's hash check makes unchanged rows free; the cursor is still kept as a
-high-water mark and no tombstones are written.
+filter and records are requested in cursor order. The runner stores the new cursor only after
+a walk it can vouch for (every page, the total matched by the distinct ids), so a failed page,
+a record that moved while the walk went on or an upstream ignoring the order never moves the
+mark past a record not yet read. Elsewhere the APIs have no such filter (upstream-apis.md), so
+the job rescans and the store's hash check makes unchanged rows free; the cursor is still kept
+as a high-water mark and no tombstones are written.
 """
 
 from __future__ import annotations

@@ -148,7 +148,9 @@ async def test_failed_run_deletes_nothing_and_is_recorded(store, blesta, state, 
     assert confirmed.deleted == 1
 
 
-async def test_incremental_cursor_advances_only_after_committed_pages(store, blesta, state, clock):
+async def test_incremental_cursor_advances_only_after_a_complete_walk(store, blesta, state, clock):
+    """A failed page keeps the old mark: the pages before it are written, but a mark past them
+    could pass records the failed page held (an upstream that ignores the order asked for)."""
     j = job(
         name="blesta-tx", table="blesta_tx", mode="incremental", cursor_field="id_code", params={}
     )
@@ -156,16 +158,14 @@ async def test_incremental_cursor_advances_only_after_committed_pages(store, ble
     failed = await run(store, clock, j, blesta)
     assert failed.status == "failed" and failed.pages == 2
     st = await store.get_sync_state("blesta-tx")
-    assert st is not None and st.cursor is not None
-    committed = rows(Path(store.path), "SELECT data FROM blesta_tx")
-    highest = max(json.loads(d)["id_code"] for (d,) in committed)
-    assert st.cursor == highest  # the cursor points at data that is in the database
-    assert st.last_success_at is None
+    assert st is None or st.cursor is None
     state.fail_pages = set()
     ok = await run(store, clock, j, blesta)
-    assert ok.status == "ok" and ok.deleted == 0  # incremental never tombstones
+    assert ok.status == "ok" and ok.deleted == 0 and ok.incomplete is None  # never tombstones
     st2 = await store.get_sync_state("blesta-tx")
-    assert st2 is not None and st2.cursor >= st.cursor and st2.last_success_at is not None
+    committed = rows(Path(store.path), "SELECT data FROM blesta_tx")
+    highest = max(json.loads(d)["id_code"] for (d,) in committed)
+    assert st2 is not None and st2.cursor == highest and st2.last_success_at is not None
 
 
 async def test_contacts_index_from_phone_fields(store, blesta, state, clock):
