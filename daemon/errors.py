@@ -63,14 +63,17 @@ class ConfigError(DaemonError):
         super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
-def redact_excerpt(text: str, secrets: Iterable[str] = (), limit: int = EXCERPT_LIMIT) -> str:
+def redact_excerpt(
+    text: str, secrets: Iterable[str] = (), limit: int = EXCERPT_LIMIT, *, cut: bool = False
+) -> str:
     """Shorten an upstream body for an error message, masking every known secret — the
     caller's `secrets` and all the log redactor knows (config secrets, Basic pairs, tokens) —
     in every spelling an echo can carry (JSON-escaped, URL-encoded, base64). Masked before it
-    is shortened, so a cut can never leave half a secret behind."""
-    from daemon.logs import redact_text  # lazy: this module is the bottom layer
+    is shortened, so this cut can never leave half a secret behind; `cut` says `text` is
+    itself the head of a longer body, whose end may hold the first part of one (dropped)."""
+    from daemon.logs import redact_cut, redact_text  # lazy: this module is the bottom layer
 
-    text = redact_text(text, secrets)
+    text = redact_cut(text, secrets) if cut else redact_text(text, secrets)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

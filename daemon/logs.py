@@ -168,6 +168,10 @@ class Redactor:
                 self._secrets = new
                 self._pattern = _pattern(new)
 
+    def forms(self) -> frozenset[str]:
+        """Every spelling registered now."""
+        return self._secrets
+
     def clear(self) -> None:
         with self._lock:
             self._permanent = set()
@@ -243,6 +247,29 @@ def redact_text(text: str, extra: Iterable[str] = ()) -> str:
     if forms:
         text = _pattern(forms).sub(REDACTED, text)
     return _REDACTOR.text(text)
+
+
+def redact_cut(text: str, extra: Iterable[str] = ()) -> str:
+    """`redact_text` for the head of a longer text (an error body cut to an excerpt): also drops
+    an end that could be the start of a secret the cut split in two, which no pattern matches
+    whole."""
+    text = redact_text(text, extra)
+    forms = set(_REDACTOR.forms())
+    for secret in extra:
+        forms |= secret_forms(secret)
+    cut = _partial_tail(text, forms)
+    return text[:-cut] if cut else text
+
+
+def _partial_tail(text: str, forms: Iterable[str]) -> int:
+    """The length of the longest end of `text` that is the beginning of one of `forms`."""
+    best = 0
+    for form in forms:
+        for k in range(min(len(form) - 1, len(text)), best, -1):
+            if text.endswith(form[:k]):
+                best = k
+                break
+    return best
 
 
 def redact_strings(value: Any) -> Any:

@@ -77,6 +77,7 @@ def _message(resp: Response) -> str:
         text = body
     elif body is None and resp.body.strip() and resp.content_type != "text/html":
         text = resp.body[:400].decode("utf-8", errors="replace")
+        return redact_excerpt(text, resp.secrets, limit=200, cut=len(resp.body) > 400)
     return redact_excerpt(text, resp.secrets, limit=200) if text else ""
 
 

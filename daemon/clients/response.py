@@ -67,7 +67,7 @@ class Response:
         # Cut the bytes first: decoding (and redacting) a 64 MB error page to keep 300
         # characters of it would cost more than the request did.
         head = self.body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
-        return redact_excerpt(head, self.secrets)
+        return redact_excerpt(head, self.secrets, cut=len(self.body) > EXCERPT_BYTES)
 
     def parse_json(self) -> Any:
         """The body as JSON, without judging it; not JSON is a `MalformedResponse`."""

@@ -78,10 +78,18 @@ def encode_record(data: Mapping[str, Any], record_id: str = "?") -> tuple[str, s
         return canonical_json_hash(data)
     except ValueError as exc:
         raise UnstorableRecord(
-            f"record {record_id!r} holds a value JSON cannot store ({exc}): NaN or Infinity"
+            f"record {_shown(record_id)} holds a value JSON cannot store ({exc}): NaN or Infinity"
         ) from None
     except RecursionError:
-        raise UnstorableRecord(f"record {record_id!r} is nested too deeply to store") from None
+        raise UnstorableRecord(
+            f"record {_shown(record_id)} is nested too deeply to store"
+        ) from None
+
+
+def _shown(record_id: object, limit: int = 80) -> str:
+    """An upstream's id for a message: whatever it sent, at most `limit` characters of it."""
+    text = repr(record_id)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def chunked(items: Sequence[T], size: int = MAX_VARIABLES) -> Iterator[Sequence[T]]:

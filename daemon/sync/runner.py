@@ -36,6 +36,8 @@ from daemon.sync.fetch import Completeness, Fetcher, Page, max_cursor
 
 log = structlog.get_logger(__name__)
 
+MAX_ERROR_CHARS = 2_000  # of a failed run's error text
+
 
 @dataclass
 class RunResult:
@@ -70,7 +72,10 @@ class RunResult:
 
     def fail(self, exc: BaseException) -> None:
         self.status = "failed"
-        self.error = redact_text(str(exc) or type(exc).__name__)
+        # Masked before it is cut (a cut cannot leave half a secret), and cut: the text can
+        # carry what an upstream sent, and it goes to the log and `sync_runs.error`.
+        error = redact_text(str(exc) or type(exc).__name__)
+        self.error = error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
         self.error_type = type(exc).__name__
 
 
