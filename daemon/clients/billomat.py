@@ -31,6 +31,7 @@ from daemon.clients.errormap import ErrorDetail
 from daemon.clients.http import UpstreamClient, UpstreamSession
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
 from daemon.clients.response import Response
+from daemon.clients.segments import segment
 from daemon.clients.settings import options_from_settings, secret_value
 from daemon.clock import Clock
 from daemon.config.upstreams import BillomatUpstream
@@ -299,7 +300,7 @@ class BillomatResource:
         )
 
     async def get(self, record_id: int | str) -> Record:
-        return self._unwrap(await self._client.request("GET", f"{self.name}/{record_id}"))
+        return self._unwrap(await self._client.request("GET", f"{self.name}/{segment(record_id)}"))
 
     async def create(self, obj: Mapping[str, Any]) -> Record:
         """POST `{"<item>": obj}`; Billomat answers 201 with the saved object."""
@@ -308,13 +309,13 @@ class BillomatResource:
 
     async def update(self, record_id: int | str, obj: Mapping[str, Any]) -> Record:
         body = await self._client.request(
-            "PUT", f"{self.name}/{record_id}", json={self.item_key: dict(obj)}
+            "PUT", f"{self.name}/{segment(record_id)}", json={self.item_key: dict(obj)}
         )
         return self._unwrap(body)
 
     async def delete(self, record_id: int | str) -> None:
         """DELETE; Billomat answers 200 with an empty body."""
-        await self._client.request("DELETE", f"{self.name}/{record_id}")
+        await self._client.request("DELETE", f"{self.name}/{segment(record_id)}")
 
 
 class InvoiceResource(BillomatResource):
@@ -323,20 +324,22 @@ class InvoiceResource(BillomatResource):
     async def complete(self, record_id: int | str, template_id: int | None = None) -> Any:
         """Close a draft (DRAFT → OPEN), rendering the PDF with `template_id` when given."""
         payload = {"complete": {"template_id": template_id} if template_id else {}}
-        return await self._client.request("PUT", f"invoices/{record_id}/complete", json=payload)
+        return await self._client.request(
+            "PUT", f"invoices/{segment(record_id)}/complete", json=payload
+        )
 
     async def cancel(self, record_id: int | str) -> Any:
-        return await self._client.request("PUT", f"invoices/{record_id}/cancel")
+        return await self._client.request("PUT", f"invoices/{segment(record_id)}/cancel")
 
     async def email(self, record_id: int | str, email: Mapping[str, Any]) -> Any:
         """Send by e-mail; `email` is Billomat's `email` object (recipients, subject, ...)."""
         return await self._client.request(
-            "POST", f"invoices/{record_id}/email", json={"email": dict(email)}
+            "POST", f"invoices/{segment(record_id)}/email", json={"email": dict(email)}
         )
 
     async def pdf(self, record_id: int | str) -> Record:
         """The PDF as Billomat's `pdf` object (`base64file`, `filename`, `mimetype`, ...)."""
-        body = await self._client.request("GET", f"invoices/{record_id}/pdf")
+        body = await self._client.request("GET", f"invoices/{segment(record_id)}/pdf")
         if isinstance(body, dict) and isinstance(body.get("pdf"), dict):
             return dict(body["pdf"])
         raise MalformedResponse("invoice pdf: expected a 'pdf' object", upstream=self._client.name)

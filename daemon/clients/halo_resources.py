@@ -58,6 +58,7 @@ from typing import Any, Protocol
 import structlog
 
 from daemon.clients.paging import DEFAULT_MAX_PAGES, WalkReport, walk_pages
+from daemon.clients.segments import segment
 from daemon.errors import MalformedResponse
 
 log = structlog.get_logger(__name__)
@@ -323,11 +324,11 @@ class HaloResource:
     async def get(self, record_id: int | str, **params: Any) -> Record:
         """One record (`includedetails=True` and the like pass through as query params)."""
         body = await self._client.request(
-            "GET", f"{self.spec.path}/{record_id}", params=query_params(params) or None
+            "GET", f"{self.spec.path}/{segment(record_id)}", params=query_params(params) or None
         )
         if not isinstance(body, dict):
             raise MalformedResponse(
-                f"{self.spec.path}/{record_id}: not an object", upstream=self._client.name
+                f"{self.spec.path}/{segment(record_id)}: not an object", upstream=self._client.name
             )
         return body
 
@@ -349,7 +350,7 @@ class HaloResource:
         return saved[0] if saved else {}
 
     async def delete(self, record_id: int | str) -> None:
-        await self._client.request("DELETE", f"{self.spec.path}/{record_id}")
+        await self._client.request("DELETE", f"{self.spec.path}/{segment(record_id)}")
 
 
 class AgentResource(HaloResource):

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from daemon.clients.ns_wire import DEFAULT_PAGE, format_ns_datetime, parse_ns_datetime
+from daemon.clients.segments import segment
 from daemon.errors import MalformedResponse, UpstreamResponseError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class SubscriptionsApi:
         )
 
     async def get(self, subscription_id: str) -> dict[str, Any]:
-        result = await self._client.request("GET", f"subscriptions/{quote(subscription_id)}")
+        result = await self._client.request("GET", f"subscriptions/{segment(subscription_id)}")
         if isinstance(result, list) and len(result) == 1:  # some builds wrap it in an array
             result = result[0]
         if not isinstance(result, dict):
@@ -139,8 +139,8 @@ class SubscriptionsApi:
         """Partial update (`expires_at=datetime`, `post_url=...`); 202 answers carry no object."""
         body = {_FIELD_NAMES.get(k, k.replace("_", "-")): _wire_value(v) for k, v in fields.items()}
         return await self._client.request(
-            "PUT", f"subscriptions/{quote(subscription_id)}", json=body
+            "PUT", f"subscriptions/{segment(subscription_id)}", json=body
         )
 
     async def delete(self, subscription_id: str) -> Any:
-        return await self._client.request("DELETE", f"subscriptions/{quote(subscription_id)}")
+        return await self._client.request("DELETE", f"subscriptions/{segment(subscription_id)}")
