@@ -401,6 +401,16 @@ def test_insecure_permissions_with_literal_secret(tmp_path: Path) -> None:
     load_settings(write(tmp_path, optin, mode=0o644), env=ENV)
 
 
+def test_a_literal_previous_secret_is_a_secret_too(tmp_path: Path) -> None:
+    text = BASE + hook(secret="${HOOK_SECRET}", previous_secret="old-literal-0123456789")
+    env = {**ENV, "HOOK_SECRET": "hook-secret-0123456789"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text, mode=0o644), env=env)
+    (problem,) = info.value.problems
+    assert problem.path == "webhooks.netsapiens.previous_secret"
+    assert "old-literal-0123456789" not in str(info.value)
+
+
 def test_references_only_may_be_world_readable(tmp_path: Path) -> None:
     load_settings(write(tmp_path, BASE, mode=0o644), env=ENV)
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from daemon.config.fields import between
 from daemon.config.values import Duration
 
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -87,7 +88,9 @@ class DispatchSettings(_Model):
     max_attempts: int = Field(default=6, ge=1, le=50)  # tries of one action before `dead`
     backoff: Positive = 30.0  # first retry delay; doubles, with full jitter
     backoff_cap: Positive = 3600.0
-    lease: Positive = 300.0  # a claimed event is hidden from other claims this long
+    # A claimed event is hidden from other claims this long; shorter than a handling can take
+    # it would only make the claim useless, so a floor.
+    lease: Annotated[Duration, between(minimum=30.0)] = 300.0
     poll: Positive = 5.0  # how often due retries are looked for (new events wake it at once)
 
 

@@ -167,6 +167,9 @@ def _e164(raw: str, info: ValidationInfo) -> str:
 PhoneNumber = Annotated[str, AfterValidator(_e164)]
 
 
+URL_SAFE_SECRET = re.compile(r"^[A-Za-z0-9._~-]+$")
+
+
 class NetsapiensWebhookSettings(Model):
     """`[webhooks.netsapiens]`: the listener, the subscriptions it keeps, and the loop guard."""
 
@@ -174,7 +177,8 @@ class NetsapiensWebhookSettings(Model):
     public_url: HttpUrl
     subscribe: list[NetsapiensModel] = ["message"]
     domain: str = "*"
-    renew_before: Duration = 900.0
+    # The keeper asks for 24-hour subscriptions: renewing before half of that is no setting.
+    renew_before: Annotated[Duration, between(maximum=DAY / 2, positive=True)] = 900.0
     backfill: bool = True
     allow_from: list[Network] = []
     own_numbers: list[PhoneNumber] = []
@@ -185,12 +189,19 @@ class NetsapiensWebhookSettings(Model):
     rotation_grace: Annotated[Duration, between(maximum=30 * DAY, positive=True)] = DAY
     guard: LoopGuardSettings = LoopGuardSettings()
 
-    @field_validator("secret")
+    @field_validator("secret", "previous_secret")
     @classmethod
-    def _long_secret(cls, value: SecretStr) -> SecretStr:
-        # The secret is the only thing authenticating a webhook, and it travels in the URL.
-        if len(value.get_secret_value()) < 16:
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The secret is the only thing authenticating a webhook, and it travels in the URL as
+        # one path segment: `/`, `?`, `#` or `%` would break every delivery (and a `/` would
+        # put half of it in logs that mask the last segment).
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        if len(text) < 16:
             raise ValueError("must be at least 16 characters long")
+        if not URL_SAFE_SECRET.match(text):
+            raise ValueError("must use only letters, digits and . _ ~ - (it is part of a URL)")
         return value
 
 
@@ -230,7 +241,7 @@ class SyncJob(Model):
     params: dict[str, Any] = {}
     every: Annotated[Duration, between(minimum=1.0, positive=True)] | None = None
     cron: Annotated[str, AfterValidator(check_cron)] | None = None
-    jitter: Duration = 0.0
+    jitter: Annotated[Duration, between(maximum=DAY)] = 0.0
     mode: Literal["full", "incremental", "append"] = "full"
     cursor_field: str | None = None
     phone_fields: list[str] = []
@@ -290,6 +301,9 @@ class SyncJob(Model):
             raise field_error("months", "`months` only applies to a `report` job")
         if self.mode == "incremental" and not self.cursor_field:
             raise field_error("cursor_field", "required when mode = 'incremental'")
+        if self.every is not None and self.jitter > self.every:
+            # Added to every wait: a jitter past the interval means the job may never run.
+            raise field_error("jitter", "must be at most the interval (`every`)")
         return self
 
 

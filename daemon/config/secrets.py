@@ -18,7 +18,9 @@ from typing import Any
 from daemon.config.values import expand_user
 from daemon.errors import ConfigProblem
 
-SECRET_KEYS = frozenset({"key", "password", "api_key", "app_secret", "client_secret", "secret"})
+SECRET_KEYS = frozenset(
+    {"key", "password", "api_key", "app_secret", "client_secret", "secret", "previous_secret"}
+)
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _REF_KINDS = ("file", "credential")
 # Secret-named keys count as secrets only in the sections that hold credentials: a Blesta

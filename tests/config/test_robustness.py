@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.config import Settings, load_settings, parse_settings
 from daemon.errors import ConfigError
-from tests.test_config import BASE, ENV
+from tests.test_config import BASE, ENV, hook
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -85,6 +85,17 @@ def with_job(**fields: str) -> str:
          "upstreams.blesta.rate_limit", "invalid rate limit"),
         (BASE.replace("https://billing.example.com/api", "http://sync:pw@billing.example.com"),
          "upstreams.blesta.url", "credentials in the URL"),
+        # Each of these passed check-config and then failed at run time (found in review).
+        (with_job(every='"2s"', jitter='"3650d"'), "sync[1].jitter", "at most 1d"),
+        (with_job(every='"2s"', jitter='"3s"'), "sync[1].jitter", "at most the interval"),
+        (BASE + hook(renew_before="1d"), "webhooks.netsapiens.renew_before", "at most 12h"),
+        (BASE + hook(secret="abcdefgh/ijklmnopqrst"), "webhooks.netsapiens.secret",
+         "part of a URL"),
+        (BASE + hook(secret="abcdefgh?ijklmnop%41"), "webhooks.netsapiens.secret",
+         "part of a URL"),
+        (BASE + hook(previous_secret="old#secret-0123456789"),
+         "webhooks.netsapiens.previous_secret", "part of a URL"),
+        ("[daemon.dispatch]\nlease = '1ms'\n" + BASE, "daemon.dispatch.lease", "at least 30s"),
     ],
 )  # fmt: skip
 def test_bad_values_are_exit_2(tmp_path: Path, text: str, path: str, words: str) -> None:
