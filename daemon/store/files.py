@@ -20,10 +20,15 @@ COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def tighten(path: Path) -> None:
-    """Make an existing file 0600 if group or others have any access to it."""
+    """Make an existing regular file 0600 if group or others have any access to it. Anything
+    else (a directory, a device such as /dev/null) is never touched: it is not ours, and
+    opening it as a database fails on its own with a clear error."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode):
         return
     if mode & 0o077:
         os.chmod(path, FILE_MODE)
@@ -32,7 +37,9 @@ def tighten(path: Path) -> None:
 
 def private_file(path: Path) -> None:
     """Create the database file with mode 0600 before SQLite opens it, or tighten an existing
-    one."""
+    one. A symlink is followed to the file it names, existing or not: created through a
+    dangling link, the file would otherwise be left for SQLite to create with the umask's mode."""
+    path = Path(os.path.realpath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, FILE_MODE)

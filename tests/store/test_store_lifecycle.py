@@ -4,6 +4,7 @@ dead writer is reported to callers and supervisors, close never hangs, and files
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import stat
@@ -269,6 +270,35 @@ async def test_new_database_files_are_private(db_path: Path, clock: FakeClock) -
             await store.start_run("j")
             assert modes(db_path) == {"db": 0o600, "-wal": 0o600, "-shm": 0o600}
     assert "store.permissions_tightened" not in [e["event"] for e in logs]
+
+
+@pytest.mark.usefixtures("permissive_umask")
+async def test_a_dangling_symlink_gets_a_private_file(tmp_path: Path, clock: FakeClock) -> None:
+    """`state.db -> data/state.db` before the first run: the file the link names is created
+    0600, not left for SQLite to create under the umask (found in review: 0644, client PII)."""
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "state.db"
+    link.symlink_to(tmp_path / "data" / "state.db")
+    async with Store.open(link, clock=clock) as store:
+        await store.start_run("j")
+    assert stat.S_IMODE((tmp_path / "data" / "state.db").stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("permissive_umask")
+async def test_what_is_not_a_regular_file_is_never_chmodded(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A database path naming a directory, or a device such as /dev/null through a link, is
+    refused by the open; its mode is not ours to change (a review's /dev/null became 0600)."""
+    directory = tmp_path / "dir.db"
+    directory.mkdir(mode=0o755)
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo, 0o644)
+    for path, mode in ((directory, 0o755), (fifo, 0o644)):
+        with contextlib.suppress(Exception):
+            async with Store.open(path, clock=clock):
+                pass
+        assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 @pytest.mark.usefixtures("permissive_umask")
