@@ -217,21 +217,39 @@ class HaloActions:
     ) -> Outcome | None:
         """A ticket (or a note on the thread's ticket) carrying this action's reference.
 
+        Found is as good as done, so it leaves what `run` would have left: a threaded ticket
+        becomes the sender's open thread (else their next message would open a second ticket
+        instead of a note), and a found note is counted towards `max_notes`. The sender's later
+        events wait for this one, so no newer thread can have been recorded meanwhile.
+
         A look-up that fails raises: the dispatcher must not take "could not look" for "not
         there" and create the ticket twice."""
         marker = ref_line(key)
         page = await self.client.tickets.list(page_size=5, search=marker)
         for ticket in page.records:
             if marker in str(ticket.get("details", "")):
+                if req.thread and phone:
+                    await self.threads.set_halo_thread(phone, rule, str(ticket["id"]))
                 return Outcome(str(ticket["id"]), {"ticket_id": ticket["id"], "found": True})
         thread = await self.threads.get_halo_thread(phone, rule) if phone else None
-        if thread is not None:
-            try:
-                notes = await self.client.actions.list(page_size=50, ticket_id=thread.ticket_id)
-            except NotFoundError:
-                return None  # the thread's ticket is gone: no note can be on it
-            for action in notes.records:
-                if marker in str(action.get("note", "")):
-                    ref = f"{thread.ticket_id}/action/{action.get('id', '')}"
-                    return Outcome(ref, {"ticket_id": thread.ticket_id, "found": True})
+        if thread is not None and phone:
+            return await self._find_note(marker, thread.ticket_id, phone, rule)
+        return None
+
+    async def _find_note(
+        self, marker: str, ticket_id: str, phone: str, rule: str
+    ) -> Outcome | None:
+        """Our note on the thread's ticket, counted as `run` counts the notes it adds. (After a
+        crash between `run`'s count and its record the note is counted twice: the thread then
+        moves to a new ticket one note early — the safe side of `max_notes`.)"""
+        try:
+            notes = await self.client.actions.list(page_size=50, ticket_id=ticket_id)
+        except NotFoundError:
+            return None  # the thread's ticket is gone: no note can be on it
+        for action in notes.records:
+            if marker in str(action.get("note", "")):
+                count = await self.threads.add_thread_note(phone, rule)
+                ref = f"{ticket_id}/action/{action.get('id', '')}"
+                response = {"ticket_id": ticket_id, "note": action.get("id"), "notes": count}
+                return Outcome(ref, {**response, "found": True})
         return None

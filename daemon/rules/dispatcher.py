@@ -3,16 +3,23 @@
 Why this shape (DESIGN §5, issue 16):
 - Events are claimed with a lease, oldest first, with bounded concurrency; the store's claim
   skips an event whose sender has an earlier unfinished one, so one phone number's events are
-  handled strictly in order while other senders proceed.
+  handled strictly in order while other senders proceed. The lease alone does not keep an event
+  from being handled twice — it can run out mid-handling (a slow upstream, the clock stepping
+  forward) — so the ids being handled are kept in `handling` and excluded from every claim.
 - Rules are evaluated once per event; the plan — every rendered request — is stored with the
   event and its action rows in one transaction before anything is sent. A retry, a restart or a
   reload carries out what was decided, never a re-evaluation.
 - The action row is the unit of retry, keyed `<dedupe_key>:<rule>`. A template or rule error is
-  recorded `dead` at once. The dispatcher owns retries (the HTTP core does not retry an action):
-  backoff with full jitter, `dead` after `max_attempts`; final answers (400, 404) die at once.
+  recorded `dead` at once; a stored request without its body (`sms`/`ticket`) is such an
+  error too (`RuleError`, dead), never a crash. The dispatcher owns retries (the HTTP core
+  does not retry an action): backoff with full jitter, `dead` after `max_attempts`; final
+  answers (400, 404) die at once.
 - Before each upstream call the attempt's start is committed (`attempt_started_at`). If the
-  process dies before the outcome is written, or the call ended without a certain answer (a
-  timeout or 5xx after a POST), the next attempt first looks whether it already happened.
+  process dies before the outcome is written, or the call ended without a certain answer, the
+  next attempt (or a replay) first looks whether it already happened. Certain means a clear
+  rejection (a 4xx other than 408/429) or a connection never made; anything else after the
+  request left — a timeout, a 5xx, a 2xx whose body is unusable, a store error after the
+  create — may hide an upstream that acted.
 - The listener wakes the dispatcher with the ids it just committed, so a new event is handled at
   once; a slow poll finds retries that became due.
 """
@@ -38,6 +45,8 @@ from daemon.errors import (
     AuthError,
     ConnectError,
     DaemonError,
+    RuleError,
+    UpstreamError,
     UpstreamUnavailable,
 )
 from daemon.logs import redact_text
@@ -111,6 +120,7 @@ class Dispatcher:
         self._slot_free = anyio.Event()
         self._stopping = False
         self.in_flight = 0
+        self.handling: set[int] = set()  # ids of the events being handled now: never re-claimed
         self.heartbeat = clock.monotonic()
         self.processed = 0
 
@@ -184,10 +194,14 @@ class Dispatcher:
         if free <= 0:
             return 0
         rows = await self.store.claim_events(
-            free, self.clock.now(), lease=timedelta(seconds=self.settings.lease)
+            free,
+            self.clock.now(),
+            lease=timedelta(seconds=self.settings.lease),
+            exclude=frozenset(self.handling),
         )
         for row in rows:
             self.in_flight += 1
+            self.handling.add(row.id)
             tg.start_soon(self._guarded, row, name=f"event:{row.id}")
         return len(rows)
 
@@ -225,6 +239,7 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch.record_failed", event_id=row.id)
         finally:
+            self.handling.discard(row.id)
             self.in_flight -= 1
             self.processed += 1
             self._slot_free.set()
@@ -310,12 +325,16 @@ class Dispatcher:
     # -- one action ----------------------------------------------------------------------------
 
     async def _attempt(self, row: EventRow, action: ActionRow) -> None:
-        request = json.loads(action.request or "{}")
         if action.kind == "ignore":
             await self.store.finish_action(action.id, "sent", response='{"ignored": true}')
             return
-        previous = json.loads(action.response or "{}") if action.response else {}
-        uncertain = action.attempt_started_at is not None or bool(previous.get("uncertain"))
+        uncertain = action.attempt_started_at is not None or _was_uncertain(action)
+        try:
+            request = _request(action)
+        except RuleError as exc:
+            # Nothing was sent now; an earlier attempt's doubt is kept for a later replay.
+            await self._failed(row, action, exc, uncertain=uncertain)
+            return
         if uncertain:
             try:
                 with action_requests():
@@ -336,7 +355,7 @@ class Dispatcher:
                 outcome = await self._run(action, request)
                 crashpoint("after_call")
         except DaemonError as exc:
-            await self._failed(row, action, exc)
+            await self._failed(row, action, exc, uncertain=_is_uncertain(exc))
             return
         await self._sent(row, action, request, outcome)
 
@@ -406,9 +425,12 @@ class Dispatcher:
         action: ActionRow,
         exc: Exception,
         *,
-        uncertain: bool = False,
+        uncertain: bool,
         stage: str | None = None,
     ) -> None:
+        """Record a failed attempt: retried with backoff, or dead when final or out of attempts.
+        `uncertain` (the upstream may have acted) makes the next attempt, or a replay, look
+        before it sends again."""
         attempts = action.attempts + 1
         final = _is_final(exc)
         dead = final or attempts >= self.settings.max_attempts
@@ -420,7 +442,7 @@ class Dispatcher:
             status,
             error=error,
             next_attempt_at=next_at,
-            response=json.dumps({"uncertain": uncertain or _is_uncertain(action, exc)}),
+            response=json.dumps({"uncertain": uncertain}),
         )
         fields: dict[str, Any] = {
             "event_id": row.id,
@@ -456,12 +478,60 @@ def _is_final(exc: Exception) -> bool:
     return isinstance(exc, DaemonError)
 
 
-def _is_uncertain(action: ActionRow, exc: Exception) -> bool:
-    """Whether the upstream may have acted although we saw no success: the request was sent
-    (not a refused connection) and no definite answer came back."""
-    if not isinstance(exc, UpstreamUnavailable) or isinstance(exc, ConnectError):
+def _is_uncertain(exc: Exception) -> bool:
+    """Whether the upstream may have acted although the attempt failed.
+
+    Only two failures are certain: a connection never made (the request never left) and a
+    clear rejection (a 4xx other than 408/429). Anything else may come after the upstream acted
+    — a timeout, a 5xx, a 2xx whose body was unusable (malformed, too large, a ticket without
+    an id), a store error after the create — so the next attempt, or a replay, looks first.
+    Looking when nothing happened costs one read; not looking may double a ticket or an SMS."""
+    if isinstance(exc, ConnectError):
         return False
-    return exc.status is None or exc.status >= 500
+    if isinstance(exc, UpstreamError) and exc.status is not None:
+        return not (400 <= exc.status < 500 and exc.status not in (408, 429))
+    return True
+
+
+def _was_uncertain(action: ActionRow) -> bool:
+    """Whether the last recorded attempt ended uncertain (kept across a replay)."""
+    try:
+        previous = json.loads(action.response) if action.response else {}
+    except ValueError:
+        return False
+    return isinstance(previous, dict) and bool(previous.get("uncertain"))
+
+
+_BODIES: dict[str, tuple[str, type[Any]]] = {
+    "sms_reply": ("sms", SmsRequest),
+    "halo_ticket": ("ticket", TicketRequest),
+}
+
+
+def _request(action: ActionRow) -> dict[str, Any]:
+    """The stored request, checked to hold the body its kind needs.
+
+    A request without one — an action that failed at planning (its request holds the `error`),
+    or a row written by hand — can never be carried out: a `RuleError` (final, so the action
+    ends dead with the reason), never a KeyError that would crash the event on every try."""
+    try:
+        request = json.loads(action.request or "{}")
+    except ValueError as exc:
+        raise RuleError(f"the stored request is not JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise RuleError("the stored request is not a JSON object")
+    found = _BODIES.get(action.kind)
+    if found is None:
+        raise RuleError(f"unknown action kind {action.kind!r}")
+    key, cls = found
+    body = request.get(key)
+    if not isinstance(body, dict):
+        raise RuleError(str(request.get("error") or f"the stored request has no {key!r}"))
+    try:
+        cls(**body)
+    except TypeError as exc:
+        raise RuleError(f"the stored {key!r} request does not fit: {exc}") from exc
+    return request
 
 
 def _new(a: PlannedAction) -> NewAction:

@@ -1,8 +1,11 @@
 """The loop guard: layers that stop two auto-responders texting each other forever (DESIGN §5).
 
-Applied by the dispatcher to each planned auto-reply (an `sms_reply`) before it is stored, so a
-refused reply is never sent and is recorded in the plan's `skipped` with its reason. Tickets are
-not auto-replies: a missed SMS still becomes a ticket. The layers, cheapest first:
+Applied by the dispatcher to each planned action before it is stored, so a refused action is
+never carried out and is recorded in the plan's `skipped` with its reason. `cooldown` is the
+rule's own promise ("does not act for this number again this soon"), so it holds for every
+action kind — a ticket or note rule too. The other layers are for auto-replies (an `sms_reply`)
+only: tickets are not auto-replies, and a missed SMS still becomes a ticket. The layers of an
+auto-reply, cheapest first:
 
 1. `outbound`  — never answer our own `message.sent` events (or anything not inbound);
 2. `own number` — never answer a number we send from: `own_numbers` in the config plus every
@@ -103,9 +106,11 @@ class LoopGuard:
     async def refuse(
         self, event: EventFacts, action: PlannedAction, cooldown: float | None
     ) -> str | None:
-        """The reason this auto-reply must not be sent, or None."""
+        """The reason this action must not be carried out, or None: for an auto-reply every
+        layer below, for any other action its rule's cooldown only."""
         if not action.auto_reply:
-            return None
+            phone = event.sender or action.phone
+            return await self._cooling(phone, action.rule, cooldown)
         s, now = self.settings, self.clock.now()
         if event.direction != "inbound":
             return "outbound"
@@ -123,10 +128,8 @@ class LoopGuard:
             since=now - timedelta(seconds=s.echo_window)
         ):
             return "echo"
-        if cooldown:
-            last = await self.store.last_auto_action_at(phone, action.rule)
-            if last is not None and now - last < timedelta(seconds=cooldown):
-                return "cooldown"
+        if reason := await self._cooling(phone, action.rule, cooldown):
+            return reason
         if event.body_hash is not None and await self.store.answered_before(
             phone,
             event.body_hash,
@@ -142,6 +145,15 @@ class LoopGuard:
                 return "conversation cap"
         if (await self.breaker()).open:
             return "breaker"
+        return None
+
+    async def _cooling(self, phone: str | None, rule: str, cooldown: float | None) -> str | None:
+        """ "cooldown" while the rule's last action for this number (not dead) is that recent."""
+        if not cooldown or phone is None:
+            return None
+        last = await self.store.last_auto_action_at(phone, rule)
+        if last is not None and self.clock.now() - last < timedelta(seconds=cooldown):
+            return "cooldown"
         return None
 
     async def breaker(self) -> BreakerState:

@@ -25,7 +25,8 @@ class GuardRepo(Database):
     # -- questions about recent actions -------------------------------------------------------
 
     async def last_auto_action_at(self, phone: str, rule: str) -> datetime | None:
-        """When the newest not-dead action of `rule` for `phone` was created (cooldown)."""
+        """When the newest not-dead action of `rule` for `phone` was created (cooldown, which
+        holds for every action kind, not only auto-replies, despite the name)."""
         row = await self.fetchone(
             "SELECT created_at FROM actions WHERE phone = ? AND rule = ? AND status != 'dead' "
             "ORDER BY created_at DESC LIMIT 1",

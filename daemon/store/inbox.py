@@ -9,18 +9,27 @@ in queue order, and within a request in list order: `id` is the order of arrival
 Claims: `claim_events` leases what it returns (`lease_until`); the lease is not an attempt, so
 `attempts` counts outcomes (`finish_event`) and a crash loop cannot push an event to `dead`.
 The service calls `release_leases()` at start: nothing else can hold one then, so a crash does
-not hide in-flight events for a lease's length. One sender's events are handled strictly in
-order: an event is not claimable while an earlier (smaller id) event of the same sender is
-unfinished (pending or failed, leased or not). Events without a sender are not ordered.
+not hide in-flight events for a lease's length. A lease can run out while its event is still
+being handled (a slow upstream, the clock stepping forward), so the dispatcher also passes the
+ids it is handling as `exclude`: it never claims an event it is still working on. One sender's
+events are handled strictly in order: an event is not claimable while an earlier (smaller id)
+event of the same sender is unfinished (pending or failed, leased or not). Events without a
+sender are not ordered.
 
 Plans: `record_plan` stores the rules' decision with the event and creates its action rows in
 one transaction, once; replay (`reset_events`, `reset_dead`) keeps the plan and re-arms the
-actions that did not go out, so a replay carries out what was decided, never more.
+actions that did not go out, so a replay carries out what was decided, never more. Two kinds of
+action are not re-armed: those `sent`, and those that failed at planning (a template or rule
+error; their stored request holds the `error` and no body): replaying cannot fix a template, so
+they stay `dead` with their reason and the event ends `dead` again. Replay refuses an event
+whose lease has not run out: a dispatcher is handling it right now, and clearing the lease
+would let the event be claimed (and its actions sent) a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,14 +112,21 @@ class InboxRepo(Database):
     # -- claims and outcomes -----------------------------------------------------------------
 
     async def claim_events(
-        self, limit: int, now: datetime, *, lease: timedelta = DEFAULT_LEASE
+        self,
+        limit: int,
+        now: datetime,
+        *,
+        lease: timedelta = DEFAULT_LEASE,
+        exclude: Collection[int] = (),
     ) -> list[EventRow]:
         """Lease up to `limit` due events, oldest first, and return them.
 
         Due: pending or failed, `next_attempt_at` NULL or passed, no lease or an expired one,
-        and no earlier unfinished event of the same sender. `attempts` is not changed.
+        not in `exclude` (what the caller is still handling, whatever its lease says), and no
+        earlier unfinished event of the same sender. `attempts` is not changed.
         """
         now_s, until = to_db(now), to_db(now + lease)
+        skip = json.dumps(sorted(int(i) for i in exclude))
 
         async def fn(conn: aiosqlite.Connection) -> list[EventRow]:
             rows = await conn.execute_fetchall(
@@ -118,10 +134,11 @@ class InboxRepo(Database):
                 f" SELECT e.id FROM events AS e WHERE e.status IN {_UNFINISHED}"
                 "  AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= ?)"
                 "  AND (e.lease_until IS NULL OR e.lease_until <= ?)"
+                "  AND e.id NOT IN (SELECT value FROM json_each(?))"
                 "  AND (e.sender IS NULL OR NOT EXISTS (SELECT 1 FROM events AS p"
                 f"   WHERE p.sender = e.sender AND p.status IN {_UNFINISHED} AND p.id < e.id))"
                 f"  ORDER BY e.id LIMIT ?) RETURNING {_COLS}",
-                (until, now_s, now_s, limit),
+                (until, now_s, now_s, skip, limit),
             )
             return sorted((_event(r) for r in rows), key=lambda e: e.id)
 
@@ -238,20 +255,38 @@ class InboxRepo(Database):
 
     async def reset_events(self, ids: Iterable[int]) -> int:
         """Replay: the events are pending again from scratch (plan kept), and their failed or
-        dead actions pending with no attempts; sent actions stay sent. Returns how many of the
-        ids exist."""
+        dead actions pending with no attempts; sent actions, and actions that failed at
+        planning, stay as they are. Returns how many of the ids exist.
+
+        Refused (`StoreError`, nothing changed) when one of them is leased: a dispatcher is
+        handling it now, and a replay would let it be claimed and acted on a second time."""
         wanted = sorted({int(i) for i in ids})
+        now = to_db(self.clock.now())
 
         async def fn(conn: aiosqlite.Connection) -> int:
+            busy = await _leased(conn, wanted, now)
+            if busy:
+                raise StoreError(
+                    f"event {busy[0][0]} is being handled (leased until {busy[0][1]}); "
+                    "replay it once it is finished — a lease left by a stopped service is "
+                    "released when the service starts"
+                )
             return await _reset(conn, wanted)
 
         return await self.write(fn) if wanted else 0
 
     async def reset_dead(self) -> int:
-        """Replay every dead letter (as `reset_events`)."""
+        """Replay every dead letter (as `reset_events`), except one that is leased (a dead event
+        is not claimed, so only a concurrent replay can have leased it: it is handled now)."""
+        now = to_db(self.clock.now())
 
         async def fn(conn: aiosqlite.Connection) -> int:
-            dead = await query(conn, "SELECT id FROM events WHERE status = 'dead' ORDER BY id")
+            dead = await query(
+                conn,
+                "SELECT id FROM events WHERE status = 'dead' "
+                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id",
+                (now,),
+            )
             return await _reset(conn, [int(r[0]) for r in dead])
 
         return await self.write(fn)
@@ -293,6 +328,24 @@ class InboxRepo(Database):
         return None if row is None else from_db(row["t"])
 
 
+async def _leased(conn: aiosqlite.Connection, ids: Sequence[int], now: str) -> list[Any]:
+    """(id, lease_until) of those of `ids` whose lease has not run out."""
+    found: list[Any] = []
+    for chunk in chunked(ids):
+        found += await query(
+            conn,
+            f"SELECT id, lease_until FROM events WHERE id IN ({placeholders(len(chunk))}) "
+            "AND lease_until > ? ORDER BY id",
+            (*chunk, now),
+        )
+    return found
+
+
+# An action whose stored request holds the planning error (a template or rule error) has no
+# body to send: replay leaves it dead with its reason.
+_PLANNED_OK = "(CASE WHEN json_valid(request) THEN json_extract(request, '$.error') END) IS NULL"
+
+
 async def _reset(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
     total = 0
     for chunk in chunked(ids):
@@ -307,7 +360,7 @@ async def _reset(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
             conn,
             "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
             "last_error = NULL, attempt_started_at = NULL, done_at = NULL "
-            f"WHERE event_id IN ({marks}) AND status IN ('failed', 'dead')",
+            f"WHERE event_id IN ({marks}) AND status IN ('failed', 'dead') AND {_PLANNED_OK}",
             chunk,
         )
     return total
