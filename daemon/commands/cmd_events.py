@@ -1,10 +1,13 @@
 """`daemon events list|show|replay`: inspect the webhook inbox and re-run what failed.
 
 `list` and `show` open the database read-only (safe beside the running service). `replay`
-writes: the events become `pending` again and their `dead` or `failed` actions are retried from
-scratch, while actions already `sent` stay sent (no SMS or ticket twice). The plan each event
-was given is kept — replay carries out what was decided, it does not re-evaluate the rules. A
-running service picks the replayed events up within its dispatch `poll` interval.
+writes: the events become `pending` again and their `dead` or `failed` actions are tried again
+(looking first where an earlier attempt may have reached the upstream), while actions already
+`sent` stay sent (no SMS or ticket twice). The plan each event was given is kept — replay
+carries out what was decided, it does not re-evaluate the rules — so an action that failed at
+planning (a template error) stays dead with its reason: fix the rule, and new events get the
+new plan. An event being handled right now (it holds a lease) is refused. A running service
+picks the replayed events up within its dispatch `poll` interval.
 
 Exit codes: 0 done, 1 an id does not exist / the database is missing, 2 bad usage or config.
 """
