@@ -74,7 +74,11 @@ def redact_excerpt(
     from daemon.logs import redact_cut, redact_text  # lazy: this module is the bottom layer
 
     text = redact_cut(text, secrets) if cut else redact_text(text, secrets)
-    text = " ".join(text.split())
+    return shorten(" ".join(text.split()), limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else its head and an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

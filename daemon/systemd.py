@@ -31,6 +31,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon.clock import Clock
+from daemon.errors import shorten
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ def one_line(text: str, limit: int = MAX_STATUS_CHARS) -> str:
     a newline would end the STATUS= field and start a new, unintended assignment."""
     printable = "".join(ch if ch.isprintable() else " " for ch in text)
     flat = " ".join(printable.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return shorten(flat, limit)
 
 
 def _failure_kind(exc: OSError) -> str:

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from daemon.clock import Clock, SystemClock
 from daemon.config.models import NETSAPIENS_MODELS
-from daemon.errors import StoreError
+from daemon.errors import StoreError, shorten
 from daemon.rules.engine import RuleSet, Trace
 from daemon.rules.plan import Plan
 from daemon.store.contacts import Contact
@@ -220,7 +220,7 @@ def _event_report(
 
 def _short(value: Any, limit: int = 400) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def _event_lines(index: int, total: int, r: dict[str, Any]) -> list[str]:

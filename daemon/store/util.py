@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from daemon.canonical import canonical_json_hash
-from daemon.errors import StoreError, UnstorableRecord
+from daemon.errors import StoreError, UnstorableRecord, shorten
 from daemon.tablenames import table_name_problem
 
 T = TypeVar("T")
@@ -88,8 +88,7 @@ def encode_record(data: Mapping[str, Any], record_id: str = "?") -> tuple[str, s
 
 def _shown(record_id: object, limit: int = 80) -> str:
     """An upstream's id for a message: whatever it sent, at most `limit` characters of it."""
-    text = repr(record_id)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(repr(record_id), limit)
 
 
 def chunked(items: Sequence[T], size: int = MAX_VARIABLES) -> Iterator[Sequence[T]]:

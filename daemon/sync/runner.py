@@ -29,7 +29,7 @@ import structlog
 
 from daemon.clock import Clock
 from daemon.config.models import SyncJob
-from daemon.errors import LimitExceeded, UpstreamError
+from daemon.errors import LimitExceeded, UpstreamError, shorten
 from daemon.logs import redact_text
 from daemon.store import ContactEntry, Store, TombstoneResult, UpsertResult
 from daemon.sync.fetch import Completeness, Fetcher, Page, max_cursor
@@ -74,8 +74,7 @@ class RunResult:
         self.status = "failed"
         # Masked before it is cut (a cut cannot leave half a secret), and cut: the text can
         # carry what an upstream sent, and it goes to the log and `sync_runs.error`.
-        error = redact_text(str(exc) or type(exc).__name__)
-        self.error = error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+        self.error = shorten(redact_text(str(exc) or type(exc).__name__), MAX_ERROR_CHARS)
         self.error_type = type(exc).__name__
 
 
@@ -216,7 +215,7 @@ class JobRunner:
             progress(result)
         return cursor
 
-    async def _incomplete(
+    async def _vouched(
         self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
     ) -> Completeness | None:
         """The fetcher's verdict when the run saw the whole list (its total checked against
@@ -249,14 +248,14 @@ class JobRunner:
         start, reached = cursors
         if reached is None or reached == start:
             return
-        if await self._incomplete(job, fetcher, result, run_started_at) is None:
+        if await self._vouched(job, fetcher, result, run_started_at) is None:
             return
         await self._store.set_sync_state(job.name, cursor=reached)
 
     async def _tombstones(
         self, job: SyncJob, fetcher: Fetcher, result: RunResult, run_started_at: datetime
     ) -> None:
-        verdict = await self._incomplete(job, fetcher, result, run_started_at)
+        verdict = await self._vouched(job, fetcher, result, run_started_at)
         if verdict is None:
             return
         # A report job answers for the months it read this run, each on its own; any other job
