@@ -53,6 +53,9 @@ PRAGMAS = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA busy_timeout = 5000",
     "PRAGMA foreign_keys = ON",
+    # Statement journals (every multi-row INSERT of a webhook group needs one) stay in memory
+    # instead of spilling to a temp file past 64 KiB: a create, writes and an unlink per group.
+    "PRAGMA temp_store = MEMORY",
     f"PRAGMA wal_autocheckpoint = {SAFETY_PAGES}",  # checkpoints run beside it: checkpoints.py
 )
 # A read-only connection cannot switch the journal mode; the writer already did.

@@ -225,8 +225,8 @@ class WriterLoop:
     ) -> T:
         """Run `fn(conn)` on the writer connection inside a transaction and return its result.
 
-        Once queued, the job runs even if the caller is cancelled (the wait is shielded): a
-        write either happens or reports an error, it is never silently half-done.
+        Once queued, the job runs even if the caller is cancelled (only the caller's own future
+        is cancelled): a write either happens or reports an error, never silently half-done.
         """
         return await self._submit(_Job(fn, self._new_future(), groupable, transactional))  # type: ignore[no-any-return]
 
@@ -249,11 +249,17 @@ class WriterLoop:
             raise self._stopped_error()
         if self._closed or self._task is None:
             raise StoreError("store is closed" if not self.read_only else "store is read-only")
-        await self._queue.put(job)
+        if self._queue.full():
+            await self._queue.put(job)
+        else:
+            self._queue.put_nowait(job)  # the usual case, without a coroutine per request
         if self._ended.is_set():  # queued behind the writer's end: it will never run
             self._settle_leftover(job.future)
         try:
-            return await asyncio.shield(job.future)
+            # Not shielded: a cancelled caller cancels only its own future, which `_settle`
+            # then skips; the queued job still runs (nothing in the writer looks at it). A
+            # shield cost a second future and two more callbacks on every webhook request.
+            return await job.future
         except sqlite3.Error as exc:
             raise StoreError(f"database write failed: {exc}") from exc
 

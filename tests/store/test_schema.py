@@ -2,6 +2,7 @@
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -97,6 +98,18 @@ async def test_pragmas(store: Store) -> None:
     assert row is not None and row[0] == 1
     row = await store.fetchone("PRAGMA busy_timeout")
     assert row is not None and row[0] == 5000
+
+
+async def test_writer_keeps_statement_journals_in_memory(store: Store) -> None:
+    """A multi-row INSERT into `events` needs a statement journal (a constraint may abort it
+    half-way); at the default temp_store it spilled to a temp file past 64 KiB, one create,
+    write and unlink per webhook group."""
+
+    async def temp_store(conn: Any) -> Any:
+        return list(await conn.execute_fetchall("PRAGMA temp_store"))
+
+    rows = await store.write(temp_store, transactional=False)
+    assert rows[0][0] == 2  # MEMORY
 
 
 async def test_newer_schema_is_refused(db_path: Path, clock: FakeClock) -> None:
