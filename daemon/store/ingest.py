@@ -18,7 +18,7 @@ from datetime import datetime
 
 from daemon.crashpoints import crashpoint
 from daemon.errors import StoreError
-from daemon.store.util import placeholders, to_db, value_marks
+from daemon.store.util import to_db, value_marks
 
 __all__ = ["EVENT_VIA", "InsertedEvent", "NewEvent", "insert_batch", "to_row"]
 
@@ -62,11 +62,6 @@ def _insert_sql(rows: int, returning: bool = True) -> str:
     return _INSERT_HEAD + value_marks(len(_FIELDS), rows) + (_RETURNING if returning else "")
 
 
-@functools.cache
-def _count_sql(keys: int) -> str:
-    return f"SELECT count(*) FROM events WHERE dedupe_key IN ({placeholders(keys)})"
-
-
 _EXISTING = "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
 # Both ends of a plain INSERT's rows, checked in one step (see `_insert_new`).
 _ENDS = (
@@ -98,7 +93,7 @@ def _parts(rows: Sequence[_Row]) -> Iterator[Sequence[_Row]]:
 
 
 def _insert_new(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int] | None:
-    """The common case — every key of `part` is new — in three single-step statements; None
+    """The common case — every key of `part` is new — in two single-step statements; None
     (nothing written) when some key is already stored or repeated, for `_insert_returning`.
 
     Why: each row a statement returns is one `sqlite3_step`, and the sqlite3 module releases and
@@ -107,14 +102,19 @@ def _insert_new(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int
     the group. A plain INSERT is one step; the ids then follow from SQLite's rowid rule (a new
     row of an INTEGER PRIMARY KEY table gets the largest rowid plus one, rows of one statement
     in order: sqlite.org/autoinc.html), confirmed at both ends, with a look-up by key should
-    that ever not hold.
+    that ever not hold. A stored key makes the INSERT fail on the UNIQUE index, and SQLite
+    undoes that statement alone (the group's transaction goes on): cheaper than asking first,
+    since a redelivery is the exception.
     """
     keys = [row[2] for row in part]
     if len(set(keys)) != len(keys):
         return None
-    if conn.execute(_count_sql(len(keys)), keys).fetchone()[0]:
+    try:
+        cursor = conn.execute(_insert_sql(len(part), returning=False), [v for r in part for v in r])
+    except sqlite3.IntegrityError:
+        # A stored key, or a row the table refuses: `_insert_returning` tells them apart (it
+        # skips the first and raises for the second).
         return None
-    cursor = conn.execute(_insert_sql(len(part), returning=False), [v for r in part for v in r])
     # rowcount is this statement's own rows (sqlite3_changes), not a trigger's.
     if cursor.rowcount != len(part) or cursor.lastrowid is None:
         raise StoreError("events insert wrote fewer rows than it was given")

@@ -187,7 +187,11 @@ async def test_large_payloads_are_split_across_statements(
         with anyio.fail_after(30):
             results = await asyncio.gather(*calls)
             await held
-    assert len(starting(statements, "INSERT INTO EVENTS")) == 6  # two 400-byte bodies a part
+    # Two 400-byte bodies a part, six parts; the part holding a stored key is tried as a plain
+    # INSERT first, which the UNIQUE index refuses (nothing written), then with RETURNING.
+    inserts = starting(statements, "INSERT INTO EVENTS")
+    assert len(inserts) == 7
+    assert len([s for s in inserts if "RETURNING" in s.upper()]) == 1
     flat = [e for r in results for e in r]
     assert [e.duplicate for e in flat] == [False] * 10 + [True, False]
     assert flat[10].id == flat[3].id
@@ -206,36 +210,38 @@ async def test_new_events_go_in_without_returning(store: Store, clock: FakeClock
     assert [s for s in starting(statements, "INSERT INTO EVENTS") if "RETURNING" in s.upper()]
     assert (again[0].id, again[0].duplicate) == (fresh[3][0].id, True)
     assert again[1].duplicate is False
+    assert not starting(statements, "SELECT COUNT")  # no question asked before the INSERT
+    assert store.stats.rollbacks == 0  # the refused plain INSERT undid itself, not the group
 
 
-async def test_ids_are_right_when_sqlite_picks_rowids_at_random(
+async def test_a_refused_plain_insert_leaves_the_group_intact(
     store: Store, clock: FakeClock
 ) -> None:
-    """Past the largest rowid SQLite chooses new rowids at random, so ids no longer follow
-    `lastrowid`: the check of both ends notices and the ids are looked up by key."""
-
-    async def top(conn: aiosqlite.Connection) -> None:
-        await conn.execute(
-            "INSERT INTO events (id, source, kind, dedupe_key, received_at, payload)"
-            " VALUES (9223372036854775807, 'ns', 'message.received', 'top', '2025', '{}')"
-        )
-
-    await store.write(top)
+    """A group of new keys and one stored key: the plain INSERT is refused by the UNIQUE
+    index and undoes only itself (no rollback of the group); every new row is then written
+    once, in order, and the stored one is reported as a duplicate."""
+    (old,) = await store.insert_events([ev("old", clock)])
     gate = Gate()
     held = asyncio.ensure_future(store.write(gate))
     await asyncio.wait_for(gate.entered.wait(), 10)
-    calls = [asyncio.ensure_future(store.insert_events([ev(k, clock)])) for k in keys(20)]
+    calls = [
+        asyncio.ensure_future(store.insert_events([ev("a", clock), ev("old", clock)])),
+        asyncio.ensure_future(store.insert_events([ev("b", clock)])),
+    ]
     for _ in range(5):
         await asyncio.sleep(0)
-    batches, rollbacks = store.stats.batches, store.stats.rollbacks
-    gate.release.set()
-    with anyio.fail_after(30):
-        results = await asyncio.gather(*calls)
-        await held
-    assert (store.stats.batches, store.stats.rollbacks) == (batches + 1, rollbacks)
-    assert store._reader is not None
-    stored = dict(await store._reader.execute_fetchall("SELECT dedupe_key, id FROM events"))
-    assert {r[0].dedupe_key: r[0].id for r in results} == {
-        k: v for k, v in stored.items() if k != "top"
-    }
-    assert all(not r[0].duplicate for r in results)
+    rollbacks = store.stats.rollbacks
+    async with traced(store) as statements:
+        gate.release.set()
+        with anyio.fail_after(30):
+            (first, second) = await asyncio.gather(*calls)
+            await held
+    inserts = starting(statements, "INSERT INTO EVENTS")
+    assert ["RETURNING" in s.upper() for s in inserts] == [False, True]
+    assert store.stats.rollbacks == rollbacks
+    assert [(e.dedupe_key, e.duplicate) for e in first + second] == [
+        ("a", False), ("old", True), ("b", False)
+    ]  # fmt: skip
+    assert first[1].id == old.id and first[0].id < second[0].id
+    rows = await store.fetchall("SELECT dedupe_key FROM events ORDER BY id")
+    assert [r[0] for r in rows] == ["old", "a", "b"]
