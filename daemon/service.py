@@ -22,6 +22,7 @@ does not import the listener, the rules and the rest of the service.
 from __future__ import annotations
 
 import signal
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,9 +40,10 @@ from daemon.clock import Clock
 from daemon.config import Settings
 from daemon.errors import StoreError
 from daemon.health import Health, healthz_route
+from daemon.logs import redact_text
 from daemon.metrics import Metrics, metrics_route
 from daemon.rules.dispatcher import Dispatcher
-from daemon.rules.wiring import RulesHolder, build_dispatcher, executors
+from daemon.rules.wiring import RulesHolder, build_dispatcher
 from daemon.store import Store
 from daemon.supervise import Fatal, supervise
 from daemon.sync.runner import JobRunner, RunResult
@@ -143,8 +145,7 @@ class Service:
             dispatcher = build_dispatcher(s, store, pool.clients, clock=clock, holder=holder)
             runner = JobRunner(store, clock=clock, default_region=s.daemon.default_region)
             run = self.running = Running(s, store, pool, metrics, holder, dispatcher, runner)
-            run.backfiller = self._backfiller(run)
-            run.keeper = self._keeper(run)
+            run.backfiller, run.keeper = self.event_parts(run)
             health = Health.from_running(run, clock=clock)
             upkeep = run.upkeep = Upkeep(
                 store, clock=clock, settings=s, metrics=metrics, health=health
@@ -231,10 +232,21 @@ class Service:
 
     # -- sync ---------------------------------------------------------------------------------
 
-    async def _start_scheduler(self, run: Running) -> None:
+    async def _start_scheduler(
+        self, run: Running, *, known_runs: dict[str, datetime | None] | None = None
+    ) -> None:
+        """Start a scheduler for the configured jobs, seeded with their last runs. A reload
+        passes the last runs it read while preparing (`known_runs`): used if the store cannot
+        be read now, so a reload never ends without a scheduler."""
         if not run.settings.sync:
             return
-        last = {r.job: r.started_at for r in await run.store.last_runs()}
+        last: dict[str, datetime | None]
+        try:
+            last = {r.job: r.started_at for r in await run.store.last_runs()}
+        except StoreError:
+            if known_runs is None:
+                raise
+            last = dict(known_runs)
         run.scheduler = Scheduler(
             scheduled_jobs(run.settings), self._run_job, clock=self.clock, last_runs=last
         )
@@ -257,36 +269,43 @@ class Service:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _ns_client(self, run: Running) -> NetsapiensClient | None:
-        hooks = run.settings.webhooks.netsapiens
+    @staticmethod
+    def _ns_client(settings: Settings, clients: Mapping[str, object]) -> NetsapiensClient | None:
+        hooks = settings.webhooks.netsapiens
         if hooks is None:
             return None
-        client = run.pool.clients.get(hooks.upstream)
+        client = clients.get(hooks.upstream)
         return client if isinstance(client, NetsapiensClient) else None
 
-    def _backfiller(self, run: Running) -> Backfiller | None:
-        hooks, client = run.settings.webhooks.netsapiens, self._ns_client(run)
-        if hooks is None or client is None or not hooks.backfill:
-            return None
-        return Backfiller(
-            client,
-            run.store,
-            clock=self.clock,
-            default_region=run.settings.daemon.default_region,
-            domain=hooks.domain,
-            include_cdrs="cdr" in hooks.subscribe,
-            on_events=run.dispatcher.wake,
-        )
-
-    def _keeper(self, run: Running) -> SubscriptionKeeper | None:
-        hooks, client = run.settings.webhooks.netsapiens, self._ns_client(run)
+    def event_parts(
+        self,
+        run: Running,
+        settings: Settings | None = None,
+        clients: Mapping[str, object] | None = None,
+    ) -> tuple[Backfiller | None, SubscriptionKeeper | None]:
+        """The gap filler and subscription keeper for `settings` and `clients` (default: the
+        running ones) — built, not started, so a reload builds them before it changes anything."""
+        settings = settings if settings is not None else run.settings
+        client = self._ns_client(settings, clients if clients is not None else run.pool.clients)
+        hooks = settings.webhooks.netsapiens
         if hooks is None or client is None:
-            return None
-        backfiller = run.backfiller
+            return None, None
+        backfiller = None
+        if hooks.backfill:
+            backfiller = Backfiller(
+                client,
+                run.store,
+                clock=self.clock,
+                default_region=settings.daemon.default_region,
+                domain=hooks.domain,
+                include_cdrs="cdr" in hooks.subscribe,
+                on_events=run.dispatcher.wake,
+            )
         on_gap = backfiller.backfill if backfiller is not None else None
-        return SubscriptionKeeper.from_settings(
+        keeper = SubscriptionKeeper.from_settings(
             client, run.store, hooks, clock=self.clock, on_gap=on_gap
         )
+        return backfiller, keeper
 
     async def _gapfill(self, *, task_status: TaskStatus[None]) -> None:
         """After a start (downtime), and whenever the inbox is unusually silent, pull what the
@@ -325,7 +344,12 @@ class Service:
             self._reload_requested = anyio.Event()
             if self._stop.is_set():
                 return
-            await reload(self)
+            try:
+                await reload(self)
+            except Exception as exc:  # a reload never stops the service (README, "The service")
+                log.exception(
+                    "config.reload_failed", error=redact_text(f"{type(exc).__name__}: {exc}")
+                )
 
     async def _drain(self, run: Running) -> None:
         timeout = run.settings.daemon.shutdown_timeout
@@ -354,19 +378,17 @@ class Service:
             f"{len(run.settings.rules)} rules"
         )
 
-    def listener_deps(self, run: Running, *, loaded_at: datetime) -> Any:
+    def listener_deps(
+        self, run: Running, *, loaded_at: datetime, settings: Settings | None = None
+    ) -> Any:
         return deps_from_settings(
-            run.settings,
+            settings if settings is not None else run.settings,
             inbox=run.store,
             clock=self.clock,
             on_events=run.dispatcher.wake,
             loaded_at=loaded_at,
             on_outcome=run.metrics.webhook,
         )
-
-    def swap_executors(self, run: Running) -> None:
-        """After clients were replaced: the dispatcher sends through the new ones."""
-        run.dispatcher.executors = executors(run.settings, run.pool.clients, run.store)
 
     @property
     def task_group(self) -> TaskGroup:

@@ -5,11 +5,16 @@ from: an unchanged upstream keeps its client (and its tokens, budget and connect
 one gets a new client at once, and the old one is closed only after the requests it is carrying
 have finished (bounded by `grace`), so nothing in flight is cut. Removed upstreams are closed the
 same way. Parts look clients up by name when they need one, so they pick the new one up.
+
+A reload does it in two steps, so that a client that cannot be built refuses the reload with
+nothing changed: `prepare` builds and opens every new client (closing them again and raising if
+any fails) without touching the pool; `commit` then swaps them in and cannot fail.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -18,6 +23,7 @@ import structlog
 from daemon.clients.factory import build_client
 from daemon.clock import Clock
 from daemon.config import Settings, UpstreamSettings
+from daemon.errors import DaemonError
 
 if TYPE_CHECKING:
     from daemon.clients.factory import AnyClient
@@ -25,6 +31,21 @@ if TYPE_CHECKING:
     Configure = Callable[[str, AnyClient], None]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class PoolChange:
+    """What `ClientPool.prepare` built for a new config: opened clients not yet in use, and the
+    upstreams the config no longer has."""
+
+    settings: Settings
+    opened: dict[str, AnyClient] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """The upstreams that change (new or rebuilt clients, and removed ones)."""
+        return [*self.removed, *self.opened]
 
 
 class ClientPool:
@@ -55,28 +76,73 @@ class ClientPool:
         self.clients[name] = client
         self._built_from[name] = upstream
 
-    async def replace(self, settings: Settings, tg: anyio.abc.TaskGroup) -> list[str]:
+    async def replace(
+        self, settings: Settings, tg: anyio.abc.TaskGroup, *, open_new: bool = False
+    ) -> list[str]:
         """Rebuild the clients whose upstream settings changed (and drop removed ones); the old
         ones are retired in `tg`. Returns the names that changed."""
-        changed: list[str] = []
-        for name in list(self.clients):
-            if name not in settings.upstreams:
-                self._retire(self.clients.pop(name), tg)
-                self._built_from.pop(name, None)
-                changed.append(name)
-        for name, upstream in settings.upstreams.items():
-            if name in self.clients and self._built_from.get(name) == upstream:
-                continue
-            old = self.clients.get(name)
-            if old is None and name not in self._built_from:
-                continue  # an upstream nothing opened before: opened when a part needs it
-            await self._open(name, upstream)
+        return self.commit(await self.prepare(settings, open_new=open_new), tg)
+
+    async def prepare(self, settings: Settings, *, open_new: bool = False) -> PoolChange:
+        """Build and open a client for each upstream whose table changed — and, with
+        `open_new`, for each upstream not open yet (a service opens them all) — without
+        touching the pool. A client that cannot be built raises `DaemonError` naming its
+        upstream, after the ones already opened are closed again."""
+        change = PoolChange(
+            settings, removed=[n for n in self.clients if n not in settings.upstreams]
+        )
+        try:
+            for name, upstream in settings.upstreams.items():
+                if name in self.clients and self._built_from.get(name) == upstream:
+                    continue
+                if name not in self.clients and name not in self._built_from and not open_new:
+                    continue  # an upstream nothing opened before: opened when a part needs it
+                try:
+                    client = build_client(upstream, clock=self.clock)
+                    await client.__aenter__()
+                except Exception as exc:
+                    raise DaemonError(
+                        f"upstream {name!r}: cannot build its client: {type(exc).__name__}: {exc}"
+                    ) from exc
+                change.opened[name] = client
+        except BaseException:
+            await self.discard(change)
+            raise
+        return change
+
+    def clients_after(self, change: PoolChange) -> dict[str, AnyClient]:
+        """The clients by name as they will be once `change` is committed."""
+        merged = {n: c for n, c in self.clients.items() if n not in change.removed}
+        merged.update(change.opened)
+        return merged
+
+    def commit(self, change: PoolChange, tg: anyio.abc.TaskGroup) -> list[str]:
+        """Swap the prepared clients in; the ones they replace (and removed upstreams' clients)
+        are retired in `tg`, closed once idle. Returns the names that changed."""
+        for name in change.removed:
+            old = self.clients.pop(name, None)
+            self._built_from.pop(name, None)
             if old is not None:
                 self._retire(old, tg)
-            changed.append(name)
+        for name, client in change.opened.items():
+            if self._configure is not None:
+                self._configure(name, client)
+            old = self.clients.get(name)
+            self.clients[name] = client
+            self._built_from[name] = change.settings.upstreams[name]
+            if old is not None:
+                self._retire(old, tg)
+        changed = change.names
         if changed:
             log.info("service.clients_replaced", upstreams=changed)
         return changed
+
+    async def discard(self, change: PoolChange) -> None:
+        """Close the clients `prepare` opened (a reload refused after them)."""
+        with anyio.CancelScope(shield=True):
+            for client in change.opened.values():
+                await client.close()
+        change.opened.clear()
 
     def _retire(self, client: AnyClient, tg: anyio.abc.TaskGroup) -> None:
         self._retiring.add(client)

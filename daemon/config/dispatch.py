@@ -98,7 +98,12 @@ class LoopGuardSettings(_Model):
     """`[webhooks.netsapiens.guard]`: the layers that stop auto-responders ping-ponging
     (DESIGN §5). `own_numbers` (the numbers we send from) live in `[webhooks.netsapiens]`."""
 
-    max_event_age: Positive = 900.0  # never auto-reply to an event older than this
+    # Never auto-reply to an event the PBX delivered later than this after it happened
+    # (received_at - occurred_at; an occurred_at in the future counts as no delay) ...
+    max_event_age: Positive = 900.0
+    # ... nor to one that waited longer than this in our inbox before its rules ran (a restart
+    # after an outage, a sender blocked behind a failing action): a stale conversation.
+    max_inbox_wait: Positive = 3600.0
     replies_per_conversation_per_hour: int = Field(default=5, ge=1, le=1000)
     echo_window: Positive = 3600.0  # a message repeating one of our replies this recently
     repeat_window: Positive = 3600.0  # the same text from one sender is answered once

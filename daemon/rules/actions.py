@@ -7,8 +7,11 @@ remains is the window between the upstream acting and our being able to see it (
 README, "Guarantees").
 
 - SMS: sent from the number that received the message, to the sender, into the same message
-  session; when the PBX refuses the session id, a new session is started. Looking means reading
-  the session's messages for ours (same text, sent after the attempt started).
+  session; when the message carried no session id, or the PBX refuses it, a new session is
+  started. Looking means finding ours (same text, outbound, sent after the attempt started):
+  first in the message's session, then in the sessions the PBX lists for the sending user with
+  the recipient that were active since then — where a new session our lost answer would have
+  named shows up (upstream-apis §5, "List sessions").
 - Halo: a ticket from the rendered `ticket`, its details ending in a reference line carrying the
   action's idempotency key (`[ref: <key>]`), which is how an uncertain create is found again
   (`Tickets?search=`). With `thread = true`, a later message from the same number becomes a note
@@ -23,12 +26,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import structlog
 
 from daemon.clients.halo import HaloClient
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.errors import NotFoundError, RuleError, ValidationError
+from daemon.phones import to_e164
 from daemon.rules.plan import SmsRequest, TicketRequest
 
 log = structlog.get_logger(__name__)
@@ -42,6 +47,12 @@ NAMED_FIELDS = {  # ticket key → (id key, Halo resource that lists the names)
 }
 _CLOSED = re.compile(r"closed|resolved|cancel", re.I)
 LOOK_BACK = timedelta(minutes=2)  # clock skew allowance when looking for an earlier send
+SESSION_PAGE = 100
+# How many of a user's sessions a look-up may read (newest first, it normally stops at the
+# first page): past this the look-up fails — the action ends dead, never sent twice.
+MAX_SESSION_PAGES = 50
+FOUND_IN_SESSION = "event session"  # the reply was found in the message's own session
+FOUND_IN_NEW_SESSION = "new session"  # ... in a session our earlier attempt started
 
 
 @dataclass(frozen=True)
@@ -69,11 +80,13 @@ class ThreadStore(Protocol):
 class SmsActions:
     """SMS replies through one NetSapiens upstream."""
 
-    def __init__(self, client: NetsapiensClient):
+    def __init__(self, client: NetsapiensClient, *, region: str = "US"):
         self.client = client
+        self.region = region  # for comparing the PBX's spelling of numbers
 
     async def run(self, req: SmsRequest, key: str) -> Outcome:
         domain, user = req.domain or "~", req.user or "~"
+        why = "no session id"
         if req.session_id:
             try:
                 answer = await self.client.send_message(
@@ -84,34 +97,109 @@ class SmsActions:
             except (NotFoundError, ValidationError, ValueError) as exc:
                 # The PBX does not know (or refuses) the session: start a new one.
                 log.info("action.new_session", key=key, reason=type(exc).__name__)
+                why = "session refused"
         answer = await self.client.send_message(
             domain, user, message=req.text, destination=req.to_number,
             from_number=req.from_number,
         )  # fmt: skip
         sid = answer.get("messagesession-id") if isinstance(answer, dict) else None
         ref = answer.get("id") if isinstance(answer, dict) else None
-        return Outcome(str(ref or sid or "") or None, {"session_id": sid, "answer": answer})
+        response = {"session_id": sid, "new_session": why, "answer": answer}
+        return Outcome(str(ref or sid or "") or None, response)
 
     async def find_done(self, req: SmsRequest, since: datetime) -> Outcome | None:
-        """Our text, sent into the session after `since`: the earlier attempt did happen.
+        """Our text, sent after `since`: the earlier attempt did happen.
 
-        A read that fails raises (the dispatcher retries the look-up, never the send)."""
-        if not req.session_id:
-            return None  # a new session's id was never learned: nothing to look in
+        Looked for in the message's session, then in every session the PBX lists for the
+        sending user with the recipient and activity since `since` — an earlier attempt that
+        had to start a new session (no session id, or the PBX refused it) sent into one of
+        those, and only its lost answer carried the id. A read that fails raises (the
+        dispatcher retries the look-up, never the send)."""
+        if req.session_id:
+            found = await self._in_session(req, req.session_id, since)
+            if found is not None:
+                return self._found(found, req.session_id, FOUND_IN_SESSION)
+        for sid in await self._sessions_with_recipient(req, since):
+            if sid == req.session_id:
+                continue
+            found = await self._in_session(req, sid, since)
+            if found is not None:
+                return self._found(found, sid, FOUND_IN_NEW_SESSION)
+        return None
+
+    @staticmethod
+    def _found(message: Mapping[str, Any], sid: str, where: str) -> Outcome:
+        response = {"found": True, "found_in": where, "session_id": sid}
+        return Outcome(str(message.get("id") or sid), response)
+
+    async def _in_session(
+        self, req: SmsRequest, sid: str, since: datetime
+    ) -> Mapping[str, Any] | None:
+        """Our message in session `sid`, or None (also when the PBX does not know the session:
+        nothing can have been sent into it)."""
         try:
             messages = await self.client.get_messages(
-                req.domain or "~", req.user or "~", req.session_id, limit=100, max_pages=20
+                req.domain or "~", req.user or "~", sid, limit=100, max_pages=20
             )
         except (NotFoundError, ValueError):
-            # The PBX does not know the session, so the earlier attempt started a new one,
-            # whose id it never told us: nothing to look in (README, "Guarantees").
             return None
         for msg in reversed(messages):
+            if not isinstance(msg, dict):
+                continue
             when = parse_ns_datetime(msg.get("timestamp"))
             outbound = str(msg.get("direction", "")).lower() in ("term", "outbound")
             if outbound and msg.get("text") == req.text and (when is None or when >= since):
-                return Outcome(str(msg.get("id") or req.session_id), {"found": True})
+                return msg
         return None
+
+    async def _sessions_with_recipient(self, req: SmsRequest, since: datetime) -> list[str]:
+        """Ids of the user's sessions with `req.to_number` last active at or after `since`
+        (or of unknown activity).
+
+        A list newest first (as the simulator gives it; upstream-apis does not promise an
+        order) stops, once a full page has shown that order, at the first session idle since
+        before `since`: every later one is older. A list in any other order is read to the
+        end — at most `MAX_SESSION_PAGES` pages, past which `LimitExceeded` fails the look-up
+        (the action ends dead) rather than guess."""
+        domain, user = quote(req.domain or "~", safe="~*@"), quote(req.user or "~", safe="~*@")
+        path = f"domains/{domain}/users/{user}/messagesessions"
+        found: list[str] = []
+        read, newest_first, previous = 0, True, None
+        walk = self.client.paged(path, limit=SESSION_PAGE, max_pages=MAX_SESSION_PAGES)
+        try:
+            async for session in walk:
+                read += 1
+                last = parse_ns_datetime(session.get("messagesession-last-datetime"))
+                if last is not None:
+                    if previous is not None and last > previous:
+                        newest_first = False
+                    previous = last
+                    if last < since:
+                        if newest_first and read >= SESSION_PAGE:
+                            break
+                        continue
+                sid = session.get("messagesession-id")
+                if isinstance(sid, str) and sid and self._with(session, req.to_number):
+                    found.append(sid)
+        finally:
+            close = getattr(walk, "aclose", None)
+            if close is not None:
+                await close()  # the page walk stops here, not at garbage collection
+        return found
+
+    def _with(self, session: Mapping[str, Any], number: str) -> bool:
+        """Whether the session is with `number` (its remote party, or among its participants),
+        however either spells it."""
+        parties = session.get("messagesession-participants")
+        names = [session.get("messagesession-remote")]
+        names += parties if isinstance(parties, list) else [parties]
+        wanted = to_e164(number, self.region)
+        for name in names:
+            if name is None or name == "":
+                continue
+            if str(name) == number or (wanted is not None and to_e164(name, self.region) == wanted):
+                return True
+        return False
 
 
 class HaloNames:
@@ -230,7 +318,8 @@ class HaloActions:
             if marker in str(ticket.get("details", "")):
                 if req.thread and phone:
                     await self.threads.set_halo_thread(phone, rule, str(ticket["id"]))
-                return Outcome(str(ticket["id"]), {"ticket_id": ticket["id"], "found": True})
+                response = {"ticket_id": ticket["id"], "found": True, "found_in": "ticket"}
+                return Outcome(str(ticket["id"]), response)
         thread = await self.threads.get_halo_thread(phone, rule) if phone else None
         if thread is not None and phone:
             return await self._find_note(marker, thread.ticket_id, phone, rule)
@@ -251,5 +340,5 @@ class HaloActions:
                 count = await self.threads.add_thread_note(phone, rule)
                 ref = f"{ticket_id}/action/{action.get('id', '')}"
                 response = {"ticket_id": ticket_id, "note": action.get("id"), "notes": count}
-                return Outcome(ref, {**response, "found": True})
+                return Outcome(ref, {**response, "found": True, "found_in": "note"})
         return None

@@ -345,9 +345,15 @@ class Dispatcher:
                 await self._failed(row, action, exc, uncertain=True, stage="look-up")
                 return
             if found is not None:
-                log.info("action.found", event_id=row.id, rule=action.rule)
+                log.info(
+                    "action.found",
+                    event_id=row.id,
+                    rule=action.rule,
+                    found_in=found.response.get("found_in"),
+                )
                 await self._sent(row, action, request, found)
                 return
+            log.info("action.not_found", event_id=row.id, rule=action.rule, kind=action.kind)
         try:
             with action_requests():
                 await self.store.start_attempt(action.id)
@@ -357,6 +363,8 @@ class Dispatcher:
         except DaemonError as exc:
             await self._failed(row, action, exc, uncertain=_is_uncertain(exc))
             return
+        if uncertain:  # the record says this send came after a look-up that found nothing
+            outcome = replace(outcome, response={**outcome.response, "looked_first": "not found"})
         await self._sent(row, action, request, outcome)
 
     async def _run(self, action: ActionRow, request: dict[str, Any]) -> Outcome:

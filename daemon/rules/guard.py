@@ -11,7 +11,14 @@ auto-reply, cheapest first:
 2. `own number` — never answer a number we send from: `own_numbers` in the config plus every
    from-number the daemon has used (`own_numbers` table);
 3. `backfilled` — never answer an event the gap filler pulled in after downtime;
-4. `too old`   — never answer an event older than `max_event_age` (by when it happened);
+4. `too old`   — never answer an event the PBX delivered more than `max_event_age` after it
+   happened (received_at − occurred_at: how late it reached us, not how long it then waited
+   in our inbox behind its sender's earlier events). An occurred_at in the future (the PBX's
+   clock ahead of ours) counts as no delay; a missing one as a prompt delivery (the webhook is
+   near-real-time, and refusing every event without a timestamp would switch replies off);
+   `waited too long` — nor one that waited in our inbox more than `max_inbox_wait` before its
+   rules ran (a restart after an outage, a sender held up by a failing action for long): the
+   conversation is stale. Both read the stored times, so a retry or restart does not move them;
 5. `echo`      — never answer a message that repeats the text of one of our recent replies;
 6. `cooldown`  — per sender and rule;
 7. `repeat`    — the same text from one sender is answered once per `repeat_window`;
@@ -82,6 +89,14 @@ class EventFacts:
     body_hash: str | None
 
 
+def delivery_delay(event: EventFacts) -> timedelta:
+    """How late the PBX delivered the event: received_at − occurred_at, never negative (a PBX
+    clock ahead of ours is not a delay), zero without an occurred_at (nothing to measure)."""
+    if event.occurred_at is None:
+        return timedelta(0)
+    return max(timedelta(0), event.received_at - event.occurred_at)
+
+
 @dataclass(frozen=True)
 class BreakerState:
     open: bool
@@ -121,9 +136,10 @@ class LoopGuard:
             return "own number"
         if event.via == "backfill":
             return "backfilled"
-        happened = event.occurred_at or event.received_at
-        if now - happened > timedelta(seconds=s.max_event_age):
+        if delivery_delay(event) > timedelta(seconds=s.max_event_age):
             return "too old"
+        if now - event.received_at > timedelta(seconds=s.max_inbox_wait):
+            return "waited too long"
         if event.body_hash is not None and event.body_hash in await self.store.recent_reply_hashes(
             since=now - timedelta(seconds=s.echo_window)
         ):

@@ -58,11 +58,27 @@ class RulesHolder:
 def executors(settings: Settings, clients: Mapping[str, object], store: Store) -> Executors:
     """An executor per NetSapiens and Halo upstream among `clients`; the defaults are the first
     of each kind in the config, as `sms_upstream`/`halo_upstream` promise."""
-    sms = {n: SmsActions(c) for n, c in clients.items() if isinstance(c, NetsapiensClient)}
+    region = settings.daemon.default_region
+    sms = {
+        n: SmsActions(c, region=region)
+        for n, c in clients.items()
+        if isinstance(c, NetsapiensClient)
+    }
     halo = {n: HaloActions(c, store) for n, c in clients.items() if isinstance(c, HaloClient)}
     default_sms = next((n for n, u in settings.upstreams.items() if u.kind == "netsapiens"), None)
     default_halo = next((n for n, u in settings.upstreams.items() if u.kind == "halo"), None)
     return Executors(sms, halo, default_sms, default_halo)
+
+
+def loop_guard(settings: Settings, store: Store, *, clock: Clock) -> LoopGuard:
+    """The loop guard `[webhooks.netsapiens.guard]` and `own_numbers` describe."""
+    hooks = settings.webhooks.netsapiens
+    return LoopGuard(
+        hooks.guard if hooks is not None else LoopGuardSettings(),
+        store,
+        clock=clock,
+        own_numbers=hooks.own_numbers if hooks is not None else (),
+    )
 
 
 def build_dispatcher(
@@ -74,19 +90,12 @@ def build_dispatcher(
     holder: RulesHolder | None = None,
 ) -> Dispatcher:
     holder = holder or RulesHolder.from_settings(settings)
-    hooks = settings.webhooks.netsapiens
-    guard = LoopGuard(
-        hooks.guard if hooks is not None else LoopGuardSettings(),
-        store,
-        clock=clock,
-        own_numbers=hooks.own_numbers if hooks is not None else (),
-    )
     return Dispatcher(
         store,
         rules=lambda: holder.ruleset,
         routes=lambda: holder.routes,
         executors=executors(settings, clients, store),
-        guard=guard,
+        guard=loop_guard(settings, store, clock=clock),
         clock=clock,
         settings=settings.daemon.dispatch,
         region=settings.daemon.default_region,

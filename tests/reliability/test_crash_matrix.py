@@ -128,14 +128,13 @@ async def test_a_crash_after_a_note_is_found_on_the_thread(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("how", ["no session id", "session refused"])
-async def test_the_documented_window_a_reply_that_opened_a_new_session(
+async def test_a_reply_that_opened_a_new_session_is_found_after_a_crash(
     tmp_path: Path, how: str
 ) -> None:
-    """The one duplicate the design admits (README, "Guarantees"): a reply that had to start a
-    *new* session — the message came without a session id, or the PBX refused its session —
-    is known by an id only the lost answer carried. After a crash between that send and its
-    record there is nowhere to look, so the restart sends the reply again: twice in all. (A
-    reply into the message's own session is looked up and never doubled: above.)"""
+    """A reply that had to start a *new* session — the message came without a session id, or
+    the PBX refused its session — is known by an id only the lost answer carried. After a crash
+    between that send and its record, the restart looks in the sessions the PBX lists for the
+    sending user with the recipient, finds the reply there and does not send it again."""
     async with world(tmp_path) as w:
         d = await w.start(crash_at="after_call")
         message = w.ns.record_inbound_sms(w.client_phone, OURS, "hello")
@@ -150,14 +149,14 @@ async def test_the_documented_window_a_reply_that_opened_a_new_session(
         row = w.event_of(str(message["id"]))
         assert row is not None
         (action,) = w.actions(row[0])
-        assert action["attempt_started_at"] is not None  # the restart knows it is uncertain...
+        assert action["attempt_started_at"] is not None  # the restart knows it is uncertain
 
         d2 = await w.start()
         await w.settled(d2)
         assert await d2.stop() == 0
-        # ...but has no session to look in: the documented window, one duplicate.
-        assert len(w.sms_to(w.client_phone)) == 2
-        assert not d2.events("action.found")
+        assert len(w.sms_to(w.client_phone)) == 1  # found in the new session: not sent again
+        (found,) = d2.events("action.found")
+        assert found["found_in"] == "new session"
         row = w.event_of(str(message["id"]))
         assert row is not None and row[1] == "done"
         assert w.integrity() == "ok"

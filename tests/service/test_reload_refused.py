@@ -1,0 +1,164 @@
+"""SIGHUP with a config that validates but that the running service cannot build into its parts:
+refused whole (`config.reload_refused` with the reason), the service keeps running on the old
+config — serving webhooks, handling events and syncing — and a later good reload still applies.
+
+A real `daemon run` subprocess against the simulators. The realistic case: the new file takes
+the Blesta key from an environment variable whose bytes are not UTF-8 (an `EnvironmentFile=`
+written in Latin-1). The file parses and validates, but the key cannot be encoded: neither the
+log redactor (which must know it before anything is logged) nor the Blesta client (HTTP Basic
+needs it as UTF-8) can be built with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
+from tests.localnet import NotifySocket, free_port
+
+TIMEOUT = 30.0
+LATIN1_VAR = "TEST_BLESTA_KEY_LATIN1"
+STRANGER = "15550009999"  # no synced record: a message from it becomes a Halo ticket
+
+
+class Daemon:
+    def __init__(self, proc: asyncio.subprocess.Process, notify: NotifySocket, url: str):
+        self.proc, self.notify, self.url = proc, notify, url
+        self.log: list[dict[str, object]] = []
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        return [e for e in self.log if e.get("event") == name]
+
+    async def healthz(self) -> int:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as resp:
+            return resp.status
+
+    def reloads(self) -> list[dict[str, object]]:
+        return [e for e in self.events("config.loaded") if e.get("reloaded")]
+
+    async def wait_for(self, name: str) -> dict[str, object]:
+        async with asyncio.timeout(TIMEOUT):
+            while not self.events(name):
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"the daemon exited {self.proc.returncode}: {self.log}")
+                await asyncio.sleep(0.05)
+        return self.events(name)[0]
+
+
+async def _pump(stream: asyncio.StreamReader, into: list[dict[str, object]]) -> None:
+    async for line in stream:
+        try:
+            into.append(json.loads(line))
+        except ValueError:
+            into.append({"raw": line.decode(errors="replace")})
+
+
+async def _start(config: Path, notify_path: Path, port: int) -> Daemon:
+    notify = NotifySocket(notify_path)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    env.pop("WATCHDOG_USEC", None)
+    env[LATIN1_VAR] = "s3cr\udce9t"  # the bytes b"s3cr\xe9t": Latin-1, not UTF-8
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    d = Daemon(proc, notify, f"http://127.0.0.1:{port}")
+    assert proc.stdout is not None
+    asyncio.get_running_loop().create_task(_pump(proc.stdout, d.log))
+    return d
+
+
+def _runs(db: Path, job: str) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM sync_runs WHERE job = ? AND status = 'ok'", (job,)
+        ).fetchone()
+    return int(n)
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, int]]:
+    port = free_port()
+    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
+        text = sb.config_path.read_text()
+        text = text.replace("[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1)
+        credit = 'resource = "getcredit"\nevery = "1h"'
+        clients = 'resource = "clients"\nevery = "15m"'
+        assert credit in text and clients in text
+        text = text.replace(credit, 'resource = "getcredit"\nevery = "1s"')
+        text = text.replace(clients, clients + '\njitter = "0s"', 1)  # Blesta's: at once
+        sb.config_path.write_text(text)
+        yield sb, port
+
+
+async def test_a_reload_whose_parts_cannot_be_built_is_refused_and_the_service_carries_on(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    sb, port = sandbox
+    db = sb.directory / "state.db"
+    original = sb.config_path.read_text()
+    blesta_key = f'key = "{sb.states["blesta"].users["sync"]}"'
+    assert blesta_key in original
+    unbuildable = original.replace(blesta_key, f'key = "${{{LATIN1_VAR}}}"').replace(
+        'name = "halo-clients"', 'name = "halo-people"'
+    )
+    d = await _start(sb.config_path, tmp_path / "notify.sock", port)
+    try:
+        await d.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while not sb.netsapiens.live_subscriptions("message"):
+                await asyncio.sleep(0.05)
+
+        sb.config_path.write_text(unbuildable)
+        d.proc.send_signal(signal.SIGHUP)
+        await d.notify.expect("RELOADING")
+        await d.notify.expect("READY")  # systemd's reload ends: refused, not hung
+        refused = await d.wait_for("config.reload_refused")
+        assert "UnicodeEncodeError" in str(refused["error"])
+        assert d.proc.returncode is None
+        assert d.reloads() == []
+        assert not d.events("service.clients_replaced")
+
+        # Still serving, handling events and syncing — on the old config.
+        assert await d.healthz() in (200, 503)
+        before = _runs(db, "reseller-credit")
+        await sb.netsapiens.inbound_sms(STRANGER, OWN_NUMBER.lstrip("+"), "no dial tone")
+        async with asyncio.timeout(TIMEOUT):
+            while not [t for t in sb.halo.table("Tickets") if "no dial tone" in str(t)]:
+                await asyncio.sleep(0.05)
+            while _runs(db, "reseller-credit") < before + 2:
+                await asyncio.sleep(0.05)
+            while _runs(db, "blesta-clients") < 1:  # the old Blesta client still works
+                await asyncio.sleep(0.05)
+        with sqlite3.connect(db) as conn:
+            jobs = {j for (j,) in conn.execute("SELECT DISTINCT job FROM sync_runs")}
+        assert "halo-people" not in jobs  # nothing of the refused file was applied
+
+        # A good file afterwards is applied as usual.
+        sb.config_path.write_text(original.replace('name = "halo-clients"', 'name = "halo-people"'))
+        d.proc.send_signal(signal.SIGHUP)
+        await d.notify.expect("RELOADING")
+        await d.notify.expect("READY")
+        async with asyncio.timeout(TIMEOUT):
+            while not d.reloads():
+                await asyncio.sleep(0.05)
+        d.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(TIMEOUT):
+            assert await d.proc.wait() == 0
+    finally:
+        d.notify.close()
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+    assert not [e for e in d.log if "Traceback" in json.dumps(e)]
