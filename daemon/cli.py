@@ -1,6 +1,9 @@
 """The `daemon` command: parses arguments, delegates to the package, owns the exit codes.
 
-Exit codes (DESIGN §2): 0 success, 1 the work failed, 2 bad usage or invalid configuration.
+Exit codes (DESIGN §2): 0 success, 1 the work failed, 2 bad usage or invalid configuration
+(130/143 when SIGINT/SIGTERM stopped a command). A command run with `--json` that fails prints
+one JSON object on stdout (`daemon.commands.common.failure`: `error`, `error_type`, `exit`),
+bad usage included, besides the message on stderr.
 Each subcommand lives in `daemon/commands/<name>.py` and registers its own parser, so this
 module stays a thin dispatcher and only it turns exceptions into exit codes. Only the module of
 the command being run is imported (`daemon --help` imports none, and no aiohttp): the others are
@@ -16,7 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 from daemon import __version__
 from daemon.commands import API_COMMANDS, COMMANDS, Command, chosen
@@ -24,6 +27,23 @@ from daemon.commands import API_COMMANDS, COMMANDS, Command, chosen
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """Bad usage found by argparse, raised instead of its print-and-exit so `main` can also
+    answer it as JSON."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that an error raises `_UsageError` (so do its subparsers)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
 
 
 def _config_option() -> argparse.ArgumentParser:
@@ -61,14 +81,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     command, upstream = chosen(argv) if argv is not None else (None, None)
     load_all = argv is None
     common = _config_option()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="daemon",
         description="integration-daemon: syncs Blesta, Billomat, HaloPSA and NetSapiens into "
         "SQLite and turns PBX events into actions.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Its subparsers are `_Parser`s too; the commands' `register` needs only argparse's API.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
+    )
     sub.required = True
     _add(sub, common, COMMANDS, command, load_all)
     api = sub.add_parser(
@@ -90,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _usage_error(exc, wants_json(argv))
     if not hasattr(args, "config"):
         args.config = None
     handler = getattr(args, "handler", None)
@@ -126,12 +153,43 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON (`--json` before any `--`): known even when
+    argparse refused the rest of it."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def _usage_error(exc: _UsageError, as_json: bool) -> NoReturn:
+    """What argparse prints for bad usage (the usage line and the error, on stderr), the JSON
+    failure on stdout when `--json` was given, and exit 2."""
+    exc.parser.print_usage(sys.stderr)
+    text = f"{exc.parser.prog}: error: {exc.message}"
+    print(text, file=sys.stderr)
+    if as_json:
+        from daemon.commands.common import failure, print_failure
+
+        print_failure(failure(text, "UsageError", EXIT_USAGE))
+    raise SystemExit(EXIT_USAGE)
+
+
 def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """The handler's exit code; each error it raises becomes a message on stderr and an exit
+    code, and, for a `--json` command, also the JSON failure object on stdout (with any keys
+    the command put in `args.json_failure`, such as status's `healthy`)."""
     import json
     import traceback
 
+    from daemon.commands.common import failure, print_failure
     from daemon.errors import ConfigError, DaemonError, UpstreamError
     from daemon.logs import redact_strings
+
+    def extra() -> dict[str, Any]:  # read after the handler ran: it may have added keys
+        return dict(getattr(args, "json_failure", None) or {})
 
     try:
         return int(handler(args))
@@ -142,24 +200,34 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         return EXIT_FAILED
     except ConfigError as exc:
         _error(str(exc))
-        return EXIT_USAGE
+        code = EXIT_USAGE
+        problems = [{"key": p.path, "message": p.message} for p in exc.problems]
+        answer = {**failure(str(exc), type(exc).__name__, code, **extra()), "problems": problems}
     except UpstreamError as exc:
         _error(json.dumps(redact_strings(exc.as_dict()), indent=2))
-        return EXIT_FAILED
+        code = EXIT_FAILED
+        details = {k: v for k, v in exc.as_dict().items() if k not in ("error", "message")}
+        answer = {**failure(str(exc), type(exc).__name__, code, **extra()), **details}
     except DaemonError as exc:
         _error(f"error: {exc}")
-        return EXIT_FAILED
+        code = EXIT_FAILED
+        answer = failure(str(exc), type(exc).__name__, code, **extra())
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        code = 130
+        answer = failure("interrupted", "Interrupted", code, **extra())
     except Exception as exc:  # the last boundary: a bug, reported without leaking a secret
         if os.environ.get("DAEMON_DEBUG"):
             _error(traceback.format_exc())
+        message = f"internal error: {type(exc).__name__}: {exc}"
         _error(
-            f"error: internal error: {type(exc).__name__}: {exc}\n"
-            "This is a bug in the daemon; set DAEMON_DEBUG=1 for the traceback."
+            f"error: {message}\nThis is a bug in the daemon; set DAEMON_DEBUG=1 for the traceback."
         )
-        return EXIT_FAILED
+        code = EXIT_FAILED
+        answer = failure(message, "InternalError", code, **extra())
+    if getattr(args, "json", False):
+        print_failure(answer)
+    return code
 
 
 def _error(text: str) -> None:

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from daemon.clock import SystemClock
-from daemon.commands.common import emit_json, load_upstream
+from daemon.commands.common import bounded_int, emit_json, load_upstream
 
 ORDER = 50
 EXIT_OK = 0
@@ -53,7 +53,9 @@ def register(
     msgs.add_argument("--session", metavar="ID")
     msgs.add_argument("--domain", default="~")
     msgs.add_argument("--user", default=None)
-    msgs.add_argument("--limit", type=int, default=100)
+    msgs.add_argument(
+        "--limit", type=bounded_int(1), default=100, metavar="N", help="page size (default 100)"
+    )
     ops.add_parser("subscriptions", parents=[common, upstream], help="list event subscriptions")
     p.set_defaults(handler=handle)
 

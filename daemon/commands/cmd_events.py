@@ -9,7 +9,10 @@ planning (a template error) stays dead with its reason: fix the rule, and new ev
 new plan. An event being handled right now (it holds a lease) is refused. A running service
 picks the replayed events up within its dispatch `poll` interval.
 
-Exit codes: 0 done, 1 an id does not exist / the database is missing, 2 bad usage or config.
+Exit codes: 0 done; 1 an id does not exist, the database is missing, unreadable or from a
+newer daemon; 2 bad usage (an id or `--limit` that is not a whole number from 1 to 2**63-1)
+or config (including a `daemon.database` that is not an SQLite file). With `--json`, a failure
+is one JSON object on stdout (`error`, `error_type`, `exit`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.clock import SystemClock
+from daemon.commands.common import bounded_int, failure
 from daemon.logs import redact_text
 
 if TYPE_CHECKING:
@@ -44,33 +48,38 @@ def register(
     events.required = True
     ls = events.add_parser("list", parents=[common], help="newest events first")
     ls.add_argument("--status", choices=STATUSES, help="only events with this status")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument(
+        "--limit",
+        type=bounded_int(1),
+        default=50,
+        metavar="N",
+        help="at most this many, 1 or more (default 50)",
+    )
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=handle)
     show = events.add_parser("show", parents=[common], help="one event: payload, plan, actions")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=bounded_int(1), metavar="ID")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=handle)
     replay = events.add_parser(
         "replay", parents=[common], help="re-run events' dead or failed actions"
     )
-    replay.add_argument("ids", nargs="*", type=int, metavar="ID")
+    replay.add_argument("ids", nargs="*", type=bounded_int(1), metavar="ID")
     replay.add_argument("--dead", action="store_true", help="every dead event")
     replay.add_argument("--json", action="store_true", help="print JSON")
     replay.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from daemon.commands.common import load_cli_settings
+    from daemon.commands.common import check_database, load_cli_settings
     from daemon.errors import ConfigError
 
     if args.events_command == "replay" and bool(args.ids) == bool(args.dead):
         raise ConfigError("replay takes event ids or --dead (one of the two)")
     settings = load_cli_settings(args.config, log_level="warning")
     database = Path(settings.daemon.database)
-    if not database.exists():
-        print(f"database {database} does not exist (has the daemon run yet?)")
-        return 1
+    # Replay writes, but a database it would have to create has nothing to replay.
+    check_database(database, must_exist=True)
     code, out = asyncio.run(_run(args, database))
     if args.json:
         print(redact_text(json.dumps(out, indent=2, default=str, ensure_ascii=False)))
@@ -86,22 +95,21 @@ async def _run(args: argparse.Namespace, database: Path) -> tuple[int, Any]:
     read_only = args.events_command != "replay"
     async with Store.open(database, clock=clock, read_only=read_only) as store:
         if args.events_command == "list":
-            rows = await store.list_events(args.status, limit=max(1, args.limit))
+            rows = await store.list_events(args.status, limit=args.limit)
             return 0, [_event(r) for r in rows]
         if args.events_command == "show":
             row = await store.get_event(args.id)
             if row is None:
-                return 1, {"error": f"no event with id {args.id}"}
+                return 1, failure(f"no event with id {args.id}", "NotFound", 1)
             actions = await store.actions_for_event(row.id)
             return 0, {**_event(row, full=True), "actions": [_action(a) for a in actions]}
         if args.dead:
             return 0, {"replayed": await store.reset_dead()}
         found = await store.reset_events(args.ids)
         missing = len(set(args.ids)) - found
-        out: dict[str, Any] = {"replayed": found}
         if missing:
-            out["error"] = f"{missing} of the ids do not exist"
-        return (1 if missing else 0), out
+            return 1, failure(f"{missing} of the ids do not exist", "NotFound", 1, replayed=found)
+        return 0, {"replayed": found}
 
 
 def _event(row: EventRow, *, full: bool = False) -> dict[str, Any]:

@@ -87,8 +87,14 @@ class Lookup:
     note: str | None
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, *, as_json: bool) -> int:
+    """Bad input (EVENT, --now): the message on stderr, with --json the failure object on
+    stdout too; exit 2."""
     print(f"error: {message}", file=sys.stderr)
+    if as_json:
+        from daemon.commands.common import failure, print_failure
+
+        print_failure(failure(message, "UsageError", EXIT_USAGE))
     return EXIT_USAGE
 
 
@@ -125,20 +131,20 @@ def handle_test(args: argparse.Namespace) -> int:
     try:
         now = _parse_now(args.now, ruleset.zone, clock)
     except ValueError as exc:
-        return _fail(f"--now: {exc} (expected ISO 8601, e.g. 2025-01-06T20:30)")
+        return _fail(f"--now: {exc} (expected ISO 8601, e.g. 2025-01-06T20:30)", as_json=args.json)
     try:
         body = _read_event_file(args.event, settings.http.max_body_bytes)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        return _fail(f"cannot read {args.event}: {reason}")
+        return _fail(f"cannot read {args.event}: {reason}", as_json=args.json)
     try:
         parsed = parse_payload(args.model, body, default_region=settings.daemon.default_region)
     except PayloadError as exc:
-        return _fail(f"{args.event}: {exc}")
+        return _fail(f"{args.event}: {exc}", as_json=args.json)
     rejected = [{"index": r.index, "reason": r.reason} for r in parsed.rejected]
     if not parsed.events:
         detail = "; ".join(f"element {r['index']}: {r['reason']}" for r in rejected) or "empty"
-        return _fail(f"{args.event}: no {args.model} event in it ({detail})")
+        return _fail(f"{args.event}: no {args.model} event in it ({detail})", as_json=args.json)
     database = Path(settings.daemon.database)
     lookups = asyncio.run(lookup_all(database, parsed.events, clock=clock))
     results = []

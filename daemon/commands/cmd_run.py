@@ -37,10 +37,8 @@ def handle(args: argparse.Namespace) -> int:
     import asyncio
 
     from daemon.clock import SystemClock
-    from daemon.commands.common import register_secrets
+    from daemon.commands.common import check_database, register_secrets
     from daemon.config import load_settings, resolve_config_path
-    from daemon.config.checks import database_problem
-    from daemon.errors import ConfigError, ConfigProblem
     from daemon.logs import configure_logging
     from daemon.service import Service
     from daemon.supervise import Fatal
@@ -48,10 +46,9 @@ def handle(args: argparse.Namespace) -> int:
 
     path = resolve_config_path(args.config)
     settings = load_settings(path)
-    database = Path(settings.daemon.database)
-    problem = database_problem(database)
-    if problem is not None:
-        raise ConfigError([ConfigProblem("daemon.database", f"{str(database)!r} {problem}")])
+    # A path that is no SQLite file is exit 2 (before READY; systemd does not restart); a file
+    # it cannot read or one a newer daemon wrote, exit 1, before anything touches it.
+    check_database(Path(settings.daemon.database), must_exist=False)
     register_secrets(settings)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format, stream=sys.stdout)
     clock = SystemClock()

@@ -1,7 +1,8 @@
 """`daemon run-once [JOB ...] [--json]`: run sync jobs now, then exit (arq's burst mode).
 
-Exit 0 when every job succeeded, 1 when any failed (its error is in the summary and the log),
-2 for an invalid configuration or an unknown job name, 130/143 when SIGINT/SIGTERM stopped it
+Exit 0 when every job succeeded, 1 when any failed (its error is in the summary and the log)
+or the database cannot be used (unreadable, from a newer daemon), 2 for an invalid
+configuration, an unknown job name or a bad `--parallel`, 130/143 when SIGINT/SIGTERM stopped it
 (running jobs are recorded `cancelled`, and the summary is printed all the same).
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import structlog
 
 from daemon.clock import SystemClock
+from daemon.commands.common import bounded_int
 from daemon.logs import redact_text
 
 if TYPE_CHECKING:
@@ -44,10 +46,15 @@ def register(
     p.add_argument("jobs", nargs="*", metavar="JOB", help="job names from [[sync]] (default all)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument(
-        "--parallel", type=int, default=4, metavar="N", help="upstreams synced at once (default 4)"
+        "--parallel",
+        type=bounded_int(1),
+        default=4,
+        metavar="N",
+        help="upstreams synced at once, 1 or more (default 4)",
     )
-    # A batch that has closed everything when it returns: skip the interpreter's teardown.
-    p.set_defaults(handler=handle, exit_now=True)
+    # A batch that has closed everything when it returns: skip the interpreter's teardown. A
+    # failure before any job ran is, with --json, the summary's shape with no jobs (cli.py).
+    p.set_defaults(handler=handle, exit_now=True, json_failure={"jobs": [], "ok": False})
 
 
 class TtyProgress:
@@ -78,13 +85,9 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
-    from daemon.config.checks import database_problem
-    from daemon.errors import ConfigError, ConfigProblem, DaemonError
+    from daemon.commands.common import check_database
 
-    database = Path(settings.daemon.database)
-    problem = database_problem(database)
-    if problem is not None:
-        raise ConfigError([ConfigProblem("daemon.database", f"{str(database)!r} {problem}")])
+    check_database(Path(settings.daemon.database), must_exist=False)
     signalled: list[int] = []
 
     async def main() -> list[Any]:
@@ -107,14 +110,9 @@ def _handle(args: argparse.Namespace, settings: Settings) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
-    try:
-        results = asyncio.run(main())
-    except ConfigError:
-        raise
-    except DaemonError as exc:  # the store could not be opened, or the like: no job ran
-        if args.json:
-            print(json.dumps({"jobs": [], "ok": False, "error": redact_text(str(exc))}, indent=2))
-        raise
+    # A DaemonError here (the store could not be opened, or the like: no job ran) is reported
+    # by cli.py, with --json as {"jobs": [], "ok": false, "error": ...}.
+    results = asyncio.run(main())
     print_summary(results, as_json=args.json)
     if signalled:
         return 128 + signalled[0]  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.clock import SystemClock
+from daemon.commands.common import bounded_int
 
 ORDER = 90
 
@@ -42,7 +43,11 @@ def register(
     )
     p.add_argument("--run-once", action="store_true", help="sync every job once, then exit")
     p.add_argument(
-        "--port", type=int, default=0, metavar="P", help="first of five ports (default: free)"
+        "--port",
+        type=bounded_int(0, 65535 - 4),
+        default=0,
+        metavar="P",
+        help="first of five ports (default: free)",
     )
     p.add_argument("--dir", type=Path, default=None, metavar="D", help="where to write files")
     p.add_argument("--json", action="store_true", help="with --run-once: summary as JSON")
@@ -53,22 +58,12 @@ def register(
     )
     p.add_argument(
         "--demo-size",
-        type=_demo_size,
+        type=bounded_int(1, 10_000_000),
         default=None,
         metavar="N",
         help="records per simulator (default: a small demo; e.g. 100000 to try a large sync)",
     )
     p.set_defaults(handler=handle)
-
-
-def _demo_size(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 10_000_000:
-        raise argparse.ArgumentTypeError("must be from 1 to 10000000")
-    return value
 
 
 def handle(args: argparse.Namespace) -> int:

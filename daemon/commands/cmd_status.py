@@ -37,27 +37,38 @@ def register(
         "dead letters and NetSapiens subscriptions, read from the database (read-only). "
         "Exit status (a health check, like `arq --check`): 0 when the last finished run of "
         "every job is ok and there are no dead letters; 1 when a job's last run failed or was "
-        "cancelled, dead letters exist, or the database is missing; 2 for invalid "
-        "configuration.",
+        "cancelled, dead letters exist, or the database is missing, unreadable or from a newer "
+        "daemon; 2 for invalid configuration (a daemon.database that is not an SQLite file "
+        "included). With --json, a failure is one JSON object too (error, error_type, exit).",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=handle)
+    # A failure's JSON object (cli.py prints it) says `healthy: false` too.
+    p.set_defaults(handler=handle, json_failure={"healthy": False})
 
 
 def handle(args: argparse.Namespace) -> int:
-    from daemon.commands.common import load_cli_settings
+    from daemon.commands.common import (
+        check_database,
+        failure,
+        load_cli_settings,
+        missing_database,
+        print_failure,
+    )
 
     settings = load_cli_settings(args.config, log_level="warning")
     secrets = settings.secret_values()
     database = Path(settings.daemon.database)
+    args.json_failure = {"database": str(database), "healthy": False}
     configured = [job.name for job in settings.sync]
     if not database.exists():
-        message = f"database {database} does not exist (has the daemon run yet?)"
+        # Not an error here but the health check's answer: not healthy (yet).
+        message = missing_database(database)
         if args.json:
-            print(json.dumps({"database": str(database), "healthy": False, "error": message}))
+            print_failure(failure(message, "StoreError", EXIT_UNHEALTHY, **args.json_failure))
         else:
             print(message)
         return EXIT_UNHEALTHY
+    check_database(database, must_exist=True)
     report = asyncio.run(
         collect_status(database, clock=SystemClock(), jobs=configured, secrets=secrets)
     )

@@ -7,6 +7,9 @@
 
 Uses `[webhooks.netsapiens]` (public_url, secret, subscribe, domain, renew_before) and its
 `upstream` (default: the first netsapiens upstream). Upstream errors exit 1 with the error JSON.
+The database is checked before it is opened, as by every command: one that is not an SQLite
+file exits 2, one that is unreadable or from a newer daemon exits 1. `list` and `delete` do not
+create a missing database (there is nothing local to show or delete); `sync` does.
 """
 
 from __future__ import annotations
@@ -66,11 +69,14 @@ async def run(
     """The work of each subcommand, given loaded settings (tests call this directly)."""
     from daemon.clients.factory import first_of_kind
     from daemon.clients.netsapiens import NetsapiensClient
+    from daemon.commands.common import check_database
     from daemon.store import Store
     from daemon.webhooks.keeper import SubscriptionKeeper
 
     clock = clock or SystemClock()
     hooks = webhook_settings(settings)
+    database = Path(settings.daemon.database)
+    exists = await asyncio.to_thread(check_database, database, must_exist=False)
     secret = hooks.secret.get_secret_value()
     # first_of_kind has checked the kind.
     upstream = cast(
@@ -81,12 +87,12 @@ async def run(
         client = await stack.enter_async_context(
             NetsapiensClient.from_settings(upstream, clock=clock)
         )
-        store = await stack.enter_async_context(
-            Store.open(Path(settings.daemon.database), clock=clock)
-        )
+        store: Store | None = None
+        if command == "sync" or exists:
+            store = await stack.enter_async_context(Store.open(database, clock=clock))
         if command == "list":
             remote = await client.subscriptions.list()
-            local = await store.list_subscriptions()
+            local = [] if store is None else await store.list_subscriptions()
             return {
                 "upstream": [
                     {**s, "post-url": mask_webhook_url(str(s.get("post-url", "")), [secret])}
@@ -104,6 +110,7 @@ async def run(
                 ],
             }
         if command == "sync":
+            assert store is not None
             keeper = SubscriptionKeeper.from_settings(client, store, hooks, clock=clock)
             report = await keeper.sync_once()
             return report.as_dict()
@@ -114,7 +121,7 @@ async def run(
                 upstream_deleted = True
             except NotFoundError:
                 upstream_deleted = False
-            local_deleted = await store.delete_subscription(sub_id)
+            local_deleted = False if store is None else await store.delete_subscription(sub_id)
             return {
                 "id": sub_id,
                 "upstream_deleted": upstream_deleted,

@@ -43,18 +43,10 @@ MAX_CONFIG_BYTES = 1024 * 1024
 def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
     """DESIGN §2's search order: `--config`, `$DAEMON_CONFIG`, `./daemon.toml`, `/etc/...`."""
     if explicit:
-        path = _expand(explicit, "--config")
-        if not path.is_file():
-            raise ConfigError(f"configuration file {str(path)!r} (from --config) does not exist")
-        return path
+        return _named_file(_expand(explicit, "--config"), "--config")
     from_env = env.get("DAEMON_CONFIG")
     if from_env:
-        path = _expand(from_env, "$DAEMON_CONFIG")
-        if not path.is_file():
-            raise ConfigError(
-                f"configuration file {str(path)!r} (from $DAEMON_CONFIG) does not exist"
-            )
-        return path
+        return _named_file(_expand(from_env, "$DAEMON_CONFIG"), "$DAEMON_CONFIG")
     for candidate in (Path("daemon.toml"), SYSTEM_CONFIG):
         if candidate.is_file():
             return candidate
@@ -62,6 +54,23 @@ def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.enviro
         "no configuration file: pass --config, set $DAEMON_CONFIG, or create ./daemon.toml "
         f"or {SYSTEM_CONFIG}"
     )
+
+
+def _named_file(path: Path, origin: str) -> Path:
+    """`path` if it is a regular file (stat only: a FIFO is not opened, so it cannot block);
+    otherwise the reason, as a `ConfigError`."""
+    where = f"configuration file {str(path)!r} (from {origin})"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where} cannot be read: {getattr(exc, 'strerror', 0) or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{where} is a directory, not a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{where} is not a regular file (a FIFO, socket or device)")
+    return path
 
 
 def _expand(raw: str, origin: str) -> Path:

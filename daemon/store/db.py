@@ -219,6 +219,12 @@ class Database(WriterLoop):
                 self._reader = await _connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
                 self._reader.row_factory = sqlite3.Row
                 version = await user_version(self._reader)
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: schema version {version} was written by a newer version "
+                        f"of the daemon (this one knows up to {SCHEMA_VERSION}); upgrade the "
+                        "daemon to use this database"
+                    )
                 if version != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path}: schema version {version}, this daemon expects "
