@@ -454,3 +454,13 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     s = load(tmp_path)
     with pytest.raises(Exception, match="frozen"):
         s.daemon.log_level = "debug"  # type: ignore[misc]
+
+
+def test_environment_values_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    """POSIX hands an environment value's undecodable bytes over as lone surrogates; a secret
+    like that passed validation and then crashed the service at its first use (the redactor
+    and HTTP Basic cannot encode it). It is a config error naming the key, at load."""
+    latin1 = os.fsdecode("caf\xe9-key".encode("latin-1"))  # what os.environ would hold
+    found = problems(tmp_path, env={**ENV, "BLESTA_KEY": latin1})
+    assert found == {"upstreams.blesta.key": "environment variable BLESTA_KEY is not UTF-8 text"}
+    assert latin1 not in repr(found)

@@ -60,6 +60,14 @@ def _is_reference(node: Mapping[str, Any]) -> bool:
     )
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Resolver:
     def __init__(self, env: Mapping[str, str], credentials_dir: str | None, base_dir: Path) -> None:
         self.env = env
@@ -88,6 +96,10 @@ class _Resolver:
                 value = self.env.get(m.group(1))
                 if value is None:
                     return self.fail(path, f"environment variable {m.group(1)} is not set")
+                if not _is_utf8(value):
+                    # POSIX hands undecodable bytes over as lone surrogates: no header, form
+                    # or log line can carry them, so the service would fail at its first use.
+                    return self.fail(path, f"environment variable {m.group(1)} is not UTF-8 text")
                 if key in SECRET_KEYS:
                     if not value.strip():
                         return self.fail(path, f"environment variable {m.group(1)} is empty")

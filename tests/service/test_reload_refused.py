@@ -1,12 +1,13 @@
-"""SIGHUP with a config that validates but that the running service cannot build into its parts:
-refused whole (`config.reload_refused` with the reason), the service keeps running on the old
-config — serving webhooks, handling events and syncing — and a later good reload still applies.
+"""SIGHUP with a config the running service cannot use: refused whole, the service keeps
+running on the old config — serving webhooks, handling events and syncing — and a later good
+reload still applies.
 
 A real `daemon run` subprocess against the simulators. The realistic case: the new file takes
 the Blesta key from an environment variable whose bytes are not UTF-8 (an `EnvironmentFile=`
-written in Latin-1). The file parses and validates, but the key cannot be encoded: neither the
-log redactor (which must know it before anything is logged) nor the Blesta client (HTTP Basic
-needs it as UTF-8) can be built with it.
+written in Latin-1). Neither the log redactor nor HTTP Basic can encode such a key; the loader
+refuses it by key path (`config.invalid`). Before that check existed it passed validation and
+the reload failed while building its parts, which stopped the service; a failure at that stage
+is now `config.reload_refused` (tests/service/test_reload_build.py builds one in process).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, int]]:
         yield sb, port
 
 
-async def test_a_reload_whose_parts_cannot_be_built_is_refused_and_the_service_carries_on(
+async def test_a_reload_the_service_cannot_use_is_refused_and_the_service_carries_on(
     sandbox: tuple[Sandbox, int], tmp_path: Path
 ) -> None:
     sb, port = sandbox
@@ -124,8 +125,9 @@ async def test_a_reload_whose_parts_cannot_be_built_is_refused_and_the_service_c
         d.proc.send_signal(signal.SIGHUP)
         await d.notify.expect("RELOADING")
         await d.notify.expect("READY")  # systemd's reload ends: refused, not hung
-        refused = await d.wait_for("config.reload_refused")
-        assert "UnicodeEncodeError" in str(refused["error"])
+        refused = await d.wait_for("config.invalid")
+        assert "upstreams.blesta.key" in str(refused["problems"])
+        assert "not UTF-8" in str(refused["problems"])
         assert d.proc.returncode is None
         assert d.reloads() == []
         assert not d.events("service.clients_replaced")
