@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import stat
+import threading
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -81,7 +84,15 @@ async def transaction(conn: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Con
 async def _connect(
     target: str, *, uri: bool = False, synchronous: Synchronous = DEFAULT_SYNCHRONOUS
 ) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(target, isolation_level=None, uri=uri)
+    conn = aiosqlite.connect(target, isolation_level=None, uri=uri)
+    try:
+        await conn
+    except BaseException:
+        # aiosqlite stops its thread after a failed connect with a close it does not wait for,
+        # whose answer then lands on our loop: wait for the thread, or a caller that closes
+        # the loop next (a CLI command, a test) gets "Event loop is closed" from that thread.
+        await _thread_ended(conn)
+        raise
     try:
         pragmas = READ_ONLY_PRAGMAS if uri else (*PRAGMAS, f"PRAGMA synchronous = {synchronous}")
         await on_thread(conn, _run_pragmas, pragmas)  # one hand-off, not one per pragma
@@ -89,6 +100,12 @@ async def _connect(
         await run_to_end(_close_conn(conn))
         raise
     return conn
+
+
+async def _thread_ended(conn: aiosqlite.Connection) -> None:
+    thread = getattr(conn, "_thread", None)
+    if isinstance(thread, threading.Thread) and thread.is_alive():
+        await asyncio.to_thread(thread.join, CONN_CLOSE_TIMEOUT)
 
 
 JSON_PROBE = "SELECT json_group_array(json_array(1)), json_each.value FROM json_each('[1]')"
@@ -123,6 +140,17 @@ async def _close_conn(conn: aiosqlite.Connection) -> None:
             log.warning("store.close_failed", error=repr(exc))
     if scope.cancelled_caught:
         log.error("store.close_timeout", seconds=CONN_CLOSE_TIMEOUT)
+
+
+def _refuse_non_regular(path: Path) -> None:
+    """A directory, FIFO or device is never a database: say so before SQLite opens it (on a
+    FIFO SQLite fails only at its first read, with "disk I/O error")."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return  # created by the open (a dangling link's target included)
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{path}: cannot open database: not a regular file")
 
 
 class Database(WriterLoop):
@@ -216,6 +244,7 @@ class Database(WriterLoop):
             if self.read_only:
                 if not self.path.exists():
                     raise StoreError(f"{self.path}: database does not exist")
+                _refuse_non_regular(self.path)
                 self._reader = await _connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
                 self._reader.row_factory = sqlite3.Row
                 version = await user_version(self._reader)
@@ -232,6 +261,7 @@ class Database(WriterLoop):
                     )
                 return
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _refuse_non_regular(self.path)
             private_file(self.path)
             self._writer = await _connect(str(self.path), synchronous=self.synchronous)
             await _require_json(self._writer)

@@ -17,6 +17,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+import daemon.store.db as db_module
 from daemon.clock import FakeClock
 from daemon.errors import StoreError
 from daemon.store import Store
@@ -323,3 +324,36 @@ async def test_existing_readable_files_are_tightened(db_path: Path, clock: FakeC
         "state.db-wal",
     ]
     assert {e["was"] for e in tightened} == {"0644"}
+
+
+async def test_a_directory_or_fifo_is_refused_before_sqlite_opens_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo, 0o600)
+    before = {t.ident for t in threading.enumerate()}
+    for path in (tmp_path, fifo):
+        for read_only in (False, True):
+            with pytest.raises(StoreError, match="not a regular file"):
+                async with Store.open(path, clock=clock, read_only=read_only):
+                    pass
+    assert not [t for t in threading.enumerate() if t.ident not in before]  # nothing connected
+
+
+def test_a_failed_connect_leaves_no_thread_behind_its_loop() -> None:
+    """aiosqlite ends a failed connect with a close it does not wait for; its thread then
+    answered on the caller's loop, which a CLI command or a test may already have closed
+    ("Event loop is closed", raised in that thread). `_connect` waits for the thread."""
+    errors: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        for _ in range(30):
+            with pytest.raises(sqlite3.OperationalError):
+                asyncio.run(db_module._connect("file:/nonexistent/dir/x.db?mode=ro", uri=True))
+        for thread in threading.enumerate():
+            if "_connection_worker_thread" in thread.name:
+                thread.join(10)
+    finally:
+        threading.excepthook = hook
+    assert errors == []
