@@ -141,9 +141,29 @@ def _action(a: ActionRow) -> dict[str, Any]:
         "upstream_ref": a.upstream_ref,
         "last_error": a.last_error,
         "request": _loads(a.request) if a.request else None,
+        # What the upstream answered (a sent action), or whether a failed one may have acted
+        # (`uncertain`); `found_in` / `looked_first` say how an uncertain send was settled.
+        "response": _loads(a.response) if a.response else None,
+        "attempt_started_at": a.attempt_started_at.isoformat() if a.attempt_started_at else None,
         "created_at": a.created_at.isoformat(),
         "done_at": a.done_at.isoformat() if a.done_at else None,
     }
+
+
+def _outcome_note(a: dict[str, Any]) -> str | None:
+    """One line on how an action whose first outcome was in doubt was settled, if it was."""
+    response = a.get("response")
+    if not isinstance(response, dict):
+        return None
+    if response.get("found_in"):
+        return (
+            f"found in the {response['found_in']}: an earlier attempt had done it, not sent again"
+        )
+    if response.get("looked_first"):
+        return "looked first after an uncertain attempt, found nothing, then sent"
+    if response.get("uncertain") is True and a["status"] != "sent":
+        return "the last attempt may have reached the upstream: the next one looks first"
+    return None
 
 
 def _loads(text: str) -> Any:
@@ -185,5 +205,7 @@ def _render(command: str, out: Any) -> str:
                          f" ({a['attempts']} attempts)")  # fmt: skip
             if a["last_error"]:
                 lines.append(f"    error: {a['last_error']}")
+            if note := _outcome_note(a):
+                lines.append(f"    {note}")
         return "\n".join(lines)
     return json.dumps(out, indent=2, default=str, ensure_ascii=False)

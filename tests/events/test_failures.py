@@ -79,6 +79,17 @@ async def test_a_ticket_created_but_answered_502_is_found_not_created_twice(
     (event,) = await p.events()
     (action,) = await p.store.actions_for_event(event.id)
     assert event.status == "done" and action.upstream_ref == str(p.tickets()[0]["id"])
+    # The operator sees how it was settled, in `events show` and its JSON.
+    await p.store.close()
+    code, out, err = await _cli("--config", str(p.config), "events", "show", str(event.id))
+    assert code == 0, err
+    assert "found in the ticket: an earlier attempt had done it, not sent again" in out
+    code, out, err = await _cli(
+        "--config", str(p.config), "events", "show", str(event.id), "--json"
+    )  # fmt: skip
+    assert code == 0, err
+    (shown,) = json.loads(out)["actions"]
+    assert shown["response"]["found_in"] == "ticket" and shown["attempt_started_at"] is None
 
 
 async def test_an_sms_sent_but_answered_502_is_found_not_sent_twice(event_path: EventPath) -> None:
