@@ -4,8 +4,10 @@ the systemd end of sd_notify (a datagram socket the daemon writes READY=1, WATCH
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
+from typing import Any
 
 TIMEOUT = 30.0
 
@@ -41,3 +43,12 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def pump_json_lines(stream: asyncio.StreamReader, into: list[dict[str, Any]]) -> None:
+    """Append each line of a subprocess's JSON log to `into` (a non-JSON line as `raw`)."""
+    async for line in stream:
+        try:
+            into.append(json.loads(line))
+        except ValueError:
+            into.append({"raw": line.decode(errors="replace")})

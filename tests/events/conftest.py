@@ -8,8 +8,9 @@ our listener) and looks at (what the simulators were asked to send, the store).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +129,14 @@ class EventPath:
     async def events(self) -> list[EventRow]:
         return list(reversed(await self.store.list_events(limit=1000)))
 
+    async def skipped(self) -> list[str]:
+        """Every rule skip reason in the stored plans (the loop guard's `too old`, ...)."""
+        reasons = []
+        for e in await self.events():
+            plan = json.loads(e.plan or "{}")
+            reasons += [s["reason"] for s in plan.get("skipped", [])]
+        return reasons
+
 
 async def add_client(store: Store, clock: FakeClock, phone: str, **data: Any) -> None:
     """A synced record with a phone, and its contacts entry, as a sync would leave them."""
@@ -144,8 +153,11 @@ def extra_config() -> str:
     return RULES
 
 
-@pytest.fixture
-async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPath]:
+@asynccontextmanager
+async def open_event_path(
+    tmp_path: Path, extra_config: str, *, edit: Callable[[str], str] | None = None
+) -> AsyncIterator[EventPath]:
+    """The event path on the simulators; `edit` may rewrite the config text before it loads."""
     clock = FakeClock(T0)
     ns = NetsapiensState(wall=clock.now)
     halo = HaloState(demo_size=5)
@@ -154,6 +166,8 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
         halo_url = await stack.enter_async_context(serve_halo(halo))
         port = free_port()
         config = write_config(tmp_path, ns_url, halo_url, port, extra_config)
+        if edit is not None:
+            config.write_text(edit(config.read_text()))
         settings = load_settings(config)
         holder = RulesHolder.from_settings(settings)
         wired = await wire_event_path(settings, stack, clock=clock, port=port, holder=holder)
@@ -169,3 +183,9 @@ async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPa
             wired.listener_url,
             config,
         )
+
+
+@pytest.fixture
+async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPath]:
+    async with open_event_path(tmp_path, extra_config) as path:
+        yield path

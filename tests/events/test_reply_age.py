@@ -10,54 +10,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from daemon.clock import FakeClock
-from daemon.config import load_settings
-from daemon.rules.wiring import RulesHolder
-from daemon.sandbox.halo_sim import HaloState, serve_halo
-from daemon.sandbox.netsapiens_sim import serve_netsapiens
-from daemon.sandbox.netsapiens_state import NetsapiensState, iso
-from tests.events.conftest import ANN, OUR_NUMBER, RULES, T0, EventPath, write_config
-from tests.eventwiring import wire_event_path
-from tests.localnet import free_port
+from daemon.sandbox.netsapiens_state import iso
+from tests.events.conftest import ANN, OUR_NUMBER, RULES, EventPath, open_event_path
 
 
-async def _skipped(p: EventPath) -> list[str]:
-    reasons = []
-    for e in await p.events():
-        plan = json.loads(e.plan or "{}")
-        reasons += [s["reason"] for s in plan.get("skipped", [])]
-    return reasons
+def _patient(text: str) -> str:
+    patient = 'max_attempts = 30\nbackoff = "30s"\nbackoff_cap = "2m"'
+    out = text.replace('max_attempts = 3\nbackoff = "10s"', patient)
+    assert "max_attempts = 30" in out
+    return out
 
 
 @pytest.fixture
 async def patient_path(tmp_path: Path) -> AsyncIterator[EventPath]:
     """The event path with enough attempts that a 20-minute Halo outage is retried through
     (the shared fixture's three attempts would give up within a minute)."""
-    clock = FakeClock(T0)
-    ns = NetsapiensState(wall=clock.now)
-    halo = HaloState(demo_size=5)
-    async with AsyncExitStack() as stack:
-        ns_url = await stack.enter_async_context(serve_netsapiens(ns))
-        halo_url = await stack.enter_async_context(serve_halo(halo))
-        port = free_port()
-        config = write_config(tmp_path, ns_url, halo_url, port, RULES)
-        patient = 'max_attempts = 30\nbackoff = "30s"\nbackoff_cap = "2m"'
-        text = config.read_text().replace('max_attempts = 3\nbackoff = "10s"', patient)
-        assert "max_attempts = 30" in text
-        config.write_text(text)
-        settings = load_settings(config)
-        holder = RulesHolder.from_settings(settings)
-        wired = await wire_event_path(settings, stack, clock=clock, port=port, holder=holder)
-        yield EventPath(
-            settings, wired.store, clock, ns, halo, wired.dispatcher, holder,
-            wired.listener_url, config,
-        )  # fmt: skip
+    async with open_event_path(tmp_path, RULES, edit=_patient) as path:
+        yield path
 
 
 async def test_a_prompt_message_queued_behind_a_blocked_one_is_still_answered(
@@ -87,7 +61,7 @@ async def test_a_prompt_message_queued_behind_a_blocked_one_is_still_answered(
     statuses = {json.loads(e.payload)["body"]: e.status for e in await p.events()}
     assert statuses == {"my line is dead": "done", "ping": "done"}
     assert p.sent_to(ANN) == ["pong: ping"]
-    assert "too old" not in await _skipped(p)
+    assert "too old" not in await p.skipped()
 
 
 async def test_a_message_the_pbx_delivered_late_is_too_old(event_path: EventPath) -> None:
@@ -96,7 +70,7 @@ async def test_a_message_the_pbx_delivered_late_is_too_old(event_path: EventPath
     p.clock.advance(16 * 60)  # the PBX posts it 16 minutes after it happened (limit 15m)
     await p.ns.emit("message", [message])
     await p.dispatcher.run_until_idle()
-    assert p.sent_to(ANN) == [] and await _skipped(p) == ["too old"]
+    assert p.sent_to(ANN) == [] and await p.skipped() == ["too old"]
 
 
 async def test_a_delivery_within_max_event_age_is_answered(event_path: EventPath) -> None:
@@ -146,7 +120,7 @@ async def test_an_event_left_in_the_inbox_through_a_long_outage_gets_no_reply(
     p.clock.advance(2 * 86400)
     await p.dispatcher.run_until_idle()
     assert p.sent_to(ANN) == []
-    assert await _skipped(p) == ["waited too long"]
+    assert await p.skipped() == ["waited too long"]
     assert len(p.tickets()) == 1
 
 

@@ -37,7 +37,7 @@ from daemon.sandbox.halo_sim import HaloState
 from daemon.sandbox.netsapiens_state import NetsapiensState
 from daemon.sandbox.orchestra import OWN_NUMBER, WEBHOOK_SECRET, Sandbox, run_sandbox
 from daemon.sync.batch import burst
-from tests.localnet import NotifySocket, free_port
+from tests.localnet import NotifySocket, free_port, pump_json_lines
 
 TIMEOUT = 30.0
 OURS = OWN_NUMBER.lstrip("+")  # the DID the PBX delivers to, as the PBX spells it
@@ -88,14 +88,6 @@ class Daemon:
         return [e for e in self.log if "Traceback" in json.dumps(e)]
 
 
-async def _pump(stream: asyncio.StreamReader, into: list[dict[str, Any]]) -> None:
-    async for line in stream:
-        try:
-            into.append(json.loads(line))
-        except ValueError:
-            into.append({"raw": line.decode(errors="replace")})
-
-
 @dataclass
 class World:
     """A sandbox whose config runs the listener on `port`, with contacts already synced."""
@@ -139,7 +131,7 @@ class World:
         )  # fmt: skip
         assert proc.stdout is not None
         d = Daemon(proc, notify)
-        d.pump = asyncio.get_running_loop().create_task(_pump(proc.stdout, d.log))
+        d.pump = asyncio.get_running_loop().create_task(pump_json_lines(proc.stdout, d.log))
         self.daemons.append(d)
         if ready:
             await notify.expect("READY")

@@ -14,70 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
-from tests.localnet import NotifySocket, free_port
+from tests.localnet import free_port
+from tests.service.daemon_proc import TIMEOUT, Daemon, start_daemon
 
-TIMEOUT = 30.0
 LATIN1_VAR = "TEST_BLESTA_KEY_LATIN1"
 STRANGER = "15550009999"  # no synced record: a message from it becomes a Halo ticket
 
 
-class Daemon:
-    def __init__(self, proc: asyncio.subprocess.Process, notify: NotifySocket, url: str):
-        self.proc, self.notify, self.url = proc, notify, url
-        self.log: list[dict[str, object]] = []
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        return [e for e in self.log if e.get("event") == name]
-
-    async def healthz(self) -> int:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as resp:
-            return resp.status
-
-    def reloads(self) -> list[dict[str, object]]:
-        return [e for e in self.events("config.loaded") if e.get("reloaded")]
-
-    async def wait_for(self, name: str) -> dict[str, object]:
-        async with asyncio.timeout(TIMEOUT):
-            while not self.events(name):
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"the daemon exited {self.proc.returncode}: {self.log}")
-                await asyncio.sleep(0.05)
-        return self.events(name)[0]
-
-
-async def _pump(stream: asyncio.StreamReader, into: list[dict[str, object]]) -> None:
-    async for line in stream:
-        try:
-            into.append(json.loads(line))
-        except ValueError:
-            into.append({"raw": line.decode(errors="replace")})
-
-
 async def _start(config: Path, notify_path: Path, port: int) -> Daemon:
-    notify = NotifySocket(notify_path)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-    env.pop("WATCHDOG_USEC", None)
-    env[LATIN1_VAR] = "s3cr\udce9t"  # the bytes b"s3cr\xe9t": Latin-1, not UTF-8
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    d = Daemon(proc, notify, f"http://127.0.0.1:{port}")
-    assert proc.stdout is not None
-    asyncio.get_running_loop().create_task(_pump(proc.stdout, d.log))
-    return d
+    # The bytes b"s3cr\xe9t" (Latin-1, not UTF-8), as os.environ would hold them.
+    latin1 = {LATIN1_VAR: "s3cr\udce9t"}
+    return await start_daemon(config, notify_path, port, watchdog=False, extra_env=latin1)
 
 
 def _runs(db: Path, job: str) -> int:

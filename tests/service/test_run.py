@@ -10,66 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
-from tests.localnet import NotifySocket, free_port
-
-TIMEOUT = 30.0
-
-
-@dataclass
-class Daemon:
-    proc: asyncio.subprocess.Process
-    notify: NotifySocket
-    url: str
-    log: list[dict[str, object]]
-
-    async def healthz(self) -> int:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{self.url}/healthz") as resp:
-                return resp.status
-
-    def events(self, name: str) -> list[dict[str, object]]:
-        return [e for e in self.log if e.get("event") == name]
-
-    async def wait_exit(self) -> int:
-        async with asyncio.timeout(TIMEOUT):
-            return await self.proc.wait()
-
-
-async def _pump(stream: asyncio.StreamReader, into: list[dict[str, object]]) -> None:
-    async for line in stream:
-        try:
-            into.append(json.loads(line))
-        except ValueError:
-            into.append({"raw": line.decode(errors="replace")})
-
-
-async def start_daemon(config: Path, notify_path: Path, port: int) -> Daemon:
-    notify = NotifySocket(notify_path)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000",
-           "WATCHDOG_PID": ""}  # fmt: skip
-    env.pop("WATCHDOG_PID")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
-    log: list[dict[str, object]] = []
-    assert proc.stdout is not None
-    asyncio.get_running_loop().create_task(_pump(proc.stdout, log))
-    return Daemon(proc, notify, f"http://127.0.0.1:{port}", log)
+from tests.localnet import free_port
+from tests.service.daemon_proc import TIMEOUT, start_daemon
 
 
 @pytest.fixture
