@@ -1,8 +1,10 @@
 """Opening, migrations, pragmas, identifiers, read-only mode."""
 
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from structlog.testing import capture_logs
@@ -10,6 +12,7 @@ from structlog.testing import capture_logs
 from daemon.clock import FakeClock
 from daemon.errors import StoreError
 from daemon.store import SCHEMA_VERSION, Store, validate_table_name
+from daemon.store.util import from_db, to_db
 
 TABLES = {
     "sync_runs",
@@ -165,3 +168,21 @@ async def test_close_twice_and_write_after_close(db_path: Path, clock: FakeClock
     await store.close()
     with pytest.raises(StoreError, match="closed"):
         await store.start_run("job")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+        datetime(5, 1, 2, tzinfo=UTC),  # the year is padded
+        datetime(2025, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2025, 1, 2, 3, 4, 5, tzinfo=ZoneInfo("Europe/Berlin")),
+    ],
+)
+def test_stored_times_are_one_fixed_width_utc_form(when: datetime) -> None:
+    """`to_db`'s UTC fast path and its conversion give the same text, and it reads back."""
+    text = to_db(when)
+    expected = when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    assert text == expected and len(text) == 27
+    assert from_db(text) == when
