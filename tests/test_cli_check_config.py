@@ -20,6 +20,7 @@ from daemon.cli import main as cli_main
 from daemon.commands.cmd_check_config import next_runs, summarize
 from daemon.config import load_settings
 from daemon.logs import configure_logging, log
+from daemon.store.schema import SCHEMA_VERSION
 from tests.logstate import logging_restored
 from tests.test_config import EXAMPLE, EXAMPLE_ENV
 
@@ -275,16 +276,28 @@ def test_database_paths(
     notes = tmp_path / "notes.txt"
     notes.write_text("my precious notes\n")
     os.mkfifo(tmp_path / "fifo.db")
-    existing = tmp_path / "state.db"
-    sqlite3.connect(existing).execute("CREATE TABLE t (x)").connection.close()
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE t (x)").connection.close()
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    ours = tmp_path / "ours.db"
+    conn = sqlite3.connect(ours)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
     cases = {
         tmp_path: 2,
         Path("/dev/null"): 2,
         tmp_path / "fifo.db": 2,
         notes: 2,
         notes / "state.db": 2,
+        foreign: 2,  # someone else's SQLite file: every command refuses it
         tmp_path / "new" / "dir" / "state.db": 0,
-        existing: 0,
+        ours: 0,
+        newer: 0,  # a valid config; what `run` will say about the file is a warning
     }
     for database, expected in cases.items():
         path = tmp_path / "daemon.toml"
@@ -298,7 +311,12 @@ def test_database_paths(
         assert code == expected, (database, err)
         if expected:
             assert "daemon.database:" in err and "Traceback" not in err, (database, err)
+        elif database == newer:
+            assert "warning: daemon.database:" in err and "upgrade the daemon" in err, err
+        else:
+            assert "warning: daemon.database" not in err, (database, err)
     assert notes.read_text() == "my precious notes\n"
+    assert not (tmp_path / "new").exists()  # checked, never created
 
 
 def test_short_secrets_are_warned_about() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from daemon.clock import SystemClock
-from daemon.commands.common import register_secrets
+from daemon.commands.common import check_database, register_secrets
 from daemon.config import (
     Settings,
     SyncJob,
@@ -34,7 +34,7 @@ from daemon.config import (
     schedule_description,
 )
 from daemon.config.values import mask_userinfo
-from daemon.errors import ConfigError, ConfigProblem
+from daemon.errors import ConfigError, ConfigProblem, StoreError
 from daemon.logs import MIN_SECRET_LENGTH, RECOMMENDED_SECRET_LENGTH, redact_text
 from daemon.sync.schedule import Schedule, upcoming
 
@@ -78,6 +78,13 @@ def handle(args: argparse.Namespace) -> int:
             [ConfigProblem("daemon.database", f"{str(settings.daemon.database)!r} {problem}")],
             source=str(path),
         )
+    try:
+        # What `run` would meet there: someone else's SQLite file is invalid configuration
+        # (exit 2, as for every command); one this daemon cannot use as it stands (written by
+        # a newer version, unreadable) is not a config error, but the operator should know.
+        check_database(Path(settings.daemon.database), must_exist=False)
+    except StoreError as exc:
+        print(f"warning: daemon.database: {exc}", file=sys.stderr)
     for warning in short_secret_warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
     summary = summarize(settings, path, now=SystemClock().now())
