@@ -338,7 +338,8 @@ class Dispatcher:
         if uncertain:
             try:
                 with action_requests():
-                    found = await self._find_done(action, request, await self._since(action))
+                    since = await self._since(action, row)
+                    found = await self._find_done(action, request, since)
             except DaemonError as exc:
                 # Not knowing is not "not sent": resending could double the ticket or SMS.
                 # The attempt fails, stays uncertain, and the next one looks again.
@@ -378,13 +379,17 @@ class Dispatcher:
             )
         raise DaemonError(f"unknown action kind {action.kind!r}")
 
-    async def _since(self, action: ActionRow) -> datetime:
+    async def _since(self, action: ActionRow, row: EventRow) -> datetime:
         """How far back an uncertain action's look-up reaches: the earliest this attempt can have
-        acted, less a clock-skew allowance — but, for an SMS reply, never so far back that it
-        reaches an earlier identical reply to the same phone (it would be taken for this one
-        and this reply never delivered): the look-up then starts halfway between the two."""
+        acted, less a clock-skew allowance — and, for an SMS reply, less how far the PBX's
+        clock ran behind ours as this event showed it, since the look-up compares the PBX's
+        timestamps with our time — but never so far back that it reaches an earlier identical
+        reply to the same phone (it would be taken for this one and this reply never
+        delivered): the look-up then starts halfway between the two."""
         start = action.attempt_started_at or action.created_at
         since = start - _LOOK_BACK
+        if action.kind == "sms_reply":
+            since -= _pbx_lag(row)
         if action.kind == "sms_reply" and action.phone:
             before = await self.store.last_reply_sent(
                 action.phone, action.body_hash, other_than=action.id
@@ -475,6 +480,17 @@ class Dispatcher:
 
 
 _LOOK_BACK = timedelta(minutes=2)
+# The most the PBX's clock may be taken to run behind ours. An auto-reply's event was
+# delivered within the loop guard's max_event_age (15 min by default) by that same measure.
+_MAX_PBX_LAG = timedelta(hours=1)
+
+
+def _pbx_lag(row: EventRow) -> timedelta:
+    """received_at − occurred_at of the event: the PBX's clock behind ours plus the delivery
+    delay, never negative, at most _MAX_PBX_LAG; zero without an occurred_at."""
+    if row.occurred_at is None:
+        return timedelta(0)
+    return min(max(timedelta(0), row.received_at - row.occurred_at), _MAX_PBX_LAG)
 
 
 def _is_final(exc: Exception) -> bool:

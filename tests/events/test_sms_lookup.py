@@ -9,6 +9,7 @@ Real listener, real SQLite store, the NetSapiens and Halo simulators; the clock 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -132,3 +133,25 @@ async def test_a_reply_into_the_messages_own_session_is_found_there(
     _, action = await _action(p)
     response = json.loads(action.response)
     assert response["found"] is True and response["found_in"] == "event session"
+
+
+@pytest.mark.parametrize("how", ["no session id", "session refused"])
+async def test_a_lost_reply_is_found_when_the_pbx_clock_runs_behind_ours(
+    event_path: EventPath, how: str
+) -> None:
+    """The PBX's clock runs 10 minutes behind ours (within `max_event_age`, so Ann is still
+    answered), so its timestamps on our lost reply are 10 minutes older than the attempt by our
+    clock — past the 2-minute skew allowance. The look-up also reaches back by the lag this
+    event showed (received_at − occurred_at), and finds it."""
+    p = event_path
+    p.ns.wall = lambda: p.clock.now() - timedelta(minutes=10)
+    lose_the_next_answer(p)
+    await _arrive(p, how)
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(ANN) == ["pong: ping"]
+    p.clock.advance(600)
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(ANN) == ["pong: ping"]  # found, not sent twice
+    event, action = await _action(p)
+    assert (event.status, action.status) == ("done", "sent")
+    assert json.loads(action.response)["found_in"] == "new session"
