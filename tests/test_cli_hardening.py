@@ -232,6 +232,9 @@ OUT_OF_RANGE = [
     (["sandbox", "--port", "70000"], "at most 65531"),
     (["sandbox", "--demo-size", "0"], "at least 1"),
     (["api", "netsapiens", "messages", "--limit", "0"], "at least 1"),
+    # Not numbers, but the same kind of mistake: a usage error, not "invalid configuration".
+    (["events", "replay"], "one of the arguments ID --dead is required"),
+    (["events", "replay", "1", "--dead", "--json"], "not allowed with argument ID"),
 ]
 
 

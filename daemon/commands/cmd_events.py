@@ -64,18 +64,16 @@ def register(
     replay = events.add_parser(
         "replay", parents=[common], help="re-run events' dead or failed actions"
     )
-    replay.add_argument("ids", nargs="*", type=bounded_int(1), metavar="ID")
-    replay.add_argument("--dead", action="store_true", help="every dead event")
+    which = replay.add_mutually_exclusive_group(required=True)  # argparse says "one of"
+    which.add_argument("ids", nargs="*", type=bounded_int(1), metavar="ID", default=[])
+    which.add_argument("--dead", action="store_true", help="every dead event")
     replay.add_argument("--json", action="store_true", help="print JSON")
     replay.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from daemon.commands.common import check_database, load_cli_settings
-    from daemon.errors import ConfigError
 
-    if args.events_command == "replay" and bool(args.ids) == bool(args.dead):
-        raise ConfigError("replay takes event ids or --dead (one of the two)")
     settings = load_cli_settings(args.config, log_level="warning")
     database = Path(settings.daemon.database)
     # Replay writes, but a database it would have to create has nothing to replay.
