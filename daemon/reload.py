@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -48,7 +48,7 @@ from daemon.rules.guard import LoopGuard
 from daemon.rules.wiring import RulesHolder, executors, loop_guard
 from daemon.sync.schedule import first_due
 from daemon.sync.scheduler import Scheduler
-from daemon.webhooks.app import reload_listener
+from daemon.webhooks.app import ListenerDeps, reload_listener
 from daemon.webhooks.gapfill import Backfiller
 from daemon.webhooks.keeper import SubscriptionKeeper
 
@@ -77,7 +77,7 @@ class _Staged:
     guard: LoopGuard
     jobs_changed: bool
     last_runs: dict[str, datetime | None]
-    listener: Any  # ListenerDeps, or None when the listener keeps what it has
+    listener: ListenerDeps | None  # None: the listener keeps what it has
     loaded_at: datetime
     event_parts: tuple[Backfiller | None, SubscriptionKeeper | None] | None  # None: unchanged
 
