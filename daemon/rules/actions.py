@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import structlog
@@ -35,6 +35,9 @@ from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.errors import NotFoundError, RuleError, ValidationError
 from daemon.phones import to_e164
 from daemon.rules.plan import SmsRequest, TicketRequest
+
+if TYPE_CHECKING:
+    from daemon.store import HaloThread
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +71,7 @@ def ref_line(key: str) -> str:
 class ThreadStore(Protocol):
     """The store's `halo_threads` methods (daemon.store.Store)."""
 
-    async def get_halo_thread(self, phone: str, rule: str) -> Any: ...
+    async def get_halo_thread(self, phone: str, rule: str) -> HaloThread | None: ...
 
     async def set_halo_thread(self, phone: str, rule: str, ticket_id: str) -> None: ...
 
