@@ -176,6 +176,18 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         )
         """,
     ),
+    # 4: a subscription's post URL is kept masked. Its last path segment is the webhook secret
+    # (`<public_url>/<model>/<secret>`), which the database must not hold; only display reads
+    # the column (the keeper compares the PBX's own list with the URL it builds from the
+    # config). `rtrim(x, replace(x, '/', ''))` is x up to its last '/'. secure_delete zeroes
+    # the old text in the page instead of leaving it in free space.
+    (
+        "PRAGMA secure_delete = ON",
+        "UPDATE subscriptions SET post_url = "
+        "rtrim(post_url, replace(post_url, '/', '')) || '[REDACTED]' "
+        "WHERE post_url NOT LIKE '%/[REDACTED]'",
+        "PRAGMA secure_delete = OFF",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,7 +1,9 @@
 """`subscriptions`: the NetSapiens event subscriptions the keeper created or adopted.
 
 Stored so a restart knows what exists and when it expires without asking NetSapiens first, and
-so `daemon status` can show expiry.
+so `daemon status` can show expiry. The post URL is stored masked: its last path segment is the
+webhook secret (`<public_url>/<model>/<secret>`), which the database never holds; nothing decides
+anything from the stored URL (the keeper compares the PBX's own list with the URL it builds).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import datetime
 
 import aiosqlite
 
+from daemon.logs import mask_webhook_url
 from daemon.store.db import Database, execute
 from daemon.store.util import from_db, from_db_req, to_db
 
@@ -37,7 +40,7 @@ class SubscriptionsRepo(Database):
         params = (
             subscription_id,
             model,
-            post_url,
+            mask_webhook_url(post_url),
             None if expires_at is None else to_db(expires_at),
             status,
         )

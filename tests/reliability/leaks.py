@@ -10,9 +10,8 @@ What is scanned (`tests/conftest.py` wires it into pytest):
   `subprocess` ones as `communicate()` and reads of their pipes return them, and a daemon
   command sent to DEVNULL is sent to a file instead, so that output is read too;
 * at the end of the session, every SQLite file (and its `-wal`) under pytest's temporary
-  directories: the raw bytes for every secret except the webhook secrets, and every text
-  column of every table for those (a subscription's `post_url` holds its webhook secret by
-  design; docs/database.md).
+  directories, byte for byte, for every secret — the webhook secrets included: a
+  subscription's `post_url` is stored masked (migration 4; docs/database.md).
 
 Not scanned: the config files tests write and the simulators' state (secrets are expected
 there), and pytest's "Captured log" sections, which are pytest's own rendering of raw log
@@ -25,9 +24,7 @@ where; a leak in a database file fails the session, naming the file, table and c
 from __future__ import annotations
 
 import asyncio.subprocess
-import io
 import os
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -288,35 +285,9 @@ def database_files(root: Path) -> list[Path]:
 
 def scan_database(path: Path) -> Findings:
     found = Findings()
-    hooks = secrets.webhook_secrets()
     raw = path.read_bytes().decode("latin-1")  # byte for byte; secrets are looked for as UTF-8
     STATS.databases += 1
     STATS.database_bytes += len(raw)
-    table = {k.encode().decode("latin-1"): v for k, v in secrets.needles(exclude=hooks).items()}
+    table = {k.encode().decode("latin-1"): v for k, v in secrets.needles().items()}
     found.add(f"{path} (bytes)", raw, table)
-    if path.name.endswith("-wal") or not raw.startswith("SQLite format 3"):
-        return found
-    hook_table = {s: secret for secret in hooks for s in secrets.spellings("", secret)}
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error:
-        return found
-    try:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for name in names:
-            cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{name}")')]
-            for col in cols:
-                if (name, col) == ("subscriptions", "post_url"):
-                    continue
-                buf = io.StringIO()
-                for (value,) in conn.execute(f'SELECT "{col}" FROM "{name}"'):
-                    if isinstance(value, str):
-                        buf.write(value + "\n")
-                    elif isinstance(value, bytes):
-                        buf.write(value.decode("utf-8", "replace") + "\n")
-                found.add(f"{path} table {name} column {col}", buf.getvalue(), hook_table)
-    except sqlite3.Error:
-        pass
-    finally:
-        conn.close()
     return found

@@ -87,8 +87,8 @@ runtime: list[str] = []  # tokens issued while the suite runs
 
 
 def webhook_secrets() -> frozenset[str]:
-    """The secrets that are part of a subscription's post URL, which the database keeps by
-    design (`subscriptions.post_url`, docs/database.md)."""
+    """The secrets that are part of a subscription's post URL (which the database stores
+    masked: `subscriptions.post_url`, docs/database.md); scanned like every other secret."""
     from tests.events.conftest import SECRET as EVENTS_SECRET
     from tests.netsapiens_fixtures import SECRET as NS_HOOK_SECRET
     from tests.security.test_echo_leaks import SECRETS as ECHO_SECRETS

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.store import ContactEntry, Store
-from daemon.store.schema import MIGRATIONS
+from daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 TS = "2025-01-02T03:04:05.000000Z"
 LATER = "2025-01-02T04:00:00.000000Z"
@@ -105,7 +105,7 @@ async def test_v2_to_v3_keeps_data_and_defaults_new_columns(
     } <= indexes  # fmt: skip
     assert not {"events_due", "contacts_table"} & indexes  # replaced
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         gen = conn.execute("SELECT gen FROM contacts").fetchall()
         assert gen == [(0,)]
         # The new CHECK holds for rows written after the upgrade.

@@ -56,6 +56,8 @@ async def test_creates_with_explicit_expiry_and_records(
     rows = await ns_store.list_subscriptions()
     assert {r.id for r in rows} == {s["id"] for s in subs}
     assert all(r.expires_at == T0 + LIFETIME and r.status == "pending" for r in rows)
+    # Recorded masked: the secret is the URL's last segment and never reaches the database.
+    assert {r.post_url for r in rows} == {f"{PUBLIC}/{m}/[REDACTED]" for m in ("message", "cdr")}
     again = await k.sync_once()
     assert sorted(again.unchanged) == sorted(report.created) and not again.created
 
