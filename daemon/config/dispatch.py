@@ -10,9 +10,9 @@ import re
 from datetime import date, time
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from daemon.config.fields import between
+from daemon.config.fields import between, field_error
 from daemon.config.values import Duration
 
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -92,6 +92,13 @@ class DispatchSettings(_Model):
     # it would only make the claim useless, so a floor.
     lease: Annotated[Duration, between(minimum=30.0)] = 300.0
     poll: Positive = 5.0  # how often due retries are looked for (new events wake it at once)
+
+    @model_validator(mode="after")
+    def _backoff_within_cap(self) -> DispatchSettings:
+        if self.backoff > self.backoff_cap:
+            # Accepted, the cap would silently win from the first retry: say so instead.
+            raise field_error("backoff", "must be at most `backoff_cap`")
+        return self
 
 
 class LoopGuardSettings(_Model):

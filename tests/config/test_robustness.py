@@ -96,6 +96,8 @@ def with_job(**fields: str) -> str:
         (BASE + hook(previous_secret="old#secret-0123456789"),
          "webhooks.netsapiens.previous_secret", "part of a URL"),
         ("[daemon.dispatch]\nlease = '1ms'\n" + BASE, "daemon.dispatch.lease", "at least 30s"),
+        ("[daemon.dispatch]\nbackoff = '2h'\nbackoff_cap = '1h'\n" + BASE,
+         "daemon.dispatch.backoff", "at most `backoff_cap`"),
     ],
 )  # fmt: skip
 def test_bad_values_are_exit_2(tmp_path: Path, text: str, path: str, words: str) -> None:
