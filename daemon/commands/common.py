@@ -94,10 +94,10 @@ def check_database(path: Path, *, must_exist: bool) -> bool:
     if found is None:
         return True
     version, tables = found
-    from daemon.store.schema import SCHEMA_VERSION
+    from daemon.store.schema import SCHEMA_VERSION, newer_schema
 
     if version > SCHEMA_VERSION:
-        raise StoreError(newer_schema(path, version, SCHEMA_VERSION))
+        raise StoreError(newer_schema(path, version))
     if version == 0 and tables:  # every schema of ours has a version: someone else's file
         raise ConfigError(
             [
@@ -113,13 +113,6 @@ def check_database(path: Path, *, must_exist: bool) -> bool:
 
 def missing_database(path: Path) -> str:
     return f"database {path} does not exist (has the daemon run yet?)"
-
-
-def newer_schema(path: Path, version: int, known: int) -> str:
-    return (
-        f"{path}: schema version {version} was written by a newer version of the daemon (this "
-        f"one knows up to {known}); upgrade the daemon to use this database"
-    )
 
 
 def _schema_version(path: Path) -> tuple[int, int] | None:

@@ -39,7 +39,7 @@ from daemon.errors import StoreError
 from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
 from daemon.store.files import private_file, tighten_companions
 from daemon.store.handoff import on_thread, run_to_end, shielded
-from daemon.store.schema import SCHEMA_VERSION, migrate, user_version
+from daemon.store.schema import SCHEMA_VERSION, migrate, newer_schema, user_version
 from daemon.store.util import to_db
 from daemon.store.writer import _STOP, BatchFn, StoreStats, WriteFn, WriterLoop
 
@@ -249,11 +249,7 @@ class Database(WriterLoop):
                 self._reader.row_factory = sqlite3.Row
                 version = await user_version(self._reader)
                 if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: schema version {version} was written by a newer version "
-                        f"of the daemon (this one knows up to {SCHEMA_VERSION}); upgrade the "
-                        "daemon to use this database"
-                    )
+                    raise StoreError(newer_schema(self.path, version))
                 if version != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path}: schema version {version}, this daemon expects "

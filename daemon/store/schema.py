@@ -193,6 +193,14 @@ MIGRATIONS: Sequence[Sequence[str]] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def newer_schema(path: object, version: int) -> str:
+    """What every reader and writer says of a database a newer daemon wrote."""
+    return (
+        f"{path}: schema version {version} was written by a newer version of the daemon (this "
+        f"one knows up to {SCHEMA_VERSION}); upgrade the daemon to use this database"
+    )
+
+
 async def user_version(conn: aiosqlite.Connection) -> int:
     return await on_thread(conn, _version)
 
@@ -239,8 +247,5 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> tuple[int, int]:
     if start > SCHEMA_VERSION:
         from daemon.errors import StoreError
 
-        raise StoreError(
-            f"{path}: schema version {start} is newer than this daemon's {SCHEMA_VERSION}; "
-            "refusing to run an older daemon against it"
-        )
+        raise StoreError(newer_schema(path, start))
     return start, SCHEMA_VERSION

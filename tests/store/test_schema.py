@@ -121,9 +121,10 @@ async def test_newer_schema_is_refused(db_path: Path, clock: FakeClock) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match="newer"):
-        async with Store.open(db_path, clock=clock):
-            pass
+    for read_only in (False, True):  # the service and the inspection commands say the same
+        with pytest.raises(StoreError, match=r"newer version of the daemon.*upgrade the daemon"):
+            async with Store.open(db_path, clock=clock, read_only=read_only):
+                pass
 
 
 @pytest.mark.parametrize(
