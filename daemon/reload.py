@@ -45,6 +45,7 @@ from daemon.errors import ConfigError, ConfigProblem, DaemonError
 from daemon.logs import add_basic_pair, add_secrets, redact_text
 from daemon.rules.dispatcher import Executors
 from daemon.rules.guard import LoopGuard
+from daemon.rules.names_check import NAMES_CHECK, names_check
 from daemon.rules.wiring import RulesHolder, executors, loop_guard
 from daemon.sync.schedule import first_due
 from daemon.sync.scheduler import Scheduler
@@ -202,6 +203,14 @@ async def _apply(service: Service, run: Running, staged: _Staged) -> None:
         reload_listener(run.app, staged.listener)
     if staged.event_parts is not None:
         await _restart_event_parts(service, run, staged.event_parts)
+    # New rules or new Halo clients: their ticket names are checked again (the executors are
+    # new, so their names are loaded afresh anyway).
+    scope = run.scopes.pop(NAMES_CHECK, None)
+    if scope is not None:
+        scope.cancel()
+    await service.task_group.start(
+        service._part, NAMES_CHECK, names_check(new, staged.executors, service.clock)
+    )
 
 
 def _restart_needed(old: Settings, new: Settings) -> None:

@@ -43,6 +43,7 @@ from daemon.health import Health, healthz_route
 from daemon.logs import redact_text
 from daemon.metrics import Metrics, metrics_route
 from daemon.rules.dispatcher import Dispatcher
+from daemon.rules.names_check import NAMES_CHECK, names_check
 from daemon.rules.wiring import RulesHolder, build_dispatcher
 from daemon.store import Store
 from daemon.supervise import Fatal, supervise
@@ -155,6 +156,7 @@ class Service:
                 self._tg = tg
                 tg.start_soon(self._watch_writer, store)
                 await tg.start(self._part, "dispatcher", dispatcher.run)
+                await tg.start(self._part, NAMES_CHECK, names_check(s, dispatcher.executors, clock))
                 await tg.start(self._part, "upkeep", upkeep.run)
                 if run.keeper is not None:
                     await tg.start(self._part, "keeper", run.keeper.run)

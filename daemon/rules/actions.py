@@ -241,13 +241,20 @@ class HaloNames:
             value = out.pop(name, None)
             if value is None or id_key in out:
                 continue
-            ids = self._ids.get(name, {})
-            found = ids.get(str(value).strip().casefold())
+            found = self._ids.get(name, {}).get(str(value).strip().casefold())
             if found is None:
-                have = ", ".join(sorted(ids)) or "none"
-                raise RuleError(f"ticket.{name}: Halo has no {name} named {value!r} (has: {have})")
+                raise RuleError(self.unknown(name, value) or f"ticket.{name}: unknown")
             out[id_key] = found
         return out
+
+    def unknown(self, name: str, value: object) -> str | None:
+        """Why `value` is no `name` (a NAMED_FIELDS key) in this Halo, with the names it has;
+        None when it is one. Call `load()` first."""
+        ids = self._ids.get(name, {})
+        if str(value).strip().casefold() in ids:
+            return None
+        have = ", ".join(sorted(ids)) or "none"
+        return f"ticket.{name}: Halo has no {name} named {value!r} (has: {have})"
 
 
 class HaloActions:
