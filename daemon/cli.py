@@ -154,12 +154,12 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def wants_json(argv: Sequence[str]) -> bool:
-    """Whether the command line asks for JSON (`--json` before any `--`): known even when
-    argparse refused the rest of it."""
+    """Whether the command line asks for JSON (`--json` before any `--`, or an abbreviation
+    argparse takes for it, such as `--js`): known even when argparse refused the rest of it."""
     for arg in argv:
         if arg == "--":
             return False
-        if arg == "--json":
+        if len(arg) >= 3 and "--json".startswith(arg):
             return True
     return False
 

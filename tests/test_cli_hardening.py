@@ -235,6 +235,7 @@ OUT_OF_RANGE = [
     # Not numbers, but the same kind of mistake: a usage error, not "invalid configuration".
     (["events", "replay"], "one of the arguments ID --dead is required"),
     (["events", "replay", "1", "--dead", "--json"], "not allowed with argument ID"),
+    (["events", "list", "--limit", "0", "--js"], "at least 1"),  # argparse's abbreviation
 ]
 
 
@@ -249,7 +250,7 @@ def test_out_of_range_numbers_are_usage_errors(
     assert proc.returncode == 2, proc.stderr
     assert "usage: daemon" in proc.stderr and reason in proc.stderr
     assert "internal error" not in proc.stderr and "OverflowError" not in proc.stderr
-    if "--json" in args:
+    if "--json" in args or "--js" in args:
         assert json_failure(proc, 2)["error_type"] == "UsageError"
     else:
         assert proc.stdout == ""
