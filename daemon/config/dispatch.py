@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from daemon.config.fields import between, field_error
+from daemon.config.fields import Count, between, field_error
 from daemon.config.values import Duration
 
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -84,8 +84,8 @@ Positive = Annotated[Duration, Field(gt=0)]
 class DispatchSettings(_Model):
     """`[daemon.dispatch]`: how the inbox is worked."""
 
-    concurrency: int = Field(default=8, ge=1, le=64)  # events handled at once (other senders)
-    max_attempts: int = Field(default=6, ge=1, le=50)  # tries of one action before `dead`
+    concurrency: Count = Field(default=8, ge=1, le=64)  # events handled at once (other senders)
+    max_attempts: Count = Field(default=6, ge=1, le=50)  # tries of one action before `dead`
     backoff: Positive = 30.0  # first retry delay; doubles, with full jitter
     backoff_cap: Positive = 3600.0
     # A claimed event is hidden from other claims this long; shorter than a handling can take
@@ -111,9 +111,9 @@ class LoopGuardSettings(_Model):
     # ... nor to one that waited longer than this in our inbox before its rules ran (a restart
     # after an outage, a sender blocked behind a failing action): a stale conversation.
     max_inbox_wait: Positive = 3600.0
-    replies_per_conversation_per_hour: int = Field(default=5, ge=1, le=1000)
+    replies_per_conversation_per_hour: Count = Field(default=5, ge=1, le=1000)
     echo_window: Positive = 3600.0  # a message repeating one of our replies this recently
     repeat_window: Positive = 3600.0  # the same text from one sender is answered once
-    breaker_replies: int = Field(default=60, ge=1, le=100_000)  # auto-replies in ...
+    breaker_replies: Count = Field(default=60, ge=1, le=100_000)  # auto-replies in ...
     breaker_window: Positive = 300.0  # ... this window open the breaker ...
     breaker_pause: Positive = 900.0  # ... for this long: all auto-replies pause

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, Strict
 from pydantic_core import PydanticCustomError
 
 from daemon.config.values import (
@@ -18,6 +18,10 @@ from daemon.config.values import (
 )
 
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+
+# A count in the config (`max_concurrency`, `max_attempts`...): a TOML integer only. Lax
+# validation took `true` for 1, `"8"` for 8 and `8.0` for 8 — a careless value read as another.
+Count = Annotated[int, Strict()]
 KiB, GiB = 1024, 1024**3
 
 

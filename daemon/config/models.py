@@ -28,6 +28,7 @@ from daemon.config.dispatch import BusinessHours, DispatchSettings, LoopGuardSet
 from daemon.config.fields import (
     DAY,
     HOUR,
+    Count,
     GiB,
     HttpUrl,
     Model,
@@ -247,9 +248,9 @@ class SyncJob(Model):
     phone_fields: list[str] = []
     report: str | None = None
     months: str | None = None
-    page_size: int | None = Field(default=None, gt=0, le=MAX_PAGE_SIZE)
+    page_size: Count | None = Field(default=None, gt=0, le=MAX_PAGE_SIZE)
     # Every run ends, and no run erases most of a table on one bad answer (docs/database.md).
-    max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1, le=MAX_PAGES)
+    max_pages: Count = Field(default=DEFAULT_MAX_PAGES, ge=1, le=MAX_PAGES)
     max_duration: Annotated[Duration, between(positive=True)] = DEFAULT_MAX_DURATION
     max_tombstone_fraction: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
 
@@ -318,7 +319,8 @@ class Rule(Model):
     text: str | None = None
     ticket: dict[str, Any] | None = None
     thread: bool = False
-    max_notes: int = Field(default=50, ge=1, le=10_000)  # notes per threaded ticket, then a new one
+    # notes per threaded ticket, then a new one
+    max_notes: Count = Field(default=50, ge=1, le=10_000)
     cooldown: Duration | None = None
     continue_: bool = Field(default=False, alias="continue")
     enabled: bool = True

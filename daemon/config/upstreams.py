@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from daemon.config.fields import (
     DAY,
     HOUR,
+    Count,
     GiB,
     HttpUrl,
     KiB,
@@ -32,8 +33,8 @@ class UpstreamBase(Model):
 
     name: str
     timeout: Annotated[Duration, between(maximum=HOUR, positive=True)] = 30.0
-    max_retries: int = Field(default=4, ge=0, le=10)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
+    max_retries: Count = Field(default=4, ge=0, le=10)
+    max_concurrency: Count = Field(default=4, ge=1, le=64)
     rate_limit: RateLimitValue = None
     # Every answer is read into memory up to this size (after decompression) and no further.
     max_response_bytes: Annotated[ByteSize, sized(KiB, GiB)] = DEFAULT_MAX_RESPONSE_BYTES
@@ -45,7 +46,7 @@ class UpstreamBase(Model):
 
 
 class BlestaUpstream(UpstreamBase):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
+    max_concurrency: Count = Field(default=8, ge=1, le=64)
     kind: Literal["blesta"] = "blesta"
     url: HttpUrl
     user: str
@@ -61,7 +62,7 @@ class ResellerUpstream(UpstreamBase):
 
 
 class BillomatUpstream(UpstreamBase):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
+    max_concurrency: Count = Field(default=8, ge=1, le=64)
     kind: Literal["billomat"] = "billomat"
     billomat_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")]
     api_key: Secret
@@ -84,7 +85,7 @@ class BillomatUpstream(UpstreamBase):
 
 
 class HaloUpstream(UpstreamBase):
-    max_concurrency: int = Field(default=8, ge=1, le=64)
+    max_concurrency: Count = Field(default=8, ge=1, le=64)
     kind: Literal["halo"] = "halo"
     tenant_url: HttpUrl
     client_id: str

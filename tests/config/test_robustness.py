@@ -46,7 +46,15 @@ def with_job(**fields: str) -> str:
         (with_job(every='"1m"', max_duration="0"), "sync[1].max_duration", "positive"),
         (with_job(every='"1m"', jitter="-1"), "sync[1].jitter", "negative"),
         (with_job(every='"1m"', max_pages="0"), "sync[1].max_pages", "greater than"),
-        (with_job(every='"1m"', max_pages="1e400"), "sync[1].max_pages", "finite"),
+        (with_job(every='"1m"', max_pages="1e400"), "sync[1].max_pages", "valid integer"),
+        # A count is a TOML integer: lax validation read `true` as 1 and "8" as 8.
+        (with_job(every='"1m"', max_pages="true"), "sync[1].max_pages", "valid integer"),
+        (BASE.replace('user = "sync"', 'user = "sync"\nmax_concurrency = true'),
+         "upstreams.blesta.max_concurrency", "valid integer"),
+        (BASE.replace('user = "sync"', 'user = "sync"\nmax_concurrency = "8"'),
+         "upstreams.blesta.max_concurrency", "valid integer"),
+        ("[daemon.dispatch]\nmax_attempts = 3.0\n" + BASE, "daemon.dispatch.max_attempts",
+         "valid integer"),
         (with_job(every='"1m"', max_pages=str(10**30)), "sync[1].max_pages", "less than"),
         (with_job(every='"1m"', page_size=str(10**30)), "sync[1].page_size", "less than"),
         (
