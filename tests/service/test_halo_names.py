@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 from daemon.clock import FakeClock
 from daemon.config import load_settings
 from daemon.reload import reload
-from daemon.sandbox.orchestra import Sandbox, run_sandbox
+from daemon.sandbox.orchestra import Sandbox
 from daemon.service import Service
-from tests.localnet import free_port
+from tests.service.sandboxes import service_sandbox
 
 NAMED = """
 [[rules]]
@@ -34,16 +34,14 @@ ticket.priority = "{{{{ event.body }}}}"
 """
 
 
+def _with_a_typo(text: str) -> str:
+    rule = NAMED.format(name="typo", tickettype="TicketTyp 1")
+    return text.replace("[[rules]]", rule + "\n[[rules]]", 1)
+
+
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    port = free_port()
-    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
-        text = sb.config_path.read_text().replace(
-            "[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1
-        )
-        text = text.replace("[[rules]]", NAMED.format(name="typo", tickettype="TicketTyp 1")
-                            + "\n[[rules]]", 1)  # fmt: skip
-        sb.config_path.write_text(text)
+    async with service_sandbox(tmp_path, _with_a_typo) as (sb, _):
         yield sb
 
 

@@ -17,14 +17,13 @@ import json
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
-from tests.localnet import free_port
+from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
 from tests.service.daemon_proc import TIMEOUT, Daemon, start_daemon
+from tests.service.sandboxes import service_sandbox
 
 LATIN1_VAR = "TEST_BLESTA_KEY_LATIN1"
 STRANGER = "15550009999"  # no synced record: a message from it becomes a Halo ticket
@@ -44,19 +43,18 @@ def _runs(db: Path, job: str) -> int:
     return int(n)
 
 
+def _fast_jobs(text: str) -> str:
+    credit = 'resource = "getcredit"\nevery = "1h"'
+    clients = 'resource = "clients"\nevery = "15m"'
+    assert credit in text and clients in text
+    text = text.replace(credit, 'resource = "getcredit"\nevery = "1s"')
+    return text.replace(clients, clients + '\njitter = "0s"', 1)  # Blesta's: at once
+
+
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, int]]:
-    port = free_port()
-    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
-        text = sb.config_path.read_text()
-        text = text.replace("[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1)
-        credit = 'resource = "getcredit"\nevery = "1h"'
-        clients = 'resource = "clients"\nevery = "15m"'
-        assert credit in text and clients in text
-        text = text.replace(credit, 'resource = "getcredit"\nevery = "1s"')
-        text = text.replace(clients, clients + '\njitter = "0s"', 1)  # Blesta's: at once
-        sb.config_path.write_text(text)
-        yield sb, port
+    async with service_sandbox(tmp_path, _fast_jobs) as found:
+        yield found
 
 
 async def test_a_reload_the_service_cannot_use_is_refused_and_the_service_carries_on(

@@ -14,24 +14,19 @@ import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox, run_sandbox
-from tests.localnet import free_port
+from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
 from tests.service.daemon_proc import TIMEOUT, start_daemon
+from tests.service.sandboxes import service_sandbox
 
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, int]]:
-    port = free_port()
-    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
-        text = sb.config_path.read_text()
-        text = text.replace("[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1)
-        sb.config_path.write_text(text)
-        yield sb, port
+    async with service_sandbox(tmp_path) as found:
+        yield found
 
 
 async def test_ready_watchdog_and_a_clean_stop(

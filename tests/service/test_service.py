@@ -17,20 +17,15 @@ from structlog.testing import capture_logs
 
 from daemon.clock import FakeClock, SystemClock
 from daemon.config import Settings, load_settings
-from daemon.sandbox.orchestra import Sandbox, run_sandbox
+from daemon.sandbox.orchestra import Sandbox
 from daemon.service import Service
 from daemon.systemd import Notifier
-from tests.localnet import free_port
+from tests.service.sandboxes import service_sandbox
 
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[tuple[Sandbox, Settings]]:
-    port = free_port()
-    async with run_sandbox(tmp_path, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
-        text = sb.config_path.read_text().replace(
-            "[daemon]\n", '[daemon]\nshutdown_timeout = "2s"\n', 1
-        )
-        sb.config_path.write_text(text)
+    async with service_sandbox(tmp_path) as (sb, _):
         yield sb, load_settings(sb.config_path)
 
 
