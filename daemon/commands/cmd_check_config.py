@@ -26,7 +26,6 @@ from daemon.config import (
     Settings,
     SyncJob,
     UpstreamSettings,
-    database_problem,
     format_byte_size,
     format_duration,
     load_settings,
@@ -34,7 +33,7 @@ from daemon.config import (
     schedule_description,
 )
 from daemon.config.values import mask_userinfo
-from daemon.errors import ConfigError, ConfigProblem, StoreError
+from daemon.errors import StoreError
 from daemon.logs import MIN_SECRET_LENGTH, RECOMMENDED_SECRET_LENGTH, redact_text
 from daemon.sync.schedule import Schedule, upcoming
 
@@ -72,17 +71,12 @@ def handle(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
     settings = load_settings(path)
     register_secrets(settings)
-    problem = database_problem(Path(settings.daemon.database))
-    if problem is not None:
-        raise ConfigError(
-            [ConfigProblem("daemon.database", f"{str(settings.daemon.database)!r} {problem}")],
-            source=str(path),
-        )
     try:
-        # What `run` would meet there: someone else's SQLite file is invalid configuration
-        # (exit 2, as for every command); one this daemon cannot use as it stands (written by
-        # a newer version, unreadable) is not a config error, but the operator should know.
-        check_database(Path(settings.daemon.database), must_exist=False)
+        # What `run` would meet there: a path that cannot be the daemon's SQLite file is
+        # invalid configuration (exit 2, as for every command); one this daemon cannot use as
+        # it stands (written by a newer version, unreadable) is not a config error, but the
+        # operator should know.
+        check_database(Path(settings.daemon.database), must_exist=False, source=str(path))
     except StoreError as exc:
         print(f"warning: daemon.database: {exc}", file=sys.stderr)
     for warning in short_secret_warnings(settings):

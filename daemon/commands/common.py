@@ -66,7 +66,7 @@ def print_failure(value: dict[str, Any]) -> None:
     print(redact_text(json.dumps(redact_strings(value), indent=2, default=str)))
 
 
-def check_database(path: Path, *, must_exist: bool) -> bool:
+def check_database(path: Path, *, must_exist: bool, source: str | None = None) -> bool:
     """What every command that opens the database checks first, read-only and without
     blocking, so a bad file gets the same clear error whichever command met it:
 
@@ -79,13 +79,16 @@ def check_database(path: Path, *, must_exist: bool) -> bool:
 
     An older schema passes: the writing commands migrate it, and the read-only store says to
     start the service. A file that cannot be opened for another reason (locked, no access) is
-    left for the store to report. Returns whether the file exists."""
+    left for the store to report. `source` names the config file in a `ConfigError`. Returns
+    whether the file exists."""
     from daemon.config.checks import database_problem
     from daemon.errors import ConfigError, ConfigProblem, StoreError
 
     problem = database_problem(path)
     if problem is not None:
-        raise ConfigError([ConfigProblem("daemon.database", f"{str(path)!r} {problem}")])
+        raise ConfigError(
+            [ConfigProblem("daemon.database", f"{str(path)!r} {problem}")], source=source
+        )
     if not path.exists():
         if must_exist:
             raise StoreError(missing_database(path))
@@ -106,7 +109,8 @@ def check_database(path: Path, *, must_exist: bool) -> bool:
                     f"{str(path)!r} is an SQLite database the daemon did not create (tables "
                     "but no schema version); refusing to touch it",
                 )
-            ]
+            ],
+            source=source,
         )
     return True
 
