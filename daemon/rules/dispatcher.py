@@ -53,7 +53,7 @@ from daemon.logs import redact_text
 from daemon.phones import to_e164
 from daemon.rules.actions import HaloActions, Outcome, SmsActions
 from daemon.rules.engine import RuleSet
-from daemon.rules.guard import EventFacts, LoopGuard
+from daemon.rules.guard import EventFacts, LoopGuard, delivery_delay
 from daemon.rules.plan import Plan, PlannedAction, Skipped, SmsRequest, TicketRequest
 from daemon.store import ActionRow, EventRow, NewAction, Store
 from daemon.webhooks.event import Event, body_hash
@@ -389,7 +389,7 @@ class Dispatcher:
         start = action.attempt_started_at or action.created_at
         since = start - _LOOK_BACK
         if action.kind == "sms_reply":
-            since -= _pbx_lag(row)
+            since -= min(delivery_delay(row), _MAX_PBX_LAG)
         if action.kind == "sms_reply" and action.phone:
             before = await self.store.last_reply_sent(
                 action.phone, action.body_hash, other_than=action.id
@@ -480,17 +480,10 @@ class Dispatcher:
 
 
 _LOOK_BACK = timedelta(minutes=2)
-# The most the PBX's clock may be taken to run behind ours. An auto-reply's event was
+# The most the PBX's clock may be taken to run behind ours (its lag as an event shows it:
+# received_at − occurred_at, the delivery delay included). An auto-reply's event was
 # delivered within the loop guard's max_event_age (15 min by default) by that same measure.
 _MAX_PBX_LAG = timedelta(hours=1)
-
-
-def _pbx_lag(row: EventRow) -> timedelta:
-    """received_at − occurred_at of the event: the PBX's clock behind ours plus the delivery
-    delay, never negative, at most _MAX_PBX_LAG; zero without an occurred_at."""
-    if row.occurred_at is None:
-        return timedelta(0)
-    return min(max(timedelta(0), row.received_at - row.occurred_at), _MAX_PBX_LAG)
 
 
 def _is_final(exc: Exception) -> bool:

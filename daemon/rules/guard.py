@@ -89,7 +89,17 @@ class EventFacts:
     body_hash: str | None
 
 
-def delivery_delay(event: EventFacts) -> timedelta:
+class Delivered(Protocol):
+    """An event as stored: when we received it and when the PBX says it happened."""
+
+    @property
+    def received_at(self) -> datetime: ...
+
+    @property
+    def occurred_at(self) -> datetime | None: ...
+
+
+def delivery_delay(event: Delivered) -> timedelta:
     """How late the PBX delivered the event: received_at − occurred_at, never negative (a PBX
     clock ahead of ours is not a delay), zero without an occurred_at (nothing to measure)."""
     if event.occurred_at is None:
