@@ -188,6 +188,11 @@ MIGRATIONS: Sequence[Sequence[str]] = (
         "WHERE post_url NOT LIKE '%/[REDACTED]'",
         "PRAGMA secure_delete = OFF",
     ),
+    # 5: the claim finds each sender's first unfinished event by walking the unfinished
+    # events in id order (`inbox._claim`), which it did anyway; the index on (sender, status,
+    # id) only served that check and cost every webhook insert a page write at a scattered
+    # place (about a fifth of the writer's time per event).
+    ("DROP INDEX events_sender",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

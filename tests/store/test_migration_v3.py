@@ -100,10 +100,11 @@ async def test_v2_to_v3_keeps_data_and_defaults_new_columns(
     assert {"own_numbers", "guard_state"} <= names(db_path, "table")
     indexes = names(db_path, "index")
     assert {
-        "events_sender", "events_open", "actions_phone_rule", "actions_conversation",
-        "actions_auto_reply", "contacts_gen",
+        "events_open", "actions_phone_rule", "actions_conversation", "actions_auto_reply",
+        "contacts_gen",
     } <= indexes  # fmt: skip
     assert not {"events_due", "contacts_table"} & indexes  # replaced
+    assert "events_sender" not in indexes  # made by 3, dropped by 5: the claim walks instead
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         gen = conn.execute("SELECT gen FROM contacts").fetchall()
