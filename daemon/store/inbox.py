@@ -322,9 +322,9 @@ class InboxRepo(Database):
         return None if row is None else from_db(row["t"])
 
 
-# The claim walks unfinished events in id order (the partial index `events_open`), a page of
-# WALK_PAGE at a time, each page one JSON row: one step of SQLite, so the writer thread retakes
-# the GIL once per page, not once per event, beside a busy event loop.
+# The claim walks unfinished events in id order (the partial index `events_open`), a page at a
+# time (at most WALK_PAGE), each page one JSON row: one step of SQLite, so the writer thread
+# retakes the GIL once per page, not once per event, beside a busy event loop.
 WALK_PAGE = 500
 _WALK = (
     "SELECT count(*), json_group_array(json_array(id, sender, next_attempt_at, lease_until)) "
@@ -343,7 +343,7 @@ def _claim(
     until: str,
     exclude: frozenset[int],
     limit: int,
-    page_size: int = WALK_PAGE,
+    max_page: int = WALK_PAGE,
 ) -> list[Any]:
     """Lease and return (as rows) up to `limit` events: each the first unfinished event of its
     sender (or one without a sender), due, unleased and not excluded — on the writer thread.
@@ -358,6 +358,9 @@ def _claim(
     blocked: set[str] = set()  # senders whose first unfinished event has been passed
     chosen: list[int] = []
     after = 0
+    # The events in hand come first in the walk (and block their senders' next ones): the first
+    # page covers them and a few candidates per slot; later pages double, up to max_page.
+    page_size = min(max_page, max(16, len(exclude) + 4 * limit))
     while len(chosen) < limit:
         count, page = raw.execute(_WALK, (after, page_size)).fetchone()
         for event_id, sender, next_at, lease in json.loads(page) if count else ():
@@ -376,6 +379,7 @@ def _claim(
         if count < page_size:
             break
         after = event_id
+        page_size = min(max_page, page_size * 2)
     if not chosen:
         return []
     return raw.execute(_LEASE, (until, json.dumps(chosen))).fetchall()

@@ -192,7 +192,7 @@ MIGRATIONS: Sequence[Sequence[str]] = (
     # events in id order (`inbox._claim`), which it did anyway; the index on (sender, status,
     # id) only served that check and cost every webhook insert a page write at a scattered
     # place (about a fifth of the writer's time per event).
-    ("DROP INDEX events_sender",),
+    ("DROP INDEX IF EXISTS events_sender",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -95,7 +95,7 @@ rows_strategy = st.lists(
         next_attempt_at=st.sampled_from([None, BEFORE, NOW, AFTER]),
         lease_until=st.sampled_from([None, BEFORE, NOW, AFTER]),
     ),
-    max_size=30,
+    max_size=60,
 )
 
 
@@ -104,7 +104,7 @@ rows_strategy = st.lists(
     rows=rows_strategy,
     exclude=st.frozensets(st.integers(1, 30), max_size=5),
     limit=st.integers(1, 8),
-    page=st.integers(1, 7),
+    page=st.integers(1, 40),
 )
 def test_the_walk_claims_what_the_rule_allows(
     rows: list[Row], exclude: frozenset[int], limit: int, page: int
@@ -129,6 +129,20 @@ def test_a_long_queue_of_one_sender_does_not_hide_the_next_sender(
     load(raw, [*rows, Row(b, "pending", None, None)])
     assert claimed(raw, frozenset(), 5, page=4) == [27]
     assert claimed(raw, frozenset(), 5, page=4) == []  # 27 leased; 1 still blocks the rest
+
+
+def test_pages_grow_through_a_long_queue(raw: sqlite3.Connection) -> None:
+    """From a first page sized to the request to WALK_PAGE, doubling: 1,200 events of a sender
+    whose first is in flight, then another sender's."""
+    a, b = "+15550000001", "+15550000002"
+    rows = [Row(a, "pending", None, AFTER)] + [Row(a, "pending", None, None)] * 1199
+    load(raw, [*rows, Row(b, "pending", None, None)])
+    walked: list[str] = []
+    raw.set_trace_callback(walked.append)
+    assert claimed(raw, frozenset(), 1) == [1201]
+    raw.set_trace_callback(None)
+    limits = [int(s.rsplit("LIMIT ", 1)[1].split(")")[0]) for s in walked if "json_group" in s]
+    assert limits == [16, 32, 64, 128, 256, 500, 500]  # 1,496 >= 1,201: the last is short
 
 
 def test_an_excluded_event_still_holds_its_senders_queue(raw: sqlite3.Connection) -> None:
