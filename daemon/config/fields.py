@@ -22,6 +22,10 @@ MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 # A count in the config (`max_concurrency`, `max_attempts`...): a TOML integer only. Lax
 # validation took `true` for 1, `"8"` for 8 and `8.0` for 8 — a careless value read as another.
 Count = Annotated[int, Strict()]
+# A switch in the config (`enabled`, `continue`, `backfill`...): a TOML boolean only. Lax
+# validation read `enabled = "no"`, `"off"` and `0` as false and `"yes"` or `1` as true:
+# quoting or numbering a switch is a slip that should be named, not guessed at.
+Flag = Annotated[bool, Strict()]
 KiB, GiB = 1024, 1024**3
 
 

@@ -29,6 +29,7 @@ from daemon.config.fields import (
     DAY,
     HOUR,
     Count,
+    Flag,
     GiB,
     HttpUrl,
     Model,
@@ -103,7 +104,7 @@ class DaemonSettings(Model):
     shutdown_timeout: Annotated[Duration, between(maximum=HOUR, positive=True)] = 30.0
     # At least an hour: `retention = 90` is ninety seconds, and would prune everything.
     retention: Annotated[Duration, between(minimum=HOUR)] = 90 * 86400.0
-    allow_insecure_config: bool = False
+    allow_insecure_config: Flag = False
     business_hours: BusinessHours | None = None
     dispatch: DispatchSettings = DispatchSettings()
 
@@ -180,7 +181,7 @@ class NetsapiensWebhookSettings(Model):
     domain: str = "*"
     # The keeper asks for 24-hour subscriptions: renewing before half of that is no setting.
     renew_before: Annotated[Duration, between(maximum=DAY / 2, positive=True)] = 900.0
-    backfill: bool = True
+    backfill: Flag = True
     allow_from: list[Network] = []
     own_numbers: list[PhoneNumber] = []
     upstream: str = "netsapiens"
@@ -318,12 +319,12 @@ class Rule(Model):
     action: Literal["sms_reply", "halo_ticket", "ignore"]
     text: str | None = None
     ticket: dict[str, Any] | None = None
-    thread: bool = False
+    thread: Flag = False
     # notes per threaded ticket, then a new one
     max_notes: Count = Field(default=50, ge=1, le=10_000)
     cooldown: Duration | None = None
-    continue_: bool = Field(default=False, alias="continue")
-    enabled: bool = True
+    continue_: Flag = Field(default=False, alias="continue")
+    enabled: Flag = True
     sms_upstream: str | None = None
     halo_upstream: str | None = None
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.config import Settings, load_settings, parse_settings
 from daemon.errors import ConfigError
-from tests.test_config import BASE, ENV, hook
+from tests.test_config import BASE, ENV, hook, rule
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -106,6 +106,13 @@ def with_job(**fields: str) -> str:
         ("[daemon.dispatch]\nlease = '1ms'\n" + BASE, "daemon.dispatch.lease", "at least 30s"),
         ("[daemon.dispatch]\nbackoff = '2h'\nbackoff_cap = '1h'\n" + BASE,
          "daemon.dispatch.backoff", "at most `backoff_cap`"),
+        # A switch is a TOML boolean: lax validation read "no", "off" and 0 as false.
+        ("[daemon]\nallow_insecure_config = 'yes'\n" + BASE, "daemon.allow_insecure_config",
+         "valid boolean"),
+        (BASE + hook(backfill="no"), "webhooks.netsapiens.backfill", "valid boolean"),
+        (BASE + hook(backfill=0), "webhooks.netsapiens.backfill", "valid boolean"),
+        (BASE + hook() + rule(enabled="false"), "rules[0].enabled", "valid boolean"),
+        (BASE + hook() + rule(**{"continue": 1}), "rules[0].continue", "valid boolean"),
     ],
 )  # fmt: skip
 def test_bad_values_are_exit_2(tmp_path: Path, text: str, path: str, words: str) -> None:
