@@ -112,8 +112,9 @@ JSON_PROBE = "SELECT json_group_array(json_array(1)), json_each.value FROM json_
 
 
 async def _require_json(conn: aiosqlite.Connection) -> None:
-    """Record writes read existing rows back as one JSON row (`records._upsert`) and the inbox
-    looks keys up through `json_each` (`ingest`): say so at open, not at the first write.
+    """Record writes and the inbox read rows back as one JSON row (`records._upsert`,
+    `ingest`), and claims pass id lists through `json_each` (`inbox`): say so at open, not at
+    the first write.
     SQLite has had the JSON functions built in since 3.38; nearly every 3.35-3.37 build has
     them enabled."""
     try:

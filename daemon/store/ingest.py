@@ -18,7 +18,7 @@ from datetime import datetime
 
 from daemon.crashpoints import crashpoint
 from daemon.errors import StoreError
-from daemon.store.util import to_db, value_marks
+from daemon.store.util import chunked, placeholders, to_db, value_marks
 
 __all__ = ["EVENT_VIA", "InsertedEvent", "NewEvent", "insert_batch", "to_row"]
 
@@ -62,7 +62,6 @@ def _insert_sql(rows: int, returning: bool = True) -> str:
     return _INSERT_HEAD + value_marks(len(_FIELDS), rows) + (_RETURNING if returning else "")
 
 
-_EXISTING = "SELECT id, dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(?))"
 # Both ends of a plain INSERT's rows, checked in one step (see `_insert_new`).
 _ENDS = (
     "SELECT (SELECT dedupe_key FROM events WHERE id = ?) IS ?"
@@ -122,8 +121,25 @@ def _insert_new(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int
     first = last - len(part) + 1
     if conn.execute(_ENDS, (first, keys[0], last, keys[-1])).fetchone()[0] == 1:
         return {key: first + i for i, key in enumerate(keys)}
-    found = conn.execute(_EXISTING, (json.dumps(keys, ensure_ascii=False),)).fetchall()
-    return {str(key): int(new_id) for new_id, key in found}
+    return _stored(conn, keys)
+
+
+def _stored(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, int]:
+    """The ids of those of `keys` already stored.
+
+    The keys go in as bound parameters and the answer comes back as one JSON row (one step):
+    `json_each(?)` over a JSON list of keys ends each text at its first NUL, so a redelivered
+    key holding one was not found and the delivery got a 500 (the listener fuzz test found
+    it); `json_array` keeps a NUL (as `\\u0000`)."""
+    out: dict[str, int] = {}
+    for chunk in chunked(keys):
+        ((found,),) = conn.execute(
+            "SELECT json_group_array(json_array(id, dedupe_key)) FROM events "
+            f"WHERE dedupe_key IN ({placeholders(len(chunk))})",
+            chunk,
+        ).fetchall()
+        out.update({str(key): int(event_id) for event_id, key in json.loads(found)})
+    return out
 
 
 def _insert_returning(conn: sqlite3.Connection, part: Sequence[_Row]) -> dict[str, int]:
@@ -150,8 +166,7 @@ def insert_batch(
     missing = sorted({row[2] for row in rows} - created.keys())
     stored: dict[str, int] = {}
     if missing:
-        found = conn.execute(_EXISTING, (json.dumps(missing, ensure_ascii=False),)).fetchall()
-        stored = {str(key): int(old_id) for old_id, key in found}
+        stored = _stored(conn, missing)
     claimed: set[str] = set()
     out: list[list[InsertedEvent]] = []
     for request in requests:

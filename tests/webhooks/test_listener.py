@@ -397,3 +397,19 @@ async def test_lone_surrogates_are_stored_repaired(hook: Hook, http: aiohttp.Cli
     (row,) = await hook.store.list_events()
     assert row.dedupe_key == "netsapiens:message:id-\ufffd"
     assert "\\ud800" not in row.payload and "\ufffd" in row.payload
+
+
+async def test_an_id_holding_a_nul_is_deduplicated_like_any_other(
+    hook: Hook, http: aiohttp.ClientSession
+) -> None:
+    """Found by the listener fuzz test: SQLite's `json_each` ends text at a NUL, so the look-up
+    of a redelivered key holding one came back empty and the redelivery got a 500."""
+    body = batch(message("a\u0000b"), message("a\u0000c"))
+    assert b"\\u0000" in body
+    status, text = await post(http, hook.path(), body)
+    assert (status, json.loads(text)["accepted"]) == (200, 2)
+    status, text = await post(http, hook.path(), body)
+    assert status == 200
+    assert json.loads(text) == {"accepted": 0, "duplicates": 2, "rejected": 0}
+    keys = {r.dedupe_key for r in await hook.store.list_events()}
+    assert keys == {"netsapiens:message:a\x00b", "netsapiens:message:a\x00c"}
