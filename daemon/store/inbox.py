@@ -363,7 +363,9 @@ def _claim(
     page_size = min(max_page, max(16, len(exclude) + 4 * limit))
     while len(chosen) < limit:
         count, page = raw.execute(_WALK, (after, page_size)).fetchone()
-        for event_id, sender, next_at, lease in json.loads(page) if count else ():
+        # Sorted here: the order inside an aggregate is not promised before SQLite 3.44.
+        rows = sorted(json.loads(page), key=lambda row: row[0]) if count else []
+        for event_id, sender, next_at, lease in rows:
             if sender is not None:
                 if sender in blocked:
                     continue

@@ -9,9 +9,11 @@ tests drive it with pages of every size, so a sender's queue spanning pages is c
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -152,3 +154,22 @@ def test_an_excluded_event_still_holds_its_senders_queue(raw: sqlite3.Connection
     load(raw, [Row(a, "pending", None, None), Row(a, "pending", None, None)])
     assert claimed(raw, frozenset({1}), 5) == []
     assert claimed(raw, frozenset(), 5) == [1]
+
+
+def test_a_page_in_any_order_is_walked_in_id_order(raw: sqlite3.Connection) -> None:
+    """SQLite before 3.44 does not promise the order inside `json_group_array`; nothing here
+    can make this one reorder, so a wrapper hands the walk each page reversed."""
+    a = "+15550000001"
+    load(raw, [Row(a, "pending", None, None), Row(a, "pending", None, None)] * 20)
+
+    class Reversing:
+        def execute(self, sql: str, params: Any) -> Any:
+            cursor = raw.execute(sql, params)
+            if not sql.startswith("SELECT count(*), json_group_array"):
+                return cursor
+            count, page = cursor.fetchone()
+            rows = list(reversed(json.loads(page))) if count else []
+            return raw.execute("SELECT ?, ?", (count, json.dumps(rows)))
+
+    got = inbox._claim(Reversing(), NOW, UNTIL, frozenset(), 5, 4)  # type: ignore[arg-type]
+    assert [int(r[0]) for r in got] == [1]  # the sender's first, not the last of a page
