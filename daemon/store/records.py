@@ -37,6 +37,7 @@ from daemon.store.util import (
     encode_record,
     placeholders,
     quote_ident,
+    rows_where_in,
     to_db,
     validate_table_name,
     value_rows,
@@ -110,15 +111,9 @@ def _upsert_pages(raw: sqlite3.Connection, pages: Sequence[_PageWrite]) -> list[
 def _upsert(raw: sqlite3.Connection, page: _PageWrite) -> UpsertResult:
     q, now, seen, period = page.table, page.now, page.seen, page.period
     ids = list(page.prepared)
-    existing: dict[str, tuple[str | None, str | None]] = {}
-    for chunk in chunked(ids):
-        # One row holding them all (`value_rows` says why few steps matter).
-        ((found,),) = raw.execute(
-            "SELECT json_group_array(json_array(id, hash, deleted_at)) "
-            f"FROM {q} WHERE id IN ({placeholders(len(chunk))})",
-            chunk,
-        ).fetchall()
-        existing.update({rid: (h, d) for rid, h, d in json.loads(found)})
+    existing: dict[str, tuple[str | None, str | None]] = {
+        rid: (h, d) for rid, h, d in rows_where_in(raw, q, "id", ids, "id, hash, deleted_at")
+    }
     inserts: list[tuple[Any, ...]] = []
     changed: list[tuple[Any, ...]] = []
     revived: list[str] = []  # tombstoned append-only rows that came back: kept as is
