@@ -30,6 +30,7 @@ from typing import Any
 
 import aiosqlite
 
+from daemon.canonical import repair_surrogates
 from daemon.errors import StoreError
 from daemon.store.db import Database, execute, query
 from daemon.store.util import (
@@ -213,7 +214,10 @@ class RecordsRepo(Database):
         # Serialise and hash here, in the caller's task, to keep the writer's turn short.
         prepared: dict[str, tuple[str, str]] = {}
         for rid, data in records:
-            prepared[str(rid)] = encode_record(data, str(rid))
+            # An id holding a lone surrogate (`"\ud800"` in the upstream's JSON) cannot be bound
+            # (sqlite3 encodes every text to UTF-8): it is kept with U+FFFD, as record data is.
+            key = repair_surrogates(str(rid))
+            prepared[key] = encode_record(data, key)
         if not prepared:
             return UpsertResult()
         now = to_db(self.clock.now())
@@ -339,7 +343,7 @@ class RecordsRepo(Database):
         await self._table_kind(table)
         row = await self.fetchone(
             f"SELECT data FROM {quote_ident(table)} WHERE id = ? AND deleted_at IS NULL",
-            (record_id,),
+            (repair_surrogates(record_id),),
         )
         return None if row is None else dict(json.loads(row["data"]))
 

@@ -317,3 +317,19 @@ async def test_iter_records_cuts_batches_of_large_records_short(
     # batches: r00-r01 (r02 would pass 1000), r02, r03 alone, r04-r05, then r06, r07
     row_reads = [p for p in reads if len(p) == 2 and isinstance(p[1], str)]
     assert [p[1] for p in row_reads] == ["r01", "r02", "r03", "r05", "r06", "r07"]
+
+
+async def test_an_id_holding_a_lone_surrogate_is_kept_with_u_fffd(
+    store: Store, clock: FakeClock
+) -> None:
+    """Found by a hostile-upstream probe: sqlite3 cannot bind such an id (UnicodeEncodeError,
+    untyped), so the page failed on every run and took its other records with it. The id is
+    kept with U+FFFD, as record data is (`daemon.canonical`)."""
+    await store.ensure_record_table("sur")
+    page = [("1", {"a": 1}), ("s\ud800", {"a": 2})]
+    assert (await store.upsert_page("sur", page, run_started_at=clock.now())).inserted == 2
+    clock.advance(1)
+    assert await store.upsert_page("sur", page, run_started_at=clock.now()) == UpsertResult(0, 0, 2)
+    assert [rid async for rid, _ in store.iter_records("sur")] == ["1", "s\ufffd"]
+    assert await store.get_record("sur", "s\ud800") == {"a": 2}
+    assert await store.get_record("sur", "s\ufffd") == {"a": 2}
