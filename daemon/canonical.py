@@ -95,3 +95,26 @@ def repair_surrogates(text: str) -> str:
 
 def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# A lone surrogate in a decoded str can only come from a `\ud800`-style escape in the JSON text
+# (UTF-8 itself cannot carry one); text without `\uD`/`\ud` needs no repair pass.
+SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
+
+
+def may_hold_surrogates(raw: bytes) -> bool:
+    """Whether JSON text `raw` can decode to a lone surrogate (a cheap scan, no parse)."""
+    return any(escape in raw for escape in SURROGATE_ESCAPES)
+
+
+def repair_surrogates_in(value: Any) -> Any:
+    """Decoded JSON `value` with every lone surrogate, in keys and strings, replaced by U+FFFD:
+    nothing downstream (SQLite binds UTF-8, logs write it) can carry one. Recursive: callers
+    bound the depth (a parser's own limit, or a check), or catch `RecursionError`."""
+    if isinstance(value, str):
+        return repair_surrogates(value)
+    if isinstance(value, dict):
+        return {repair_surrogates(str(k)): repair_surrogates_in(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repair_surrogates_in(v) for v in value]
+    return value

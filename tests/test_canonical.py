@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.canonical import REPLACEMENT, canonical_json, canonical_json_hash, sha256_hex
+from daemon.canonical import (
+    REPLACEMENT,
+    canonical_json,
+    canonical_json_hash,
+    may_hold_surrogates,
+    repair_surrogates_in,
+    sha256_hex,
+)
 
 SETTINGS: dict[str, Any] = {
     "sort_keys": True,
@@ -82,3 +89,12 @@ def test_deep_nesting_is_a_recursion_error_not_a_crash() -> None:
         value = [value]
     with pytest.raises(RecursionError):
         canonical_json(value)
+
+
+def test_repair_surrogates_in_keys_strings_and_nesting() -> None:
+    raw = b'{"a\\ud800": ["x\\udfff", {"k": "\\ud83d\\ude00 ok"}], "n": 1, "t": true}'
+    assert may_hold_surrogates(raw)
+    assert not may_hold_surrogates(b'{"a": "\\u00e9"}')
+    value = repair_surrogates_in(json.loads(raw))
+    assert value == {"a\ufffd": ["x\ufffd", {"k": "\U0001f600 ok"}], "n": 1, "t": True}
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # nothing left that UTF-8 refuses

@@ -18,6 +18,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from daemon.canonical import may_hold_surrogates, repair_surrogates_in
 from daemon.clients.errormap import ErrorReader, check_success
 from daemon.errors import (
     MalformedResponse,
@@ -70,9 +71,14 @@ class Response:
         return redact_excerpt(head, self.secrets, cut=len(self.body) > EXCERPT_BYTES)
 
     def parse_json(self) -> Any:
-        """The body as JSON, without judging it; not JSON is a `MalformedResponse`."""
+        """The body as JSON, without judging it; not JSON is a `MalformedResponse`.
+
+        A lone surrogate (`"\\ud800"`, which JSON allows and Unicode does not) becomes U+FFFD
+        here, at the boundary: an id or a message holding one could not be stored (SQLite
+        binds UTF-8), and a record id with one failed its whole page on every run."""
         try:
-            return json.loads(self.body)
+            value = json.loads(self.body)
+            return repair_surrogates_in(value) if may_hold_surrogates(self.body) else value
         except RecursionError as exc:
             raise self._malformed("JSON nested too deeply to read") from exc
         except (ValueError, UnicodeDecodeError) as exc:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from daemon.canonical import repair_surrogates, sha256_hex
+from daemon.canonical import may_hold_surrogates, repair_surrogates_in, sha256_hex
 from daemon.clients.ns_wire import parse_ns_datetime
 from daemon.phones import to_e164
 from daemon.webhooks.body import DEFAULT_MAX_DEPTH, BodyError, load_json, nests_deeper
@@ -288,11 +288,6 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 }
 
 
-# A lone surrogate in a decoded str can only come from a `\ud800`-style escape in the JSON text
-# (UTF-8 itself cannot carry one); a body without `\uD`/`\ud` needs no repair pass.
-_SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
-
-
 def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool, bool]:
     """The elements of `body`; whether their depth is already known to be bounded (raw input
     goes through `load_json`, whose depth cap covers every element); and whether their strings
@@ -305,7 +300,7 @@ def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool
         except BodyError as exc:
             raise PayloadError(exc.reason, exc.kind) from None
         bounded = max_depth <= MAX_ELEMENT_DEPTH + 1  # the array itself is one level
-        clean = not any(escape in raw for escape in _SURROGATE_ESCAPES)
+        clean = not may_hold_surrogates(raw)
     if isinstance(body, dict):
         return [body], bounded, clean
     if isinstance(body, list):
@@ -313,18 +308,6 @@ def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool
     raise PayloadError(
         f"body is JSON {type(body).__name__}, not an object or an array", "not an array"
     )
-
-
-def _repaired(value: Any) -> Any:
-    """`value` with every lone surrogate, in keys and strings, replaced by U+FFFD (SQLite
-    cannot bind one). Depth is bounded by the caller's check."""
-    if isinstance(value, str):
-        return repair_surrogates(value)
-    if isinstance(value, dict):
-        return {repair_surrogates(str(k)): _repaired(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_repaired(v) for v in value]
-    return value
 
 
 def parse_payload(
@@ -354,7 +337,7 @@ def parse_payload(
             rejected.append(Rejected(index, f"element nests deeper than {MAX_ELEMENT_DEPTH}"))
             continue
         if not clean:
-            item = _repaired(item)
+            item = repair_surrogates_in(item)
         try:
             events.append(parser(item, ctx))
         except _Reject as exc:

@@ -112,17 +112,27 @@ async def test_a_bad_record_fails_its_job_alone(
     assert statuses == {"blesta-clients": "failed", "halo-tickets": "ok"}
 
 
+@pytest.mark.parametrize(
+    ("records", "stored"),
+    [
+        ('{"id": "8", "first_name": "Zo\\ud800e"}', {"8": "Zo\ufffde"}),
+        # Found by a hostile-upstream probe: an id holding one could not be bound (an untyped
+        # UnicodeEncodeError), so its page failed on every run and took the page's other
+        # records and every later page with it.
+        ('{"id": "8\\ud800", "first_name": "Zoe"}, {"id": "9"}', {"8\ufffd": "Zoe", "9": None}),
+    ],
+)
 async def test_a_lone_surrogate_is_stored_as_the_replacement_character(
-    tmp_path: Path, halo_url: str
+    tmp_path: Path, halo_url: str, records: str, stored: dict[str, str | None]
 ) -> None:
-    raw = '{"response": [{"id": "8", "first_name": "Zo\\ud800e"}]}'
-    async with serve(blesta_app(Script(rows=clients(1), raw={1: raw}))) as blesta_url:
+    raw = '{"response": [' + records + "]}"
+    async with serve(blesta_app(Script(rows=clients(len(stored)), raw={1: raw}))) as blesta_url:
         config = _config(tmp_path, blesta_url, halo_url)
         code, out, err = await _cli("--config", str(config), "run-once", "blesta-clients")
     assert code == 0, out + err
     with sqlite3.connect(tmp_path / "state.db") as conn:
-        (data,) = conn.execute("SELECT data FROM blesta_clients WHERE id = '8'").fetchone()
-    assert json.loads(data)["first_name"] == "Zo\ufffde"
+        rows = conn.execute("SELECT id, data FROM blesta_clients").fetchall()
+    assert {rid: json.loads(data).get("first_name") for rid, data in rows} == stored
 
 
 async def test_sigterm_records_runs_cancelled_and_prints_the_summary(
