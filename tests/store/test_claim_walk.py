@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.store import inbox
-from daemon.store.schema import MIGRATIONS
+from tests.store.schemas import schema_at
 
 NOW = "2026-01-01T12:00:00.000000+00:00"
 BEFORE = "2026-01-01T11:59:00.000000+00:00"
@@ -39,9 +39,7 @@ class Row:
 @contextlib.contextmanager
 def database() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    for steps in MIGRATIONS:
-        for sql in steps:
-            conn.execute(sql)
+    schema_at(conn)
     try:
         yield conn
     finally:

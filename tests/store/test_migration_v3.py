@@ -11,7 +11,8 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.store import ContactEntry, Store
-from daemon.store.schema import MIGRATIONS, SCHEMA_VERSION
+from daemon.store.schema import SCHEMA_VERSION
+from tests.store.schemas import schema_at
 
 TS = "2025-01-02T03:04:05.000000Z"
 LATER = "2025-01-02T04:00:00.000000Z"
@@ -21,10 +22,7 @@ def make_v2(path: Path) -> None:
     """The layout a version-2 daemon left, with a little of everything in it."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for steps in MIGRATIONS[:2]:
-            for sql in steps:
-                conn.execute(sql)
-        conn.execute("PRAGMA user_version = 2")
+        schema_at(conn, 2)
         events = [
             # (dedupe_key, status, attempts, next_attempt_at, last_error)
             ("pending-leased", "pending", 1, LATER, None),  # claimed by the old claim

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daemon.clock import FakeClock
 from daemon.store import Store
-from daemon.store.schema import MIGRATIONS
+from tests.store.schemas import schema_at
 
 SECRET = "hook-secret-migration-v4-0123456789"
 TS = "2025-01-02T03:04:05.000000Z"
@@ -17,10 +17,7 @@ TS = "2025-01-02T03:04:05.000000Z"
 def make_v3(path: Path, urls: list[str]) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for steps in MIGRATIONS[:3]:
-            for sql in steps:
-                conn.execute(sql)
-        conn.execute("PRAGMA user_version = 3")
+        schema_at(conn, 3)
         conn.executemany(
             "INSERT INTO subscriptions (id, model, post_url, expires_at, status, updated_at) "
             "VALUES (?, 'message', ?, NULL, 'active', ?)",
