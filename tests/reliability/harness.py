@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sqlite3
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -37,55 +35,12 @@ from daemon.sandbox.halo_sim import HaloState
 from daemon.sandbox.netsapiens_state import NetsapiensState
 from daemon.sandbox.orchestra import OWN_NUMBER, WEBHOOK_SECRET, Sandbox, run_sandbox
 from daemon.sync.batch import burst
-from tests.localnet import NotifySocket, free_port, pump_json_lines
+from tests.daemon_proc import TIMEOUT, Daemon, spawn
+from tests.localnet import NotifySocket, free_port
 
-TIMEOUT = 30.0
 OURS = OWN_NUMBER.lstrip("+")  # the DID the PBX delivers to, as the PBX spells it
 FINAL_EVENTS = ("done", "ignored", "dead")
 FINAL_ACTIONS = ("sent", "dead")
-
-
-@dataclass
-class Daemon:
-    """One `daemon run` process; `log` fills with its JSON lines as they come."""
-
-    proc: asyncio.subprocess.Process
-    notify: NotifySocket
-    log: list[dict[str, Any]] = field(default_factory=list)
-    pump: asyncio.Task[None] | None = None
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.log if e.get("event") == name]
-
-    async def wait_log(self, name: str) -> dict[str, Any]:
-        """The first `name` line (bounded polling of the other process's output)."""
-        async with asyncio.timeout(TIMEOUT):
-            while not self.events(name):
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"the daemon exited {self.proc.returncode} before {name}")
-                await asyncio.sleep(0.02)
-        return self.events(name)[0]
-
-    async def wait_exit(self) -> int:
-        async with asyncio.timeout(TIMEOUT):
-            code = await self.proc.wait()
-        if self.pump is not None:
-            async with asyncio.timeout(TIMEOUT):
-                await self.pump  # every line it wrote is in `log`
-        return code
-
-    async def stop(self) -> int:
-        """SIGTERM and the exit code (0 for a clean stop)."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await self.wait_exit()
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-
-    def tracebacks(self) -> list[dict[str, Any]]:
-        return [e for e in self.log if "Traceback" in json.dumps(e)]
 
 
 @dataclass
@@ -125,13 +80,7 @@ class World:
         env.update(NOTIFY_SOCKET=str(path), WATCHDOG_USEC="2000000")
         if crash_at is not None:
             env[CRASH_ENV] = crash_at
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run", "--config", str(self.sb.config_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        d = Daemon(proc, notify)
-        d.pump = asyncio.get_running_loop().create_task(pump_json_lines(proc.stdout, d.log))
+        d = await spawn(self.sb.config_path, notify, env)
         self.daemons.append(d)
         if ready:
             await notify.expect("READY")
@@ -169,7 +118,7 @@ class World:
 
     async def settled(self, d: Daemon) -> None:
         """The restarted daemon's gap filler has run and every event and action is final."""
-        await d.wait_log("backfill.finished")
+        await d.wait_for("backfill.finished")
         try:
             async with asyncio.timeout(TIMEOUT):
                 while self.open_work() != (0, 0):

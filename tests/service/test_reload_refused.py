@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
-from tests.service.daemon_proc import TIMEOUT, Daemon, start_daemon
+from tests.daemon_proc import TIMEOUT, Daemon, start_daemon
 from tests.service.sandboxes import service_sandbox
 
 LATIN1_VAR = "TEST_BLESTA_KEY_LATIN1"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
-from tests.service.daemon_proc import TIMEOUT, start_daemon
+from tests.daemon_proc import TIMEOUT, start_daemon
 from tests.service.sandboxes import service_sandbox
 
 
