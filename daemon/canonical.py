@@ -97,14 +97,12 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-# A lone surrogate in a decoded str can only come from a `\ud800`-style escape in the JSON text
-# (UTF-8 itself cannot carry one); text without `\uD`/`\ud` needs no repair pass.
-SURROGATE_ESCAPES = (b"\\ud", b"\\uD")
-
-
 def may_hold_surrogates(raw: bytes) -> bool:
-    """Whether JSON text `raw` can decode to a lone surrogate (a cheap scan, no parse)."""
-    return any(escape in raw for escape in SURROGATE_ESCAPES)
+    """Whether JSON text `raw` can decode to a lone surrogate (a cheap scan, no parse).
+
+    A lone surrogate in a decoded str can only come from a `\\ud800`-style escape in the JSON
+    text (UTF-8 itself cannot carry one); text without `\\uD`/`\\ud` needs no repair pass."""
+    return b"\\ud" in raw or b"\\uD" in raw
 
 
 def repair_surrogates_in(value: Any) -> Any:
