@@ -13,6 +13,7 @@ from typing import Any
 from daemon.canonical import canonical_json as _canonical
 from daemon.canonical import repair_surrogates, sha256_hex
 from daemon.clients.ns_wire import parse_ns_datetime
+from daemon.isotime import iso_text
 
 __all__ = [
     "SOURCE",
@@ -80,9 +81,17 @@ class Event:
     duration: int | None
     dedupe_key: str
     raw: dict[str, Any] = field(compare=False)
+    # `raw` as the PBX wrote it, when the parser could take it from the body whole (see
+    # `to_json`); None otherwise.
+    raw_json: str | None = field(default=None, compare=False, repr=False)
 
     def as_context(self) -> dict[str, Any]:
         """The `event` object of rule templates and `match` (DESIGN §3)."""
+        context = self._normalised()
+        context["raw"] = self.raw
+        return context
+
+    def _normalised(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "source": self.source,
@@ -93,16 +102,22 @@ class Event:
             "session_id": self.session_id,
             "domain": self.domain,
             "user": self.user,
-            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
+            "occurred_at": iso_text(self.occurred_at) if self.occurred_at else None,
             "duration": self.duration,
             "dedupe_key": self.dedupe_key,
-            "raw": self.raw,
         }
 
     def to_json(self) -> str:
         """What the inbox stores as `payload`: the normalised event, so the dispatcher need
-        not know which model or default region produced it."""
-        return canonical_json(self.as_context())
+        not know which model or default region produced it.
+
+        When the parser kept the element's own text (`raw_json`), that text is the `raw` value
+        as it came: it already is JSON, and encoding the parsed copy again was half of making
+        the payload, the largest single cost of parsing a webhook. The payload is read back
+        with `from_json` and shown by `events show`; nothing hashes or compares it as text."""
+        if self.raw_json is None:
+            return canonical_json(self.as_context())
+        return canonical_json(self._normalised())[:-1] + ',"raw":' + self.raw_json + "}"
 
     @classmethod
     def from_json(cls, text: str) -> Event:

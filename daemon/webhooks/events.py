@@ -92,9 +92,10 @@ def _number(value: str | None, region: str) -> str | None:
 class _Ctx:
     """What every model parser needs besides the object."""
 
-    def __init__(self, model: str, region: str):
+    def __init__(self, model: str, region: str, raw_json: str | None = None):
         self.model = model
         self.region = region
+        self.raw_json = raw_json  # the one element's own text (see `_element_text`)
 
     def key(self, obj: Mapping[str, Any], ident: str | None) -> str:
         return f"{SOURCE}:{self.model}:{ident}" if ident else _hash_key(self.model, obj)
@@ -113,7 +114,12 @@ class _Ctx:
         }
         values.update(kw)
         return Event(
-            source=SOURCE, kind=kind, dedupe_key=self.key(obj, ident), raw=dict(obj), **values
+            source=SOURCE,
+            kind=kind,
+            dedupe_key=self.key(obj, ident),
+            raw=dict(obj),
+            raw_json=self.raw_json,
+            **values,
         )
 
 
@@ -288,23 +294,57 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 }
 
 
-def _load(body: Any, max_depth: int, max_elements: int) -> tuple[list[Any], bool, bool]:
-    """The elements of `body`; whether their depth is already known to be bounded (raw input
-    goes through `load_json`, whose depth cap covers every element); and whether their strings
-    may hold lone surrogates (decoded input always may)."""
-    bounded, clean = False, False
-    if isinstance(body, (bytes, bytearray, memoryview, str)):
-        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
-        try:
-            body = load_json(raw, max_depth=max_depth, max_elements=max_elements)
-        except BodyError as exc:
-            raise PayloadError(exc.reason, exc.kind) from None
-        bounded = max_depth <= MAX_ELEMENT_DEPTH + 1  # the array itself is one level
-        clean = not may_hold_surrogates(raw)
+class _Loaded:
+    """The elements of a body, and what is known of them: whether their depth is bounded
+    (raw input goes through `load_json`, whose depth cap covers every element), whether their
+    strings may hold lone surrogates (decoded input always may), and the text of the one
+    element, when the body is one object (the usual webhook)."""
+
+    def __init__(self, items: list[Any], bounded: bool, clean: bool, text: str | None):
+        self.items = items
+        self.bounded = bounded
+        self.clean = clean
+        self.text = text
+
+
+def _element_text(raw: bytes, items: list[Any]) -> str | None:
+    """The JSON text of the body's only element, cut from `raw`, or None.
+
+    JSON's grammar makes the cut exact: a body that parsed as `[`, one object and `]` (or as
+    one object) holds that object's text between its outer brackets, once the whitespace JSON
+    allows is stripped. Only for a body without surrogate escapes (the caller checks), so the
+    text decodes to what the parsed element holds."""
+    if len(items) != 1 or not isinstance(items[0], dict):
+        return None
+    text = raw.strip()
+    if text.startswith(b"["):
+        text = text[1:-1].strip()
+    return text.decode("utf-8") if text.startswith(b"{") else None
+
+
+def _load(body: Any, max_depth: int, max_elements: int) -> _Loaded:
+    if not isinstance(body, (bytes, bytearray, memoryview, str)):
+        return _Loaded(_items(body), bounded=False, clean=False, text=None)
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+    try:
+        decoded = load_json(raw, max_depth=max_depth, max_elements=max_elements)
+    except BodyError as exc:
+        raise PayloadError(exc.reason, exc.kind) from None
+    items = _items(decoded)
+    clean = not may_hold_surrogates(raw)
+    return _Loaded(
+        items,
+        bounded=max_depth <= MAX_ELEMENT_DEPTH + 1,  # the array itself is one level
+        clean=clean,
+        text=_element_text(raw, items) if clean else None,
+    )
+
+
+def _items(body: Any) -> list[Any]:
     if isinstance(body, dict):
-        return [body], bounded, clean
+        return [body]
     if isinstance(body, list):
-        return body, bounded, clean
+        return body
     raise PayloadError(
         f"body is JSON {type(body).__name__}, not an object or an array", "not an array"
     )
@@ -323,20 +363,20 @@ def parse_payload(
     `body` is raw bytes/text or already-decoded JSON: an array of objects or one object.
     `max_depth` and `max_elements` bound raw input (see `body.load_json`); by default a body's
     size is left to the caller, who read it."""
-    items, bounded, clean = _load(body, max_depth, max_elements)
+    loaded = _load(body, max_depth, max_elements)
     name = (model or "").strip().lower()
-    ctx = _Ctx(name, default_region)
+    ctx = _Ctx(name, default_region, loaded.text)
     parser = _PARSERS.get(name, _other)
     events: list[Event] = []
     rejected: list[Rejected] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(loaded.items):
         if not isinstance(item, dict):
             rejected.append(Rejected(index, f"element is {type(item).__name__}, not an object"))
             continue
-        if not bounded and nests_deeper(item, MAX_ELEMENT_DEPTH):
+        if not loaded.bounded and nests_deeper(item, MAX_ELEMENT_DEPTH):
             rejected.append(Rejected(index, f"element nests deeper than {MAX_ELEMENT_DEPTH}"))
             continue
-        if not clean:
+        if not loaded.clean:
             item = repair_surrogates_in(item)
         try:
             events.append(parser(item, ctx))

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.phones import to_e164
 from daemon.webhooks.event import Event, ParseResult, PayloadError, body_hash
@@ -332,3 +334,65 @@ def test_body_hash_edges() -> None:
     assert body_hash("balance") != body_hash("balance!")
     assert body_hash("x\ud800") == body_hash("x\ufffd")
     assert len(body_hash("hello") or "") == 64
+
+
+# -- the payload keeps a one-element body's own text as `raw` ---------------------------------
+
+
+def test_payload_keeps_the_one_elements_text_as_it_came() -> None:
+    element = json.dumps({**INBOUND, "text": "caf\u00e9 \u2603"}, ensure_ascii=True, indent=1)
+    body = f" [\n {element}\n] \n".encode()
+    event = one_of(parse_payload("message", body))
+    assert event.raw_json == element
+    payload = event.to_json()
+    assert payload.endswith(f',"raw":{element}}}')
+    assert Event.from_json(payload) == event and Event.from_json(payload).raw == event.raw
+    assert Event.from_json(payload).raw["text"] == "caf\u00e9 \u2603"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps([INBOUND, OUTBOUND]),  # two elements: each encoded
+        "\ufeff" + json.dumps([INBOUND]),  # a BOM: not cut
+        json.dumps([{**INBOUND, "text": "\ud800"}]),  # a surrogate escape: repaired first
+        json.dumps([[INBOUND]]),  # not an object
+    ],
+)
+def test_payload_is_encoded_when_the_text_cannot_be_cut(body: str) -> None:
+    for event in parse_payload("message", body.encode("utf-8", "surrogatepass")).events:
+        assert event.raw_json is None
+        payload = event.to_json()
+        payload.encode("utf-8")  # storable
+        assert Event.from_json(payload) == event and Event.from_json(payload).raw == event.raw
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.dictionaries(st.text(), _json_values, max_size=4),
+    in_array=st.booleans(),
+    ascii_only=st.booleans(),
+    pad=st.sampled_from(["", " ", "\n", "\t\r\n "]),
+)
+def test_a_kept_element_text_reads_back_as_the_parsed_element(
+    extra: dict[str, object], in_array: bool, ascii_only: bool, pad: str
+) -> None:
+    element = {**extra, **INBOUND}
+    text = json.dumps(element, ensure_ascii=ascii_only)
+    body = f"{pad}[{pad}{text}{pad}]{pad}" if in_array else f"{pad}{text}{pad}"
+    event = one_of(parse_payload("message", body.encode("utf-8", "surrogatepass")))
+    payload = event.to_json()
+    payload.encode("utf-8")  # storable, whatever the element held
+    back = Event.from_json(payload)
+    assert back == event and back.raw == event.raw == json.loads(payload)["raw"]
