@@ -4,7 +4,6 @@ webhook deliveries produces no duplicates (same dedupe keys on both paths)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -344,8 +343,8 @@ async def test_backfilled_events_say_via_backfill_with_sender_time_and_body_hash
     assert sms.received_at == ns_clock.now()
     # exactly what the listener would have stored for the same object, apart from `via`
     event = parse_payload("message", [msg]).events[0]
-    assert sms == replace(
-        new_event(event, via="webhook", received_at=ns_clock.now()), via="backfill"
+    assert sms == new_event(event, via="webhook", received_at=ns_clock.now())._replace(
+        via="backfill"
     )
     rows = {r.kind: r for r in await ns_store.list_events()}
     assert rows["message.received"].via == rows["call.missed"].via == "backfill"
