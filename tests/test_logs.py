@@ -292,3 +292,8 @@ def test_mask_webhook_url(url: str, masked: str) -> None:
 def test_mask_webhook_url_masks_a_known_secret_anywhere() -> None:
     url = "https://hooks.example.com/SECRET-in-public-url/message/SECRET-in-public-url"
     assert "SECRET" not in mask_webhook_url(url, ["SECRET-in-public-url"])
+
+
+def test_records_skip_the_call_site_look_up_no_line_renders() -> None:
+    configure_logging("info", "json", stream=io.StringIO())
+    assert logging._srcfile is None
