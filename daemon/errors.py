@@ -148,6 +148,16 @@ class ServerError(UpstreamUnavailable):
     """5xx, or a non-API error page (HTML from a proxy)."""
 
 
+class BudgetExhausted(UpstreamUnavailable):
+    """Our own rate budget for the upstream has no room for an action's request within the
+    wait an action may spend (`daemon.clients.priority`). Nothing was sent; `retry_in` is
+    the wait in seconds before room is expected."""
+
+    def __init__(self, message: str, *, retry_in: float, **kw: object):
+        self.retry_in = retry_in
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
 class RateLimited(UpstreamUnavailable):
     """429. `retry_after` is the wait in seconds the upstream asked for, when it said."""
 

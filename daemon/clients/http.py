@@ -28,11 +28,12 @@ from yarl import URL
 
 from daemon import __version__
 from daemon.clients.errormap import ErrorReader, map_error
-from daemon.clients.priority import for_action
-from daemon.clients.ratelimit import RateBudget, RateLimit
+from daemon.clients.priority import ACTION_BUDGET_WAIT, ActionScope, current_action
+from daemon.clients.ratelimit import NoRoom, RateBudget, RateLimit
 from daemon.clients.response import ACCEPT_ENCODING, Response, parse_retry_after, read_capped
 from daemon.clock import Clock
 from daemon.errors import (
+    BudgetExhausted,
     ConnectError,
     NetworkError,
     RateLimited,
@@ -203,9 +204,9 @@ class UpstreamSession:
                 raise RuntimeError(f"session for {self.name} is not open")
             method = method.upper()
             idem = method in IDEMPOTENT if idempotent is None else idempotent
-            priority = for_action()
+            action = current_action()
             retries = self.options.max_retries if max_retries is None else max_retries
-            if priority:
+            if action is not None:
                 retries = 0  # the dispatcher owns an action's retries (daemon.clients.priority)
             url = self.url(path)
             auth_retried = False
@@ -223,10 +224,13 @@ class UpstreamSession:
                     # whenever more than max_concurrency were waiting. The budget is taken inside
                     # the slot so a recorded start is (almost) the moment the request leaves.
                     async with self._slots:
-                        if self.budget is not None:
-                            await self.budget.acquire(priority=priority)
+                        await self._take_budget(action, method, url)
+                        if action is not None:
+                            action.sent += 1
                         started = self.clock.monotonic()
                         resp = await self._send(method, url, params, data, json_body, req_headers)
+                except BudgetExhausted:
+                    raise  # nothing left: the dispatcher defers the action
                 except UpstreamError as exc:
                     self._observe(exc.status)
                     wait = self.backoff(attempt)
@@ -279,6 +283,25 @@ class UpstreamSession:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+
+    async def _take_budget(self, action: ActionScope | None, method: str, url: URL) -> None:
+        """A start in the rate budget: a sync waits its turn; an action draws on the reserved
+        share too, but waits at most ACTION_BUDGET_WAIT (`BudgetExhausted` past that)."""
+        if self.budget is None:
+            return
+        if action is None:
+            await self.budget.acquire()
+            return
+        try:
+            await self.budget.acquire(priority=True, max_wait=ACTION_BUDGET_WAIT)
+        except NoRoom as full:
+            raise BudgetExhausted(
+                f"rate budget spent; room again in {full.retry_in:.0f} s",
+                retry_in=full.retry_in,
+                upstream=self.name,
+                method=method,
+                path=url.path,
+            ) from None
 
     def _observe(self, status: int | None) -> None:
         """Tell `on_response` about one attempt; an observer's failure never fails a request

@@ -16,6 +16,15 @@ from daemon.config.values import RateLimit
 __all__ = ["RateBudget", "RateLimit"]
 
 
+class NoRoom(Exception):
+    """The budget has no room within the caller's `max_wait`; `retry_in` is the wait it
+    would have needed (a lower bound when others queue for the same room)."""
+
+    def __init__(self, retry_in: float):
+        super().__init__(f"no room in the rate budget for {retry_in:.1f} s")
+        self.retry_in = retry_in
+
+
 class RateBudget:
     """Grants at most `limit.count` starts in any window of `limit.per` seconds, in FIFO order."""
 
@@ -52,13 +61,21 @@ class RateBudget:
         # The start whose expiry brings the count below `cap`.
         return self.window - (now - self._starts[len(self._starts) - cap])
 
-    async def acquire(self, *, priority: bool = False) -> None:
+    async def acquire(self, *, priority: bool = False, max_wait: float | None = None) -> None:
         """Wait until a request may start, then record it. Priority callers (actions) queue
-        apart from the others and may use the reserved share too."""
+        apart from the others and may use the reserved share too.
+
+        With `max_wait`, raise `NoRoom` (recording nothing) rather than start later than
+        `max_wait` seconds from now. Callers queued in one lane each check their own deadline,
+        and the one ahead gives up by its earlier deadline, so no caller waits much longer
+        than `max_wait` in all."""
         cap = self.limit.count if priority else self.limit.count - self.reserved
         lock = self._priority_lock if priority else self._lock
+        deadline = None if max_wait is None else self._clock.monotonic() + max_wait
         async with lock:  # FIFO within a lane: later callers queue behind the one waiting
             while (wait := self._wait_needed(cap)) > 0:
+                if deadline is not None and self._clock.monotonic() + wait > deadline:
+                    raise NoRoom(wait)
                 self.waited += wait
                 await self._clock.sleep(wait)
             self._starts.append(self._clock.monotonic())

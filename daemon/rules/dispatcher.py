@@ -31,18 +31,19 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.clients.priority import action_requests
+from daemon.clients.priority import ActionScope, action_requests
 from daemon.clock import Clock
 from daemon.config.dispatch import DispatchSettings
 from daemon.crashpoints import crashpoint
 from daemon.errors import (
     AuthError,
+    BudgetExhausted,
     ConnectError,
     DaemonError,
     RuleError,
@@ -337,10 +338,13 @@ class Dispatcher:
             return
         if uncertain:
             try:
-                with action_requests():
+                with action_requests() as scope:
                     since = await self._since(action, row)
                     found = await self._find_done(action, request, since)
             except DaemonError as exc:
+                if _nothing_sent(exc, scope):
+                    await self._defer(row, action, exc)
+                    return
                 # Not knowing is not "not sent": resending could double the ticket or SMS.
                 # The attempt fails, stays uncertain, and the next one looks again.
                 await self._failed(row, action, exc, uncertain=True, stage="look-up")
@@ -356,12 +360,15 @@ class Dispatcher:
                 return
             log.info("action.not_found", event_id=row.id, rule=action.rule, kind=action.kind)
         try:
-            with action_requests():
+            with action_requests() as scope:
                 await self.store.start_attempt(action.id)
                 crashpoint("before_call")
                 outcome = await self._run(action, request)
                 crashpoint("after_call")
         except DaemonError as exc:
+            if _nothing_sent(exc, scope):
+                await self._defer(row, action, exc)
+                return
             await self._failed(row, action, exc, uncertain=_is_uncertain(exc))
             return
         if uncertain:  # the record says this send came after a look-up that found nothing
@@ -471,6 +478,26 @@ class Dispatcher:
             retry_in = (next_at - self.clock.now()).total_seconds()
             log.warning("action.failed", **fields, retry_in_s=round(retry_in, 1))
 
+    async def _defer(self, row: EventRow, action: ActionRow, exc: BudgetExhausted) -> None:
+        """The upstream's rate budget had no room and nothing of this attempt left: put the
+        action back until there is room, its slot free for other senders' replies. Not an
+        attempt (the budget refills every window, so this cannot go on for ever, and counting
+        it would make a burst kill actions the upstream never saw); a little jitter, so the
+        deferred do not all come back at the same moment."""
+        delay = max(1.0, exc.retry_in) * self._rng.uniform(1.0, 1.2)
+        await self.store.defer_action(
+            action.id,
+            next_attempt_at=self.clock.now() + timedelta(seconds=delay),
+            error=redact_text(f"deferred: {exc}"),
+        )
+        log.info(
+            "action.deferred",
+            event_id=row.id,
+            rule=action.rule,
+            kind=action.kind,
+            retry_in_s=round(delay, 1),
+        )
+
     def _next_at(self, attempts: int) -> datetime:
         """Full jitter: uniform in [backoff/2, min(cap, backoff * 2**(n-1))]."""
         s = self.settings
@@ -493,6 +520,12 @@ def _is_final(exc: Exception) -> bool:
     if isinstance(exc, UpstreamUnavailable | AuthError):
         return False
     return isinstance(exc, DaemonError)
+
+
+def _nothing_sent(exc: Exception, scope: ActionScope) -> TypeGuard[BudgetExhausted]:
+    """Whether `exc` is the rate budget refusing before any request of the block left (a
+    token request counts as one: then the attempt is an ordinary, uncertain failure)."""
+    return isinstance(exc, BudgetExhausted) and scope.sent == 0
 
 
 def _is_uncertain(exc: Exception) -> bool:

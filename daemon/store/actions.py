@@ -194,6 +194,15 @@ class ActionsRepo(Database):
             count_attempt=True, clear_started=True,
         )  # fmt: skip
 
+    async def defer_action(self, action_id: int, *, next_attempt_at: datetime, error: str) -> None:
+        """Put an action back for `next_attempt_at` without counting an attempt: none of its
+        requests left (the rate budget had no room). `attempt_started_at` is cleared; the
+        stored response, and with it an earlier attempt's doubt, is kept."""
+        await self._record_outcome(
+            action_id, "failed", None, None, error, next_attempt_at,
+            count_attempt=False, clear_started=True,
+        )  # fmt: skip
+
     async def _record_outcome(
         self,
         action_id: int,

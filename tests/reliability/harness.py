@@ -214,7 +214,8 @@ async def world(
 ) -> AsyncIterator[World]:
     """The sandbox, its config tweaked: `syncs=False` leaves the sync jobs out (run once
     before, for the contacts); `halo_budget=False` leaves out hosted Halo's 300 requests per
-    5 minutes, which a few hundred tickets and notes in a few seconds would wait on."""
+    5 minutes: a few hundred tickets and notes in a few seconds would spend it, and the rest
+    would be deferred to the next window, past the test's end."""
     port = free_port()
     async with run_sandbox(tmp, now=datetime.now(UTC), listen=f"127.0.0.1:{port}") as sb:
         text = sb.config_path.read_text()

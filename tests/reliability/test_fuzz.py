@@ -120,8 +120,9 @@ class ServiceRunner:
             run_sandbox(self.tmp, now=datetime.now(UTC), listen=f"127.0.0.1:{port}")
         )
         # The clock never moves, so a rate budget once spent would never refill: the Halo
-        # budget goes, or a long run (2,500 examples) parks an action in a wait that outlasts
-        # the shutdown below (found with 10x the examples).
+        # budget goes, or a long run (2,500 examples) defers actions for good. (Before actions
+        # bounded their budget wait, one waited past the shutdown below: found with 10x the
+        # examples.)
         text = strip_syncs(sb.config_path.read_text())
         assert 'rate_limit = "300/5m"' in text
         sb.config_path.write_text(text.replace('rate_limit = "300/5m"', ""))

@@ -194,6 +194,22 @@ async def test_actions_and_threads(store: Store, clock: FakeClock) -> None:
     assert not await store.clear_halo_thread("+1555", "sms")
 
 
+async def test_a_deferred_action_keeps_its_attempts_and_its_doubt(
+    store: Store, clock: FakeClock
+) -> None:
+    [ev] = await store.insert_events([NewEvent("ns", "message.received", "k", "{}", clock.now())])
+    aid, _ = await store.create_action(ev.id, "ticket", "halo_ticket", "ticket:k", "{}")
+    await store.start_attempt(aid)
+    await store.finish_action(aid, "failed", response='{"uncertain": true}', error="timeout")
+    await store.start_attempt(aid)
+    later = clock.now() + timedelta(minutes=5)
+    await store.defer_action(aid, next_attempt_at=later, error="deferred: budget spent")
+    row = await store.get_action(aid)
+    assert row is not None and (row.status, row.attempts) == ("failed", 1)
+    assert row.attempt_started_at is None and row.next_attempt_at == later
+    assert row.response == '{"uncertain": true}' and row.last_error == "deferred: budget spent"
+
+
 async def test_subscriptions(store: Store, clock: FakeClock) -> None:
     exp = clock.now() + timedelta(hours=1)
     await store.upsert_subscription("s1", "message", "https://h/x", exp, "active")
