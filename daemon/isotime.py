@@ -3,9 +3,8 @@
 The webhook path formats each event's times two or three times (received and occurred, for the
 row and the payload). `isoformat` parses its keyword arguments and runs C `sprintf` for every
 field and for the `+00:00` offset, about 1.2 µs a call; the webhook benchmark showed it as
-3 % of a request. Times of one delivery share their second, so the text of the last second is
-kept (one tuple, replaced whole, so the writer thread and the event loop can share it) and
-only the microseconds are added. A bottom-layer module, like `clock`.
+3 % of a request. The text of recent seconds is kept, and only the microseconds are added.
+A bottom-layer module, like `clock`.
 """
 
 from __future__ import annotations
@@ -14,17 +13,22 @@ from datetime import UTC, datetime
 
 __all__ = ["db_text", "iso_text"]
 
-_last: tuple[int, str] = (-1, "")
+# Text of recent seconds, by second. Several: one delivery's received and occurred times are
+# different seconds, and one kept second thrashed between them. Emptied when full; dict reads
+# and writes are atomic under the GIL, so the writer thread and the event loop can share it.
+_SECONDS: dict[int, str] = {}
+_KEEP = 256
 
 
 def _second(when: datetime) -> str:
     """`YYYY-MM-DDTHH:MM:SS` of an aware UTC `when`."""
-    global _last
     key = when.toordinal() * 86400 + when.hour * 3600 + when.minute * 60 + when.second
-    last = _last
-    if last[0] != key:
-        last = _last = (key, when.replace(microsecond=0, tzinfo=None).isoformat())
-    return last[1]
+    text = _SECONDS.get(key)
+    if text is None:
+        if len(_SECONDS) >= _KEEP:
+            _SECONDS.clear()
+        text = _SECONDS[key] = when.replace(microsecond=0, tzinfo=None).isoformat()
+    return text
 
 
 def db_text(when: datetime) -> str:
