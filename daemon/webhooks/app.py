@@ -274,6 +274,10 @@ async def handle_webhook(request: web.Request) -> web.Response:
             )
         crashpoint("after_parse")
         rows = [new_event(e, via="webhook", received_at=now) for e in parsed.events]
+        rejected = parsed.rejected
+        # The events live on as rows: let the parsed objects go before the wait for the commit
+        # rather than keep them alive (and scanned by the garbage collector) meanwhile.
+        del parsed
         try:
             results = await deps.inbox.insert_events(rows) if rows else []
         except StoreError as exc:
@@ -294,12 +298,12 @@ async def handle_webhook(request: web.Request) -> web.Response:
         model=model,
         events=len(new_ids),
         duplicates=duplicates,
-        rejected=len(parsed.rejected),
+        rejected=len(rejected),
         duration_ms=round((deps.clock.monotonic() - started) * 1000, 2),
-        **({"first_rejection": parsed.rejected[0].reason} if parsed.rejected else {}),
+        **({"first_rejection": rejected[0].reason} if rejected else {}),
     )
     return web.json_response(
-        {"accepted": len(new_ids), "duplicates": duplicates, "rejected": len(parsed.rejected)}
+        {"accepted": len(new_ids), "duplicates": duplicates, "rejected": len(rejected)}
     )
 
 
