@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,19 +97,26 @@ def _event(row: Any) -> EventRow:
     )
 
 
+async def _no_events() -> list[InsertedEvent]:
+    return []
+
+
 def _check_status(status: str) -> None:
     if status not in EVENT_STATUSES:
         raise StoreError(f"unknown event status {status!r}")
 
 
 class InboxRepo(Database):
-    async def insert_events(self, events: Sequence[NewEvent]) -> list[InsertedEvent]:
-        """Insert new events, durably (committed when this returns); one result per event, in
-        order, with duplicates (by dedupe_key) flagged and carrying the stored event's id."""
+    def insert_events(self, events: Sequence[NewEvent]) -> Coroutine[Any, Any, list[InsertedEvent]]:
+        """Insert new events, durably (committed when the returned coroutine returns); one
+        result per event, in order, with duplicates (by dedupe_key) flagged and carrying the
+        stored event's id. Returns the writer's submission itself rather than a coroutine
+        awaiting it (one level less per webhook request); an event the store cannot take
+        raises `StoreError` here, at the call."""
         rows = [to_row(e) for e in events]
         if not rows:
-            return []
-        return await self.write_batched(insert_batch, rows)
+            return _no_events()
+        return self.write_batched(insert_batch, rows)
 
     # -- claims and outcomes -----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -230,7 +230,7 @@ class WriterLoop:
         """
         return await self._submit(_Job(fn, self._new_future(), groupable, transactional))  # type: ignore[no-any-return]
 
-    async def write_batched(self, fn: BatchFn[P, R], item: P) -> R:
+    def write_batched(self, fn: BatchFn[P, R], item: P) -> Coroutine[Any, Any, R]:
         """Have the writer call `fn(conn, [item, ...])` once for every caller queued together.
 
         `fn` must return one result per item, in order; merging needs the *same* function
@@ -239,7 +239,9 @@ class WriterLoop:
         item alone, so only the callers whose item fails see the exception.
         """
         job = _Job(None, self._new_future(), groupable=True, batch=fn, item=item)
-        return await self._submit(job)  # type: ignore[no-any-return]
+        # The submission itself, not a coroutine awaiting it: one level less to create and
+        # resume per webhook request.
+        return self._submit(job)
 
     def _new_future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
