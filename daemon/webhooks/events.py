@@ -20,6 +20,7 @@ made only when the body holds such an escape, or was decoded elsewhere.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -298,17 +299,17 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], _Ctx], Event]] = {
 }
 
 
+@dataclass(slots=True)
 class _Loaded:
     """The elements of a body, and what is known of them: whether their depth is bounded
     (raw input goes through `load_json`, whose depth cap covers every element), whether their
     strings may hold lone surrogates (decoded input always may), and the text of the one
     element, when the body is one object (the usual webhook)."""
 
-    def __init__(self, items: list[Any], bounded: bool, clean: bool, text: str | None):
-        self.items = items
-        self.bounded = bounded
-        self.clean = clean
-        self.text = text
+    items: list[Any]
+    bounded: bool
+    clean: bool
+    text: str | None
 
 
 def _element_text(raw: bytes, items: list[Any]) -> str | None:
