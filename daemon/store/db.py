@@ -331,11 +331,17 @@ class Database(WriterLoop):
         return self._reader
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        """Run a query on the read connection; rows support access by column name."""
+        """Run a query on the read connection; rows support access by column name.
+
+        One turn on the connection's thread, start to finish: reads share the connection, and
+        SQLite runs a statement started while another is still open in that one's read
+        transaction. As three turns (execute, fetch, close), another read's turn could fall
+        in between, and a read that began after a commit could see the snapshot from before
+        it: the sync's closing recount, right after its last page committed, now and then
+        counted that page's rows as unseen and called a whole walk incomplete."""
         conn = self._read_conn()
         try:
-            async with conn.execute(sql, tuple(params)) as cur:
-                rows = await cur.fetchall()
+            rows = await conn.execute_fetchall(sql, tuple(params))
         except sqlite3.Error as exc:
             raise StoreError(f"database read failed: {exc}") from exc
         return list(rows)
