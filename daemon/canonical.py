@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 REPLACEMENT = "\ufffd"
 
 
-def _encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
+def _encoder(
+    default: Callable[[Any], Any] | None, *, sort_keys: bool = True
+) -> Callable[[Any], str]:
     """One reusable encoder for these settings. With the C accelerator, its one-shot encoder is
     called directly: `json.dumps` builds a `JSONEncoder` per call and goes through two Python
     layers to reach the same C function, which is half the cost of a small record (10,000 of
     them per Billomat page set). Without cycle checking: what we encode is parsed JSON, and a
     cycle would end as `RecursionError` all the same."""
     encoder = json.JSONEncoder(
-        sort_keys=True,
+        sort_keys=sort_keys,
         separators=(",", ":"),
         ensure_ascii=False,
         allow_nan=False,
@@ -39,7 +41,7 @@ def _encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
     if c_make_encoder is None:  # pragma: no cover - CPython always has it
         return encoder.encode
     one_shot = c_make_encoder(
-        None, encoder.default, encode_basestring, None, ":", ",", True, False, False
+        None, encoder.default, encode_basestring, None, ":", ",", sort_keys, False, False
     )
 
     def encode(value: Any) -> str:
@@ -50,11 +52,19 @@ def _encoder(default: Callable[[Any], Any] | None) -> Callable[[Any], str]:
 
 _PLAIN = _encoder(None)
 _AS_STR = _encoder(str)
+_IN_ORDER = _encoder(None, sort_keys=False)
 
 
 def canonical_json(value: Any, *, default: Callable[[Any], Any] | None = None) -> str:
     """Sorted, compact, non-finite numbers refused (`ValueError`), lone surrogates repaired."""
     return repair_surrogates(_text(value, default))
+
+
+def sorted_json(value: Mapping[str, Any]) -> str:
+    """`canonical_json` of a flat mapping whose keys the caller already put in sorted order,
+    without sorting them again and without the surrogate repair, for values known to hold
+    none (the two were a sixth of encoding a webhook event's fields, 2.5 against 2.0 µs)."""
+    return _IN_ORDER(value)
 
 
 def canonical_json_hash(value: Any) -> tuple[str, str]:
@@ -102,7 +112,8 @@ def may_hold_surrogates(raw: bytes) -> bool:
 
     A lone surrogate in a decoded str can only come from a `\\ud800`-style escape in the JSON
     text (UTF-8 itself cannot carry one); text without `\\uD`/`\\ud` needs no repair pass."""
-    return b"\\ud" in raw or b"\\uD" in raw
+    # Most bodies hold no `\\u` escape at all: one scan says so.
+    return b"\\u" in raw and (b"\\ud" in raw or b"\\uD" in raw)
 
 
 def repair_surrogates_in(value: Any) -> Any:

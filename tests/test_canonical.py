@@ -94,7 +94,8 @@ def test_deep_nesting_is_a_recursion_error_not_a_crash() -> None:
 def test_repair_surrogates_in_keys_strings_and_nesting() -> None:
     raw = b'{"a\\ud800": ["x\\udfff", {"k": "\\ud83d\\ude00 ok"}], "n": 1, "t": true}'
     assert may_hold_surrogates(raw)
-    assert not may_hold_surrogates(b'{"a": "\\u00e9"}')
+    assert may_hold_surrogates(b'["\\uD800"]') and may_hold_surrogates(b'["\\u00e9\\udc00"]')
+    assert not may_hold_surrogates(b'{"a": "\\u00e9"}') and not may_hold_surrogates(b'{"ud": 1}')
     value = repair_surrogates_in(json.loads(raw))
     assert value == {"a\ufffd": ["x\ufffd", {"k": "\U0001f600 ok"}], "n": 1, "t": True}
     json.dumps(value, ensure_ascii=False).encode("utf-8")  # nothing left that UTF-8 refuses

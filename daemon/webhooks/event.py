@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.canonical import canonical_json as _canonical
-from daemon.canonical import repair_surrogates, sha256_hex
+from daemon.canonical import repair_surrogates, sha256_hex, sorted_json
 from daemon.clients.ns_wire import parse_ns_datetime
 from daemon.isotime import iso_text
 
@@ -92,19 +92,20 @@ class Event:
         return context
 
     def _normalised(self) -> dict[str, Any]:
+        # Keys in sorted order, so `to_json` can encode them without sorting (a test checks).
         return {
-            "kind": self.kind,
-            "source": self.source,
-            "from": self.from_number,
-            "to": self.to_number,
             "body": self.body,
-            "direction": self.direction,
-            "session_id": self.session_id,
-            "domain": self.domain,
-            "user": self.user,
-            "occurred_at": iso_text(self.occurred_at) if self.occurred_at else None,
-            "duration": self.duration,
             "dedupe_key": self.dedupe_key,
+            "direction": self.direction,
+            "domain": self.domain,
+            "duration": self.duration,
+            "from": self.from_number,
+            "kind": self.kind,
+            "occurred_at": iso_text(self.occurred_at) if self.occurred_at else None,
+            "session_id": self.session_id,
+            "source": self.source,
+            "to": self.to_number,
+            "user": self.user,
         }
 
     def to_json(self) -> str:
@@ -117,7 +118,8 @@ class Event:
         with `from_json` and shown by `events show`; nothing hashes or compares it as text."""
         if self.raw_json is None:
             return canonical_json(self.as_context())
-        return canonical_json(self._normalised())[:-1] + ',"raw":' + self.raw_json + "}"
+        # A kept text comes from a body without surrogate escapes, and so do these fields.
+        return sorted_json(self._normalised())[:-1] + ',"raw":' + self.raw_json + "}"
 
     @classmethod
     def from_json(cls, text: str) -> Event:

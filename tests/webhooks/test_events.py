@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.canonical import canonical_json, sorted_json
 from daemon.phones import to_e164
 from daemon.webhooks.event import Event, ParseResult, PayloadError, body_hash
 from daemon.webhooks.events import parse_payload
@@ -396,3 +397,12 @@ def test_a_kept_element_text_reads_back_as_the_parsed_element(
     payload.encode("utf-8")  # storable, whatever the element held
     back = Event.from_json(payload)
     assert back == event and back.raw == event.raw == json.loads(payload)["raw"]
+
+
+def test_the_normalised_fields_are_built_in_sorted_order() -> None:
+    # `to_json` encodes them without sorting: the text must still be the canonical one.
+    event = one_of(parse_payload("message", json.dumps([INBOUND]).encode()))
+    fields = event._normalised()
+    assert list(fields) == sorted(fields) and set(fields) | {"raw"} == set(event.as_context())
+    assert sorted_json(fields) == canonical_json(fields)
+    assert event.to_json() == canonical_json(fields)[:-1] + ',"raw":' + event.raw_json + "}"  # type: ignore[operator]
