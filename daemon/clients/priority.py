@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["ACTION_BUDGET_WAIT", "ActionScope", "action_requests", "current_action", "for_action"]
+__all__ = ["ACTION_BUDGET_WAIT", "ActionScope", "action_requests", "current_action"]
 
 # The longest an action's request waits for its upstream's rate budget. A Halo budget of
 # 300 per 5 minutes spent by a burst of tickets would otherwise hold every dispatcher slot for
@@ -53,8 +53,3 @@ def action_requests() -> Iterator[ActionScope]:
 def current_action() -> ActionScope | None:
     """The action scope the current request is made in, if any."""
     return _ACTION.get()
-
-
-def for_action() -> bool:
-    """Whether the current request is made for an action."""
-    return _ACTION.get() is not None

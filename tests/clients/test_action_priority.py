@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from daemon.clients.http import HttpOptions, UpstreamSession
-from daemon.clients.priority import action_requests, for_action
+from daemon.clients.priority import action_requests, current_action
 from daemon.clients.ratelimit import NoRoom, RateBudget, RateLimit
 from daemon.clock import FakeClock
 from daemon.errors import BudgetExhausted, ServerError
@@ -60,11 +60,11 @@ async def test_an_action_request_is_not_retried_by_the_core() -> None:
             assert calls["n"] == 4  # a sync's request: retried
             calls["n"] = 0
             with action_requests():
-                assert for_action()
+                assert current_action() is not None
                 with pytest.raises(ServerError):
                     await s.request("GET", "/x")
             assert calls["n"] == 1  # an action's: the dispatcher decides when to try again
-    assert not for_action()
+    assert current_action() is None
 
 
 async def test_an_action_waits_for_the_budget_at_most_its_bound() -> None:
