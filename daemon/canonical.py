@@ -60,7 +60,7 @@ def canonical_json(value: Any, *, default: Callable[[Any], Any] | None = None) -
     return repair_surrogates(_text(value, default))
 
 
-def sorted_json(value: Mapping[str, Any]) -> str:
+def presorted_json(value: Mapping[str, Any]) -> str:
     """`canonical_json` of a flat mapping whose keys the caller already put in sorted order,
     without sorting them again and without the surrogate repair, for values known to hold
     none (the two were a sixth of encoding a webhook event's fields, 2.5 against 2.0 µs)."""

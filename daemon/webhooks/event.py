@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from daemon.canonical import canonical_json as _canonical
-from daemon.canonical import repair_surrogates, sha256_hex, sorted_json
+from daemon.canonical import presorted_json, repair_surrogates, sha256_hex
 from daemon.clients.ns_wire import parse_ns_datetime
 from daemon.isotime import iso_text
 
@@ -119,7 +119,7 @@ class Event:
         if self.raw_json is None:
             return canonical_json(self.as_context())
         # A kept text comes from a body without surrogate escapes, and so do these fields.
-        return sorted_json(self._normalised())[:-1] + ',"raw":' + self.raw_json + "}"
+        return presorted_json(self._normalised())[:-1] + ',"raw":' + self.raw_json + "}"
 
     @classmethod
     def from_json(cls, text: str) -> Event:
