@@ -95,10 +95,7 @@ def _number(value: str | None, region: str) -> str | None:
     return to_e164(value, region) if value else None
 
 
-# The fields a model parser need not give (`user` and `domain` default to the object's own).
-_UNSET: dict[str, Any] = dict.fromkeys(
-    ("from_number", "to_number", "body", "direction", "session_id", "occurred_at", "duration")
-)
+_OWN = object()  # `domain`/`user` not given: the object's own fields
 
 
 class _Ctx:
@@ -112,19 +109,37 @@ class _Ctx:
     def key(self, obj: Mapping[str, Any], ident: str | None) -> str:
         return f"{SOURCE}:{self.model}:{ident}" if ident else _hash_key(self.model, obj)
 
-    def event(self, obj: Mapping[str, Any], kind: str, ident: str | None, **kw: Any) -> Event:
-        values = {**_UNSET, **kw}
-        if "domain" not in kw:
-            values["domain"] = _text(obj, "domain")
-        if "user" not in kw:
-            values["user"] = _text(obj, "user")
-        return Event(
+    def event(
+        self,
+        obj: Mapping[str, Any],
+        kind: str,
+        ident: str | None,
+        *,
+        from_number: str | None = None,
+        to_number: str | None = None,
+        body: str | None = None,
+        direction: str | None = None,
+        session_id: str | None = None,
+        occurred_at: datetime | None = None,
+        duration: int | None = None,
+        domain: Any = _OWN,
+        user: Any = _OWN,
+    ) -> Event:
+        return Event.of(
             source=SOURCE,
             kind=kind,
+            from_number=from_number,
+            to_number=to_number,
+            body=body,
+            direction=direction,
+            session_id=session_id,
+            domain=_text(obj, "domain") if domain is _OWN else domain,
+            user=_text(obj, "user") if user is _OWN else user,
+            occurred_at=occurred_at,
+            duration=duration,
             dedupe_key=self.key(obj, ident),
             raw=dict(obj),
             raw_json=self.raw_json,
-            **values,
         )
 
 

@@ -406,3 +406,17 @@ def test_the_normalised_fields_are_built_in_sorted_order() -> None:
     assert list(fields) == sorted(fields) and set(fields) | {"raw"} == set(event.as_context())
     assert presorted_json(fields) == canonical_json(fields)
     assert event.to_json() == canonical_json(fields)[:-1] + ',"raw":' + event.raw_json + "}"  # type: ignore[operator]
+
+
+def test_the_parsers_quick_constructor_builds_what_the_dataclass_does() -> None:
+    # `Event.of` skips the frozen dataclass's `__init__`: the result must be indistinguishable,
+    # fields excluded from comparison (raw, raw_json) included, and still frozen.
+    import dataclasses
+
+    event = one_of(parse_payload("message", json.dumps([INBOUND]).encode()))
+    values = {f.name: getattr(event, f.name) for f in dataclasses.fields(Event)}
+    made = Event(**values)
+    assert event == made and vars(event) == vars(made) and hash(event) == hash(made)
+    assert list(vars(event)) == list(vars(made))  # the same fields, in the same order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.body = "changed"  # type: ignore[misc]
