@@ -166,6 +166,7 @@ class WriterLoop:
         self.heartbeat: float | None = None  # clock.monotonic() at the writer's last turn
         self._queue: asyncio.Queue[_Job | object] = asyncio.Queue(maxsize=QUEUE_SIZE)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = False
         self._ended = asyncio.Event()  # the writer task has finished, for whatever reason
         self._failure: str | None = None  # why the writer stopped, when it was not close()
@@ -173,7 +174,11 @@ class WriterLoop:
 
     def _start_writer(self) -> None:
         self.heartbeat = self.clock.monotonic()
-        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+        # Callers' futures are made on this loop, the writer's own. Kept rather than asked for
+        # per write: on Python 3.11, `asyncio.get_running_loop()` makes a getpid() system call
+        # each time (a check for fork), one per webhook request.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._write_loop(), name="store-writer")
 
     def _committed(self) -> None:
         """Hook: a group was committed (`Database` schedules background checkpoints)."""
@@ -244,7 +249,9 @@ class WriterLoop:
         return self._submit(job)
 
     def _new_future(self) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().create_future()
+        if self._loop is None:  # not started: `_submit` refuses the job
+            return asyncio.get_running_loop().create_future()
+        return self._loop.create_future()
 
     async def _submit(self, job: _Job) -> Any:
         if self._failure is not None:
