@@ -294,6 +294,12 @@ def test_mask_webhook_url_masks_a_known_secret_anywhere() -> None:
     assert "SECRET" not in mask_webhook_url(url, ["SECRET-in-public-url"])
 
 
-def test_records_skip_the_call_site_look_up_no_line_renders() -> None:
-    configure_logging("info", "json", stream=io.StringIO())
+def test_records_skip_the_look_ups_no_line_renders() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
     assert logging._srcfile is None
+    assert not (logging.logThreads or logging.logProcesses or logging.logMultiprocessing)
+    logging.getLogger("x").info("plain %s", "record")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["event"] == "plain record"
+    assert not {"thread", "threadName", "process", "processName"} & set(line)
