@@ -185,7 +185,7 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     import traceback
 
     from daemon.commands.common import failure, print_failure
-    from daemon.errors import ConfigError, DaemonError, UpstreamError
+    from daemon.errors import ConfigError, DaemonError, DatabaseMismatch, UpstreamError
     from daemon.logs import redact_strings
 
     def extra() -> dict[str, Any]:  # read after the handler ran: it may have added keys
@@ -210,7 +210,8 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         answer = {**failure(str(exc), type(exc).__name__, code, **extra()), **details}
     except DaemonError as exc:
         _error(f"error: {exc}")
-        code = EXIT_FAILED
+        # A database this build cannot use is set-up, like a bad config: retrying cannot help.
+        code = EXIT_USAGE if isinstance(exc, DatabaseMismatch) else EXIT_FAILED
         answer = failure(str(exc), type(exc).__name__, code, **extra())
     except KeyboardInterrupt:
         _error("interrupted")

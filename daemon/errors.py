@@ -226,5 +226,12 @@ class StoreError(DaemonError):
     """The database could not be opened, migrated or written."""
 
 
+class DatabaseMismatch(StoreError):
+    """This build of the daemon cannot use the database, and trying again cannot change that:
+    a newer daemon wrote it, or the SQLite library is too old for the store. Commands exit 2
+    (like an invalid config), so systemd's `RestartPreventExitStatus=2` does not restart the
+    service every few seconds after a downgrade."""
+
+
 class RuleError(DaemonError):
     """A rule failed while acting (template error, missing lookup); fails that action only."""

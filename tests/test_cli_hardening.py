@@ -125,10 +125,11 @@ async def test_json_failure_newer_and_corrupt_database(tmp_path: Path) -> None:
         ["events", "list", "--json"],
         ["events", "show", "1", "--json"],
     ):
-        answer = json_failure(run("--config", str(config), *command, cwd=tmp_path), 1)
-        assert answer["error_type"] == "StoreError"
+        # Exit 2, as for a bad config: this version cannot use the file, retrying cannot help.
+        answer = json_failure(run("--config", str(config), *command, cwd=tmp_path), 2)
+        assert answer["error_type"] == "DatabaseMismatch"
         assert "newer version of the daemon" in answer["error"]
-    status = json_failure(run("--config", str(config), "status", "--json", cwd=tmp_path), 1)
+    status = json_failure(run("--config", str(config), "status", "--json", cwd=tmp_path), 2)
     assert status["healthy"] is False and status["database"] == str(newer)
 
     corrupt = tmp_path / "corrupt.db"
@@ -279,7 +280,7 @@ async def test_newer_schema_says_upgrade_the_daemon(tmp_path: Path) -> None:
     assert "newer version of the daemon" in str(caught.value) and "upgrade" in str(caught.value)
     assert "migrate" not in str(caught.value)
     proc = run("--config", str(write_config(tmp_path, newer)), "events", "list", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "upgrade the daemon" in proc.stderr and "migrate" not in proc.stderr
 
 
@@ -298,10 +299,10 @@ async def test_replay_refuses_a_newer_database_before_touching_it(tmp_path: Path
     config = write_config(tmp_path, newer)
     for command in (["events", "replay", "--dead"], ["events", "replay", "1", "--json"]):
         proc = run("--config", str(config), *command, cwd=tmp_path)
-        assert proc.returncode == 1, proc.stderr
+        assert proc.returncode == 2, proc.stderr
         assert "upgrade the daemon" in proc.stderr
         assert "permissions_tightened" not in proc.stderr
-    assert json_failure(proc, 1)["error_type"] == "StoreError"
+    assert json_failure(proc, 2)["error_type"] == "DatabaseMismatch"
     assert oct(newer.stat().st_mode & 0o777) == "0o644"  # not chmod-ed, not migrated
     assert not Path(f"{newer}-wal").exists()
 
@@ -326,7 +327,7 @@ async def test_subscriptions_check_the_database_first(tmp_path: Path) -> None:
     config = write_config(tmp_path, newer, NETSAPIENS)
     for op in ("list", "sync"):
         proc = run("--config", str(config), "subscriptions", op, cwd=tmp_path)
-        assert proc.returncode == 1, proc.stderr
+        assert proc.returncode == 2, proc.stderr
         assert "upgrade the daemon" in proc.stderr and "Traceback" not in proc.stderr
     assert oct(newer.stat().st_mode & 0o777) == "0o644"
     directory = tmp_path / "dir.db"

@@ -28,7 +28,8 @@ def register(
         description="Run the service: webhook listener, sync scheduler, event dispatcher, "
         "subscription keeper, gap filler and upkeep, until SIGTERM or SIGINT (a second "
         "SIGINT forces it); SIGHUP reloads the config. Exit 0 after a clean stop, 1 for an "
-        "unrecoverable fault, 2 for an invalid configuration.",
+        "unrecoverable fault, 2 for an invalid configuration or a database this version cannot "
+        "use (written by a newer one).",
     )
     p.set_defaults(handler=handle)
 
@@ -39,6 +40,7 @@ def handle(args: argparse.Namespace) -> int:
     from daemon.clock import SystemClock
     from daemon.commands.common import check_database, register_secrets
     from daemon.config import load_settings, resolve_config_path
+    from daemon.errors import DatabaseMismatch
     from daemon.logs import configure_logging
     from daemon.service import Service
     from daemon.supervise import Fatal
@@ -46,8 +48,9 @@ def handle(args: argparse.Namespace) -> int:
 
     path = resolve_config_path(args.config)
     settings = load_settings(path)
-    # A path that is no SQLite file is exit 2 (before READY; systemd does not restart); a file
-    # it cannot read or one a newer daemon wrote, exit 1, before anything touches it.
+    # Before READY and before anything touches the file: a path that is no SQLite file of ours,
+    # or a database a newer daemon wrote, is exit 2 (systemd does not restart it); a file it
+    # cannot read, exit 1.
     check_database(Path(settings.daemon.database), must_exist=False)
     register_secrets(settings)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format, stream=sys.stdout)
@@ -57,13 +60,16 @@ def handle(args: argparse.Namespace) -> int:
     try:
         asyncio.run(service.serve())
     except BaseException as exc:
-        fatal = _find(exc, Fatal)
+        # A database this version cannot use (a newer daemon migrated it meanwhile, or SQLite is
+        # too old for the store) is exit 2 here too; any other fault the service gave up on, 1.
+        mismatch = _find(exc, DatabaseMismatch)
+        fatal = mismatch or _find(exc, Fatal)
         if fatal is None:
             raise
         from daemon.logs import redact_text
 
         print(redact_text(f"error: {fatal}"), file=sys.stderr)
-        return 1
+        return 2 if mismatch is not None else 1
     finally:
         notifier.close()
     return 0

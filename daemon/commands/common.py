@@ -82,7 +82,7 @@ def check_database(path: Path, *, must_exist: bool, source: str | None = None) -
     left for the store to report. `source` names the config file in a `ConfigError`. Returns
     whether the file exists."""
     from daemon.config.checks import database_problem
-    from daemon.errors import ConfigError, ConfigProblem, StoreError
+    from daemon.errors import ConfigError, ConfigProblem, DatabaseMismatch, StoreError
 
     problem = database_problem(path)
     if problem is not None:
@@ -100,7 +100,7 @@ def check_database(path: Path, *, must_exist: bool, source: str | None = None) -
     from daemon.store.schema import SCHEMA_VERSION, newer_schema
 
     if version > SCHEMA_VERSION:
-        raise StoreError(newer_schema(path, version))
+        raise DatabaseMismatch(newer_schema(path, version))
     if version == 0 and tables:  # every schema of ours has a version: someone else's file
         raise ConfigError(
             [

@@ -35,7 +35,7 @@ import anyio
 import structlog
 
 from daemon.clock import Clock
-from daemon.errors import StoreError
+from daemon.errors import DatabaseMismatch, StoreError
 from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
 from daemon.store.files import private_file, tighten_companions
 from daemon.store.handoff import on_thread, run_to_end, shielded
@@ -237,7 +237,7 @@ class Database(WriterLoop):
 
     async def _open(self) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise StoreError(
+            raise DatabaseMismatch(
                 f"SQLite {sqlite3.sqlite_version} is too old: the store needs "
                 f"{'.'.join(map(str, MIN_SQLITE))} or newer (INSERT ... RETURNING)"
             )
@@ -250,7 +250,7 @@ class Database(WriterLoop):
                 self._reader.row_factory = sqlite3.Row
                 version = await user_version(self._reader)
                 if version > SCHEMA_VERSION:
-                    raise StoreError(newer_schema(self.path, version))
+                    raise DatabaseMismatch(newer_schema(self.path, version))
                 if version != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path}: schema version {version}, this daemon expects "

@@ -250,7 +250,7 @@ async def migrate(conn: aiosqlite.Connection, path: str) -> tuple[int, int]:
         if version != start:
             log.info("store.migrated", path=path, from_version=start, to_version=version)
     if start > SCHEMA_VERSION:
-        from daemon.errors import StoreError
+        from daemon.errors import DatabaseMismatch
 
-        raise StoreError(newer_schema(path, start))
+        raise DatabaseMismatch(newer_schema(path, start))
     return start, SCHEMA_VERSION

@@ -147,6 +147,26 @@ async def test_an_invalid_config_exits_2_before_ready(tmp_path: Path) -> None:
         d.notify.close()
 
 
+async def test_a_database_a_newer_daemon_wrote_exits_2_untouched(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    # After a downgrade: the units do not restart on exit 2 (RestartPreventExitStatus=2), which
+    # no restart could mend; the file is left as it was.
+    sb, port = sandbox
+    database = sb.directory / "state.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE later (x)")
+        conn.execute("PRAGMA user_version = 999")
+    before = database.read_bytes()
+    d = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+    try:
+        assert await d.wait_exit() == 2
+        assert d.notify.seen == []
+    finally:
+        d.notify.close()
+    assert database.read_bytes() == before
+
+
 async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path) -> None:
     sb, port = sandbox
     with socket.socket() as blocker:
@@ -157,3 +177,23 @@ async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path
             assert await d.wait_exit() == 1
         finally:
             d.notify.close()
+
+
+def test_a_store_this_version_cannot_use_found_at_start_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The other way to a DatabaseMismatch: inside the service, when the store opens (SQLite
+    # older than the store needs — or a newer daemon migrating the file between the start's
+    # check and the open). Not restartable either, so exit 2 as well. The installed SQLite is
+    # new enough, so the test raises the store's minimum instead.
+    import daemon.store.db
+    from daemon.cli import main
+
+    monkeypatch.setattr(daemon.store.db, "MIN_SQLITE", (999, 0, 0))
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "{tmp_path / "state.db"}"\n[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    config.chmod(0o600)
+    assert main(["run", "--config", str(config)]) == 2
+    assert "is too old: the store needs 999.0.0" in capsys.readouterr().err
