@@ -73,7 +73,7 @@ class StoreStats:
     largest_batch: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     fn: Callable[[aiosqlite.Connection], Awaitable[Any]] | None
     future: asyncio.Future[Any]
@@ -258,10 +258,10 @@ class WriterLoop:
             raise self._stopped_error()
         if self._closed or self._task is None:
             raise StoreError("store is closed" if not self.read_only else "store is read-only")
-        if self._queue.full():
-            await self._queue.put(job)
-        else:
+        try:
             self._queue.put_nowait(job)  # the usual case, without a coroutine per request
+        except asyncio.QueueFull:
+            await self._queue.put(job)
         if self._ended.is_set():  # queued behind the writer's end: it will never run
             self._settle_leftover(job.future)
         try:
