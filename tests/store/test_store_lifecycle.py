@@ -357,3 +357,31 @@ def test_a_failed_connect_leaves_no_thread_behind_its_loop() -> None:
     finally:
         threading.excepthook = hook
     assert errors == []
+
+
+async def test_a_read_is_one_turn_on_the_shared_read_connection(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads share one connection, and SQLite runs a statement started while another is open in
+    # that one's read transaction. A read made of several turns on the connection's thread
+    # (execute, fetch, close) let another read's turn fall in between, which then saw the
+    # snapshot from before a commit it came after (a sync's closing recount, now and then).
+    # The interleaving cannot be steered from outside, so this pins what prevents it: every
+    # read is exactly one turn, start to finish. (The sync fault test caught the bug 1 run in
+    # 20-30; a multi-turn read fails this every time.)
+    conn = store._read_conn()
+    turns: list[object] = []
+    real = conn._execute
+
+    async def counted(fn: object, *args: object, **kwargs: object) -> object:
+        turns.append(fn)
+        return await real(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(conn, "_execute", counted)
+    for sql in ("SELECT 1", "SELECT name FROM sqlite_master", "SELECT * FROM events"):
+        turns.clear()
+        await store.fetchall(sql)
+        assert len(turns) == 1, sql
+    turns.clear()
+    assert await store.fetchone("SELECT 2 AS two") is not None
+    assert len(turns) == 1
