@@ -126,20 +126,22 @@ class _Ctx:
         user: Any = _OWN,
     ) -> Event:
         return Event.of(
-            source=SOURCE,
-            kind=kind,
-            from_number=from_number,
-            to_number=to_number,
-            body=body,
-            direction=direction,
-            session_id=session_id,
-            domain=_text(obj, "domain") if domain is _OWN else domain,
-            user=_text(obj, "user") if user is _OWN else user,
-            occurred_at=occurred_at,
-            duration=duration,
-            dedupe_key=self.key(obj, ident),
-            raw=dict(obj),
-            raw_json=self.raw_json,
+            {
+                "source": SOURCE,
+                "kind": kind,
+                "from_number": from_number,
+                "to_number": to_number,
+                "body": body,
+                "direction": direction,
+                "session_id": session_id,
+                "domain": _text(obj, "domain") if domain is _OWN else domain,
+                "user": _text(obj, "user") if user is _OWN else user,
+                "occurred_at": occurred_at,
+                "duration": duration,
+                "dedupe_key": self.key(obj, ident),
+                "raw": dict(obj),
+                "raw_json": self.raw_json,
+            }
         )
 
 
