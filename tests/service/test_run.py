@@ -13,7 +13,7 @@ import json
 import signal
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,6 +179,19 @@ async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path
             d.notify.close()
 
 
+@pytest.fixture
+def service_in_process() -> Iterator[None]:
+    """For a test that runs `daemon run`'s handler in this process: it freezes the heap
+    (`gc.freeze()`, process-wide), which is given back to the collector afterwards."""
+    import gc
+
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.usefixtures("service_in_process")
 def test_a_store_this_version_cannot_use_found_at_start_exits_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,3 +210,25 @@ def test_a_store_this_version_cannot_use_found_at_start_exits_2(
     config.chmod(0o600)
     assert main(["run", "--config", str(config)]) == 2
     assert "is too old: the store needs 999.0.0" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("service_in_process")
+def test_the_service_process_takes_its_start_up_heap_out_of_full_collections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `daemon run` freezes what start-up built before it serves, so a full collection does not
+    # walk the modules and config and stop the loop for tens of milliseconds. Seen from inside
+    # the process: the service is made to stop at once (the store refuses the SQLite version),
+    # after the freeze.
+    import gc
+
+    import daemon.store.db
+    from daemon.cli import main
+
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(daemon.store.db, "MIN_SQLITE", (999, 0, 0))
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'[daemon]\ndatabase = "{tmp_path / "state.db"}"\n')
+    config.chmod(0o600)
+    assert main(["run", "--config", str(config)]) == 2
+    assert gc.get_freeze_count() > 10_000  # the modules alone are tens of thousands
