@@ -180,27 +180,13 @@ async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path
 
 
 @pytest.fixture
-def service_in_process() -> Iterator[None]:
-    """For a test that runs `daemon run`'s handler in this process: it freezes the heap
-    (`gc.freeze()`, process-wide), which is given back to the collector afterwards."""
+def refused_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A config for running `daemon run`'s handler in this process and having it stop at once:
+    the store refuses this SQLite (its minimum raised past any release), inside the service.
+    The handler freezes the heap (`gc.freeze()`, process-wide); it is given back afterwards."""
     import gc
 
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-@pytest.mark.usefixtures("service_in_process")
-def test_a_store_this_version_cannot_use_found_at_start_exits_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # The other way to a DatabaseMismatch: inside the service, when the store opens (SQLite
-    # older than the store needs — or a newer daemon migrating the file between the start's
-    # check and the open). Not restartable either, so exit 2 as well. The installed SQLite is
-    # new enough, so the test raises the store's minimum instead.
     import daemon.store.db
-    from daemon.cli import main
 
     monkeypatch.setattr(daemon.store.db, "MIN_SQLITE", (999, 0, 0))
     config = tmp_path / "daemon.toml"
@@ -208,27 +194,34 @@ def test_a_store_this_version_cannot_use_found_at_start_exits_2(
         f'[daemon]\ndatabase = "{tmp_path / "state.db"}"\n[http]\nlisten = "127.0.0.1:0"\n'
     )
     config.chmod(0o600)
-    assert main(["run", "--config", str(config)]) == 2
+    try:
+        yield config
+    finally:
+        gc.unfreeze()
+
+
+def test_a_store_this_version_cannot_use_found_at_start_exits_2(
+    refused_at_open: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The other way to a DatabaseMismatch: inside the service, when the store opens (SQLite
+    # older than the store needs — or a newer daemon migrating the file between the start's
+    # check and the open). Not restartable either, so exit 2 as well.
+    from daemon.cli import main
+
+    assert main(["run", "--config", str(refused_at_open)]) == 2
     assert "is too old: the store needs 999.0.0" in capsys.readouterr().err
 
 
-@pytest.mark.usefixtures("service_in_process")
 def test_the_service_process_takes_its_start_up_heap_out_of_full_collections(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    refused_at_open: Path,
 ) -> None:
     # `daemon run` freezes what start-up built before it serves, so a full collection does not
     # walk the modules and config and stop the loop for tens of milliseconds. Seen from inside
-    # the process: the service is made to stop at once (the store refuses the SQLite version),
-    # after the freeze.
+    # the process, after the service stopped at once.
     import gc
 
-    import daemon.store.db
     from daemon.cli import main
 
     assert gc.get_freeze_count() == 0
-    monkeypatch.setattr(daemon.store.db, "MIN_SQLITE", (999, 0, 0))
-    config = tmp_path / "daemon.toml"
-    config.write_text(f'[daemon]\ndatabase = "{tmp_path / "state.db"}"\n')
-    config.chmod(0o600)
-    assert main(["run", "--config", str(config)]) == 2
+    assert main(["run", "--config", str(refused_at_open)]) == 2
     assert gc.get_freeze_count() > 10_000  # the modules alone are tens of thousands
