@@ -40,7 +40,6 @@ def handle(args: argparse.Namespace) -> int:
     from daemon.clock import SystemClock
     from daemon.commands.common import check_database, register_secrets
     from daemon.config import load_settings, resolve_config_path
-    from daemon.errors import DatabaseMismatch
     from daemon.logs import configure_logging
     from daemon.service import Service
     from daemon.supervise import Fatal
@@ -61,16 +60,16 @@ def handle(args: argparse.Namespace) -> int:
     try:
         asyncio.run(service.serve())
     except BaseException as exc:
-        # A database this version cannot use (a newer daemon migrated it meanwhile, or SQLite is
-        # too old for the store) is exit 2 here too; any other fault the service gave up on, 1.
-        mismatch = _find(exc, DatabaseMismatch)
-        fatal = mismatch or _find(exc, Fatal)
+        # A fault the service gave up on (`Fatal`) is exit 1. Anything else goes to the command
+        # line, which answers it as for every command: a DatabaseMismatch from opening the
+        # store (a newer daemon migrated the file meanwhile, SQLite too old) with exit 2.
+        fatal = _find(exc, Fatal)
         if fatal is None:
             raise
         from daemon.logs import redact_text
 
         print(redact_text(f"error: {fatal}"), file=sys.stderr)
-        return 2 if mismatch is not None else 1
+        return 1
     finally:
         notifier.close()
     return 0
