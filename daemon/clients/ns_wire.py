@@ -22,24 +22,38 @@ NS_DATETIME = "%Y-%m-%d %H:%M:%S"
 DEFAULT_PAGE = 500  # list endpoints' `limit` when the caller gives none
 
 
+# The span a PBX time may take. Outside it a time is nonsense, and worse: `0001-01-01T00:00+01:00`
+# cannot even be moved to UTC (OverflowError), and a time at either end of the calendar makes
+# later arithmetic on it (a look-up window, a delay) overflow. Such a time is unknown, as an
+# unparseable one is.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def parse_ns_datetime(value: Any) -> datetime | None:
-    """A NetSapiens datetime in either form as aware UTC; None for empty/zero/unparseable.
+    """A NetSapiens datetime in either form as aware UTC; None for empty/zero/unparseable, and
+    for a time outside 1970..9000.
 
     `2023-10-09 17:16:36` carries no zone and is UTC; `0000-00-00 00:00:00` means "never"."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if not isinstance(value, str):
+        parsed = value
+    elif not isinstance(value, str):
         return None
-    text = value.strip()
-    if not text or text.startswith("0000-00-00"):
-        return None
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+    else:
+        text = value.strip()
+        if not text or text.startswith("0000-00-00"):
+            return None
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+        utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return utc if _EARLIEST <= utc < _LATEST else None
 
 
 def format_ns_datetime(value: datetime) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -248,15 +248,22 @@ async def test_expired_subscription_vanishes(
         ("", None),
         ("yesterday", None),
         (None, None),
+        # Valid ISO text at the calendar's edges: unknown, not an OverflowError (which made the
+        # listener answer 500 and lose the good messages of the same delivery).
+        ("0001-01-01T00:00:00+01:00", None),
+        ("9999-12-31T23:59:59-01:00", None),
+        ("0001-01-01T00:00:00Z", None),
+        ("9999-12-31 23:59:59", None),
+        ("1969-12-31T23:59:59Z", None),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), None),
+        (datetime(2025, 1, 2, 15, 4, 5), datetime(2025, 1, 2, 15, 4, 5, tzinfo=UTC)),
     ],
 )
-def test_parse_ns_datetime(text: str | None, expected: datetime | None) -> None:
+def test_parse_ns_datetime(text: str | datetime | None, expected: datetime | None) -> None:
     assert parse_ns_datetime(text) == expected
 
 
 def test_format_ns_datetime_is_utc() -> None:
-    from datetime import timezone
-
     est = timezone(timedelta(hours=-5))
     assert format_ns_datetime(datetime(2025, 1, 2, 10, 0, tzinfo=est)) == "2025-01-02 15:00:00"
     with pytest.raises(ValueError):

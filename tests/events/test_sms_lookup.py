@@ -135,6 +135,26 @@ async def test_a_reply_into_the_messages_own_session_is_found_there(
     assert response["found"] is True and response["found_in"] == "event session"
 
 
+async def test_a_time_at_the_calendars_edge_in_the_session_does_not_stop_the_look_up(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: one message of the session timestamped `0001-01-01T00:00:00+01:00`
+    raised OverflowError out of the look-up, past the dispatcher's typed errors; the reply that
+    went was never settled, and a replay crashed again. Such a time is unknown."""
+    p = event_path
+    lose_the_next_answer(p)
+    await p.sms(ANN, "ping")
+    await p.dispatcher.run_until_idle()
+    odd = p.ns.record_inbound_sms(ANN, OUR_NUMBER, "from the year one")
+    odd["timestamp"] = "0001-01-01T00:00:00+01:00"
+    p.clock.advance(600)
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(ANN) == ["pong: ping"]
+    event, action = await _action(p)
+    assert (event.status, action.status) == ("done", "sent")
+    assert json.loads(action.response)["found_in"] == "event session"
+
+
 @pytest.mark.parametrize("how", ["no session id", "session refused"])
 async def test_a_lost_reply_is_found_when_the_pbx_clock_runs_behind_ours(
     event_path: EventPath, how: str

@@ -399,6 +399,24 @@ async def test_lone_surrogates_are_stored_repaired(hook: Hook, http: aiohttp.Cli
     assert "\\ud800" not in row.payload and "\ufffd" in row.payload
 
 
+async def test_a_time_at_the_calendars_edge_is_unknown_not_a_500(
+    hook: Hook, http: aiohttp.ClientSession
+) -> None:
+    """Found by probing: valid ISO text that cannot be moved to UTC raised OverflowError out of
+    the parser, so the delivery got a 500 and its good messages were not stored either."""
+    body = batch(
+        message("m-good"),
+        message("m-early", timestamp="0001-01-01T00:00:00+01:00"),
+        message("m-late", timestamp="9999-12-31T23:59:59-01:00"),
+    )
+    status, text = await post(http, hook.path(), body)
+    assert (status, json.loads(text)) == (200, {"accepted": 3, "duplicates": 0, "rejected": 0})
+    stored = {r.dedupe_key.rpartition(":")[2]: r for r in await hook.store.list_events()}
+    assert set(stored) == {"m-good", "m-early", "m-late"}
+    assert stored["m-good"].occurred_at is not None
+    assert stored["m-early"].occurred_at is None and stored["m-late"].occurred_at is None
+
+
 async def test_an_id_holding_a_nul_is_deduplicated_like_any_other(
     hook: Hook, http: aiohttp.ClientSession
 ) -> None:
