@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -294,7 +294,7 @@ class NetsapiensClient(UpstreamClient):
         params: Mapping[str, Any] | None = None,
         limit: int = DEFAULT_PAGE,
         max_pages: int = DEFAULT_MAX_PAGES,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Every object of a bare-array list, `start` (0-based) + `limit` until a short page
         (`daemon.clients.paging`: a repeated page raises, `max_pages` bounds the walk)."""
         source = NsList(self, path, dict(params or {}), max(1, min(limit, 1000)))
@@ -388,16 +388,18 @@ class NetsapiensClient(UpstreamClient):
         """Message sessions (domain-wide, or one user's), or one session's messages — every
         page of them (`limit` is the page size), as the seed SDK reads them."""
         if session_id is not None:
-            validate_session_id(session_id)
-            path = (
-                f"domains/{_seg(domain)}/users/{_seg(user or '~')}"
-                f"/messagesessions/{session_id}/messages"
-            )
+            path = self.session_messages_path(domain, user or "~", session_id)
         elif user is None:
             path = f"domains/{_seg(domain)}/messagesessions"
         else:
             path = f"domains/{_seg(domain)}/users/{_seg(user)}/messagesessions"
         return [item async for item in self.paged(path, limit=limit, max_pages=max_pages)]
+
+    @staticmethod
+    def session_messages_path(domain: str, user: str, session_id: str) -> str:
+        """The list of one session's messages (`ValueError` for a malformed session id)."""
+        validate_session_id(session_id)
+        return f"domains/{_seg(domain)}/users/{_seg(user)}/messagesessions/{session_id}/messages"
 
     async def list_cdrs(
         self,

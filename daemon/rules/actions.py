@@ -54,6 +54,16 @@ SESSION_PAGE = 100
 # How many of a user's sessions a look-up may read (newest first, it normally stops at the
 # first page): past this the look-up fails — the action ends dead, never sent twice.
 MAX_SESSION_PAGES = 50
+# A session's messages are read in the largest pages the PBX gives (its `limit` goes to 1000),
+# oldest first, to the end: the PBX keeps one session per correspondent, so a regular
+# customer's grows for years and our reply is at its far end. Past this many pages (200,000
+# messages) the look-up fails, as above.
+MESSAGE_PAGE = 1000
+MAX_MESSAGE_PAGES = 200
+# A thread ticket's actions (agents' replies, e-mails, system entries and our notes), likewise
+# read to the end, in pages of 50 (a size every Halo client uses): at most 10,000 of them.
+NOTE_PAGE = 50
+MAX_NOTE_PAGES = 200
 FOUND_IN_SESSION = "event session"  # the reply was found in the message's own session
 FOUND_IN_NEW_SESSION = "new session"  # ... in a session our earlier attempt started
 
@@ -139,20 +149,25 @@ class SmsActions:
         self, req: SmsRequest, sid: str, since: datetime
     ) -> Mapping[str, Any] | None:
         """Our message in session `sid`, or None (also when the PBX does not know the session:
-        nothing can have been sent into it)."""
+        nothing can have been sent into it). Read as a stream, the session's length does not
+        reach memory."""
         try:
-            messages = await self.client.get_messages(
-                req.domain or "~", req.user or "~", sid, limit=100, max_pages=20
-            )
-        except (NotFoundError, ValueError):
+            path = self.client.session_messages_path(req.domain or "~", req.user or "~", sid)
+        except ValueError:  # not a session id the PBX could have: nothing went into it
             return None
-        for msg in reversed(messages):
-            if not isinstance(msg, dict):
-                continue
-            when = parse_ns_datetime(msg.get("timestamp"))
-            outbound = str(msg.get("direction", "")).lower() in ("term", "outbound")
-            if outbound and msg.get("text") == req.text and (when is None or when >= since):
-                return msg
+        walk = self.client.paged(path, limit=MESSAGE_PAGE, max_pages=MAX_MESSAGE_PAGES)
+        try:
+            async for msg in walk:
+                if not isinstance(msg, dict):
+                    continue
+                when = parse_ns_datetime(msg.get("timestamp"))
+                outbound = str(msg.get("direction", "")).lower() in ("term", "outbound")
+                if outbound and msg.get("text") == req.text and (when is None or when >= since):
+                    return msg
+        except NotFoundError:
+            return None
+        finally:
+            await walk.aclose()  # the page walk stops here, not at garbage collection
         return None
 
     async def _sessions_with_recipient(self, req: SmsRequest, since: datetime) -> list[str]:
@@ -185,9 +200,7 @@ class SmsActions:
                 if isinstance(sid, str) and sid and self._with(session, req.to_number):
                     found.append(sid)
         finally:
-            close = getattr(walk, "aclose", None)
-            if close is not None:
-                await close()  # the page walk stops here, not at garbage collection
+            await walk.aclose()  # the page walk stops here, not at garbage collection
         return found
 
     def _with(self, session: Mapping[str, Any], number: str) -> bool:
@@ -341,14 +354,27 @@ class HaloActions:
         """Our note on the thread's ticket, counted as `run` counts the notes it adds. (After a
         crash between `run`'s count and its record the note is counted twice: the thread then
         moves to a new ticket one note early — the safe side of `max_notes`.)"""
+        found = await self._note_with(marker, ticket_id)
+        if found is None:
+            return None
+        count = await self.threads.add_thread_note(phone, rule)
+        ref = f"{ticket_id}/action/{found.get('id', '')}"
+        response = {"ticket_id": ticket_id, "note": found.get("id"), "notes": count}
+        return Outcome(ref, {**response, "found": True, "found_in": "note"})
+
+    async def _note_with(self, marker: str, ticket_id: str) -> Mapping[str, Any] | None:
+        """The ticket's action whose note carries `marker`, every page of them read: a ticket
+        agents have worked holds far more than one page, ours among the newest."""
+        pages = self.client.actions.iter_pages(
+            NOTE_PAGE, max_pages=MAX_NOTE_PAGES, ticket_id=ticket_id
+        )
         try:
-            notes = await self.client.actions.list(page_size=50, ticket_id=ticket_id)
+            async for page in pages:
+                for action in page.records:
+                    if marker in str(action.get("note", "")):
+                        return action
         except NotFoundError:
             return None  # the thread's ticket is gone: no note can be on it
-        for action in notes.records:
-            if marker in str(action.get("note", "")):
-                count = await self.threads.add_thread_note(phone, rule)
-                ref = f"{ticket_id}/action/{action.get('id', '')}"
-                response = {"ticket_id": ticket_id, "note": action.get("id"), "notes": count}
-                return Outcome(ref, {**response, "found": True, "found_in": "note"})
+        finally:
+            await pages.aclose()
         return None

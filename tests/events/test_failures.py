@@ -92,6 +92,31 @@ async def test_a_ticket_created_but_answered_502_is_found_not_created_twice(
     assert shown["response"]["found_in"] == "ticket" and shown["attempt_started_at"] is None
 
 
+async def test_a_note_added_but_answered_502_on_a_busy_ticket_is_not_added_twice(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: the look-up read only the first page (50) of the ticket's actions, so
+    on a ticket agents had worked, our note on page 2 was not found and was added again."""
+    p = event_path
+    await p.sms(BOB, "first")
+    await p.dispatcher.run_until_idle()
+    (ticket,) = p.tickets()
+    actions = p.halo.table("Actions")
+    for i in range(120):  # the agents' replies and e-mails on it: three pages before ours
+        actions.add({"id": actions.next_id(), "ticket_id": ticket["id"], "note": f"reply {i}"})
+    p.halo.faults.update({"lose_answer_next": 1, "path_filter": "/api/Actions"})
+    await p.sms(BOB, "second")
+    await p.dispatcher.run_until_idle()
+    p.clock.advance(3600)
+    await p.dispatcher.run_until_idle()
+    ours = [n for n in p.notes(ticket["id"]) if str(n.get("note", "")).startswith("second")]
+    assert len(ours) == 1
+    second = (await p.events())[-1]
+    (action,) = await p.store.actions_for_event(second.id)
+    assert (second.status, action.status) == ("done", "sent")
+    assert json.loads(action.response or "{}")["found_in"] == "note"
+
+
 async def test_an_sms_sent_but_answered_502_is_found_not_sent_twice(event_path: EventPath) -> None:
     p = event_path
     await add_client(p.store, p.clock, ANN, first_name="Ann", balance="1")

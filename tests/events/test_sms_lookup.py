@@ -135,6 +135,26 @@ async def test_a_reply_into_the_messages_own_session_is_found_there(
     assert response["found"] is True and response["found_in"] == "event session"
 
 
+async def test_a_lost_reply_at_the_end_of_a_years_long_session_is_found(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: the look-up read a session oldest first and gave up after 2,000
+    messages, so in a regular customer's session (the PBX keeps one per correspondent) the
+    reply that went was never found, and the action ended dead."""
+    p = event_path
+    for i in range(2500):
+        p.ns.record_inbound_sms(ANN, OUR_NUMBER, f"old message {i}")
+    lose_the_next_answer(p)
+    await p.sms(ANN, "ping")
+    await p.dispatcher.run_until_idle()
+    p.clock.advance(600)
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(ANN) == ["pong: ping"]
+    event, action = await _action(p)
+    assert (event.status, action.status) == ("done", "sent")
+    assert json.loads(action.response)["found_in"] == "event session"
+
+
 async def test_a_time_at_the_calendars_edge_in_the_session_does_not_stop_the_look_up(
     event_path: EventPath,
 ) -> None:
