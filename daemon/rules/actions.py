@@ -32,7 +32,13 @@ import structlog
 
 from daemon.clients.halo import HaloClient
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
-from daemon.errors import NotFoundError, RuleError, ValidationError
+from daemon.errors import (
+    ForbiddenError,
+    MalformedResponse,
+    NotFoundError,
+    RuleError,
+    ValidationError,
+)
 from daemon.phones import to_e164
 from daemon.rules.plan import SmsRequest, TicketRequest
 
@@ -270,6 +276,24 @@ class HaloNames:
         return f"ticket.{name}: Halo has no {name} named {value!r} (has: {have})"
 
 
+def ticket_id_of(saved: Mapping[str, Any]) -> str:
+    """The id of the ticket Halo says it created: a positive whole number (Halo's ids are), as
+    text. Anything else is refused here, before it becomes the action's reference and the
+    sender's thread, whose later notes would all fail on it. The create may have happened, so
+    the dispatcher's next attempt looks for the ticket first."""
+    value = saved.get("id")
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return str(text)
+    if isinstance(text, str) and _is_ticket_id(text):
+        return str(int(text))
+    raise RuleError("Halo answered without a usable ticket id")
+
+
+def _is_ticket_id(text: str) -> bool:
+    return text.isascii() and text.isdecimal() and int(text) > 0
+
+
 class HaloActions:
     """Tickets and threaded notes in one Halo upstream."""
 
@@ -287,12 +311,10 @@ class HaloActions:
         details = str(body.get("details") or "")
         body["details"] = f"{details}\n\n{ref_line(key)}" if details else ref_line(key)
         saved = await self.client.tickets.create(body)
-        ticket_id = saved.get("id")
-        if ticket_id in (None, ""):
-            raise RuleError("Halo answered the ticket create without an id")
+        ticket_id = ticket_id_of(saved)
         if req.thread and phone:
-            await self.threads.set_halo_thread(phone, rule, str(ticket_id))
-        return Outcome(str(ticket_id), {"ticket_id": ticket_id})
+            await self.threads.set_halo_thread(phone, rule, ticket_id)
+        return Outcome(ticket_id, {"ticket_id": saved["id"]})
 
     async def _note_on_open_ticket(
         self, req: TicketRequest, key: str, phone: str, rule: str
@@ -315,9 +337,20 @@ class HaloActions:
         return Outcome(ref, response)
 
     async def _is_open(self, ticket_id: str) -> bool:
+        """Whether the thread's ticket takes notes. Not when it is closed or gone, nor when it
+        can no longer be read — a 403 (moved where our agent cannot see it), an answer that is
+        not a ticket, an id an older version stored unchecked: a new ticket starts, rather than
+        every later message of the sender failing on this one. A transient failure raises, and
+        the attempt is retried."""
+        if not _is_ticket_id(ticket_id):
+            log.warning("halo.thread_unreadable", error="not a ticket id")
+            return False
         try:
             ticket = await self.client.tickets.get(ticket_id)
         except NotFoundError:
+            return False
+        except (ForbiddenError, MalformedResponse) as exc:
+            log.warning("halo.thread_unreadable", ticket_id=ticket_id, error=type(exc).__name__)
             return False
         await self.names.load()
         status = ticket.get("status_id")
@@ -340,7 +373,7 @@ class HaloActions:
         for ticket in page.records:
             if marker in str(ticket.get("details", "")):
                 if req.thread and phone:
-                    await self.threads.set_halo_thread(phone, rule, str(ticket["id"]))
+                    await self.threads.set_halo_thread(phone, rule, ticket_id_of(ticket))
                 response = {"ticket_id": ticket["id"], "found": True, "found_in": "ticket"}
                 return Outcome(str(ticket["id"]), response)
         thread = await self.threads.get_halo_thread(phone, rule) if phone else None

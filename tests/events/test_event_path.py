@@ -69,6 +69,29 @@ async def test_a_thread_at_its_note_cap_starts_a_new_ticket(event_path: EventPat
     assert len(p.notes(tickets[0]["id"])) == 3
 
 
+async def test_a_thread_ticket_halo_no_longer_shows_us_starts_a_new_ticket(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: Halo answering 403 for the thread's ticket (moved where our agent
+    cannot see it) left the thread in place, so every later message of the sender was dead."""
+    p = event_path
+    await p.sms(BOB, "My phone is broken")
+    await p.dispatcher.run_until_idle()
+    (first,) = p.tickets()
+    p.halo.faults.update(
+        {"fail_next": 10**6, "fail_status": 403, "path_filter": f"/api/Tickets/{first['id']}"}
+    )
+    await p.sms(BOB, "Still broken!")
+    await p.dispatcher.run_until_idle()
+    await p.sms(BOB, "Hello?")
+    await p.dispatcher.run_until_idle()
+    assert [e.status for e in await p.events()] == ["done", "done", "done"]
+    _, second = p.tickets()
+    assert second["details"].startswith("Still broken!") and p.notes(first["id"]) == []
+    (note,) = p.notes(second["id"])  # the new ticket is the sender's thread now
+    assert note["note"].startswith("Hello?")
+
+
 async def test_a_redelivery_is_acknowledged_and_does_nothing_new(event_path: EventPath) -> None:
     p = event_path
     msg = await p.sms(BOB, "hello there")
