@@ -425,7 +425,9 @@ class Dispatcher:
             action.id,
             "sent",
             upstream_ref=outcome.upstream_ref,
-            response=json.dumps(outcome.response, default=str, ensure_ascii=False),
+            # An answer is upstream text like an error body: one that echoes our credentials
+            # (a debugging proxy, an API that reflects headers) must not store them.
+            response=redact_text(json.dumps(outcome.response, default=str, ensure_ascii=False)),
         )
         if action.kind == "sms_reply":
             ours = to_e164(str(request["sms"].get("from_number") or ""), self.region)

@@ -7,6 +7,7 @@ import json
 import aiohttp
 import anyio
 
+from daemon.logs import REDACTED
 from tests.events.conftest import ANN, BOB, OUR_NUMBER, SECRET, EventPath, add_client
 
 
@@ -90,6 +91,30 @@ async def test_a_thread_ticket_halo_no_longer_shows_us_starts_a_new_ticket(
     assert second["details"].startswith("Still broken!") and p.notes(first["id"]) == []
     (note,) = p.notes(second["id"])  # the new ticket is the sender's thread now
     assert note["note"].startswith("Hello?")
+
+
+async def test_an_answer_echoing_our_token_is_stored_without_it(event_path: EventPath) -> None:
+    """Found by probing: a send's answer was stored as the PBX gave it, so one that reflected
+    the request's Authorization header put the access token in `actions.response`."""
+    p = event_path
+    p.ns.on_sent.append(lambda msg: msg.update(echo={"authorization": f"Bearer {token()}"}))
+
+    def token() -> str:
+        (live,) = p.ns.tokens
+        return live
+
+    message = p.ns.record_inbound_sms(ANN, OUR_NUMBER, "ping")
+    message.pop("messagesession-id")  # a new session: the PBX answers with the Message
+    await p.ns.emit("message", [message])
+    await p.dispatcher.run_until_idle()
+    (event,) = await p.events()
+    (action,) = await p.store.actions_for_event(event.id)
+    assert action.status == "sent"
+    assert token() not in (action.response or "")
+    assert (
+        json.loads(action.response or "{}")["answer"]["echo"]["authorization"]
+        == f"Bearer {REDACTED}"
+    )
 
 
 async def test_a_redelivery_is_acknowledged_and_does_nothing_new(event_path: EventPath) -> None:
