@@ -37,6 +37,7 @@ import structlog
 from daemon.clock import Clock
 from daemon.errors import DatabaseMismatch, StoreError
 from daemon.store.checkpoints import SAFETY_PAGES, Checkpointer
+from daemon.store.filecheck import Identity, identity
 from daemon.store.files import private_file, tighten_companions
 from daemon.store.handoff import on_thread, run_to_end, shielded
 from daemon.store.schema import SCHEMA_VERSION, migrate, newer_schema, user_version
@@ -179,6 +180,7 @@ class Database(WriterLoop):
         self._closed = False
         self._close_done: asyncio.Event | None = None
         self._record_tables: dict[str, bool] = {}
+        self._opened: Identity | None = None  # the file the writer opened (device, inode)
         self._init_writer()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -261,6 +263,7 @@ class Database(WriterLoop):
             _refuse_non_regular(self.path)
             private_file(self.path)
             self._writer = await _connect(str(self.path), synchronous=self.synchronous)
+            self._opened = identity(self.path)
             await _require_json(self._writer)
             await migrate(self._writer, str(self.path))
             self._reader = await _connect(str(self.path))
@@ -321,9 +324,17 @@ class Database(WriterLoop):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _committed(self) -> None:
+    def _committed(self) -> str | None:
         if self._checkpoints is not None:
             self._checkpoints.committed()
+        # One stat() a commit (not a request): once the path names another file, or none,
+        # what was just committed is lost at the next start, so it must not be acknowledged.
+        if self._opened is not None and identity(self.path) != self._opened:
+            return (
+                f"the database file {self.path} is gone or was replaced (deleted, renamed or "
+                "restored over): what is written now would be lost at the next start"
+            )
+        return None
 
     def _read_conn(self) -> aiosqlite.Connection:
         if self._reader is None:

@@ -180,8 +180,17 @@ class WriterLoop:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._write_loop(), name="store-writer")
 
-    def _committed(self) -> None:
-        """Hook: a group was committed (`Database` schedules background checkpoints)."""
+    def _committed(self) -> str | None:
+        """Hook: a group was committed (`Database` schedules background checkpoints). Returns
+        why the writer must stop, when what was committed cannot be kept."""
+        return None
+
+    def _after_commit(self) -> None:
+        problem = self._committed()
+        if problem is not None:
+            # Fatal, as a broken connection is: every caller of this group and every later one
+            # gets `store writer stopped: ...` (the listener a 503), and the service stops.
+            raise _ConnectionBroken() from StoreError(problem)
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -391,10 +400,12 @@ class WriterLoop:
             if any(ok for ok, _ in outcomes):
                 await shielded(conn.execute("COMMIT"))
                 self.stats.commits += 1
-                self._committed()
+                self._after_commit()
             else:
                 await shielded(conn.execute("ROLLBACK"))
                 self.stats.rollbacks += 1
+        except _ConnectionBroken:
+            raise
         except Exception as exc:
             if _broken(exc):
                 raise _ConnectionBroken() from exc
@@ -457,7 +468,7 @@ class WriterLoop:
                 _settle(job.future, exc=exc)
             return
         self.stats.commits += 1
-        self._committed()
+        self._after_commit()
         for job, result in zip(jobs, results, strict=True):
             _settle(job.future, result=result)
 

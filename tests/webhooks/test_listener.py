@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.errors import StoreError
 from daemon.store import InsertedEvent, NewEvent, Store
 from daemon.webhooks.app import reload_listener
 from daemon.webhooks.event import body_hash
@@ -249,6 +250,30 @@ async def test_a_store_failure_is_503_and_nothing_is_acknowledged(
         assert status == 503 and "retry" in text
         assert h.woken == []
         assert {"webhook.failed", "webhook.rejected"} <= {e["event"] for e in logs}
+
+
+@pytest.mark.parametrize("how", ["deleted", "restored over"])
+async def test_a_database_file_gone_underneath_is_503_not_a_lost_200(
+    tmp_path: Path, http: aiohttp.ClientSession, how: str
+) -> None:
+    """Found by probing: with the file deleted, SQLite kept committing to the open handle and
+    the listener answered 200 for events no later start would see."""
+    async with running_hook(tmp_path) as h:
+        assert (await post(http, h.path(), batch(MESSAGE)))[0] == 200
+        path = h.store.path
+        if how == "deleted":
+            path.unlink()
+        else:
+            path.rename(path.with_name("aside.db"))
+            path.write_bytes(b"")
+        with capture_logs() as logs:
+            status, text = await post(http, h.path(), batch(message("m-after")))
+        assert status == 503 and "retry" in text
+        assert not h.store.healthy
+        (failed,) = [e for e in logs if e["event"] == "store.writer_failed"]
+        assert "gone or was replaced" in failed["error"]
+        with pytest.raises(StoreError, match="gone or was replaced"):
+            await h.store.wait_writer()
 
 
 class GatedInbox:
