@@ -21,6 +21,8 @@ Callers decide behaviour by type, never by message text::
     ├── LimitExceeded               a sync run hit max_pages or max_duration
     ├── UnstorableRecord            a record JSON cannot hold (NaN, Infinity, absurd nesting)
     ├── StoreError                  the database refused or is unusable
+    │   ├── DatabaseMismatch        a newer schema, or an SQLite too old (exit 2)
+    │   └── DatabaseInUse           another `daemon run` serves this database
     └── RuleError                   a rule or template failed while acting
 
 Errors carry the upstream name, HTTP status and a short body excerpt so the log line is
@@ -231,6 +233,12 @@ class DatabaseMismatch(StoreError):
     a newer daemon wrote it, or the SQLite library is too old for the store. Commands exit 2
     (like an invalid config), so systemd's `RestartPreventExitStatus=2` does not restart the
     service every few seconds after a downgrade."""
+
+
+class DatabaseInUse(StoreError):
+    """Another `daemon run` serves this database. Two would each take the other's in-flight
+    events for a crash's leftovers and send their SMS and tickets a second time. Exit 1: the
+    other may be on its way out, and systemd tries again."""
 
 
 class RuleError(DaemonError):

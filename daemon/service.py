@@ -46,6 +46,7 @@ from daemon.rules.dispatcher import Dispatcher
 from daemon.rules.names_check import NAMES_CHECK, names_check
 from daemon.rules.wiring import RulesHolder, build_dispatcher
 from daemon.store import Store
+from daemon.store.service_lock import service_lock
 from daemon.supervise import Fatal, supervise
 from daemon.sync.runner import JobRunner, RunResult
 from daemon.sync.schedule import Schedule
@@ -133,6 +134,7 @@ class Service:
         """Run until shutdown; `task_status.started(address)` once READY."""
         s, clock = self.settings, self.clock
         async with AsyncExitStack() as stack:
+            stack.enter_context(service_lock(s.daemon.database))
             store = await stack.enter_async_context(Store.open(s.daemon.database, clock=clock))
             stale = await store.mark_stale_runs_failed()
             if stale:

@@ -20,6 +20,7 @@ import pytest
 
 from daemon.sandbox.orchestra import OWN_NUMBER, Sandbox
 from tests.daemon_proc import TIMEOUT, start_daemon
+from tests.localnet import free_port
 from tests.service.sandboxes import service_sandbox
 
 
@@ -165,6 +166,46 @@ async def test_a_database_a_newer_daemon_wrote_exits_2_untouched(
     finally:
         d.notify.close()
     assert database.read_bytes() == before
+
+
+async def test_a_second_service_on_the_same_database_exits_1_and_touches_nothing(
+    sandbox: tuple[Sandbox, int], tmp_path: Path
+) -> None:
+    """Found by probing: a second `daemon run` on the file (another port) released the first
+    one's leases at its start and sent their actions again — six tickets for three events."""
+    sb, port = sandbox
+    first = await start_daemon(sb.config_path, tmp_path / "notify.sock", port)
+    other_port = free_port()
+    other = tmp_path / "other.toml"
+    other.write_text(
+        sb.config_path.read_text().replace(f"127.0.0.1:{port}", f"127.0.0.1:{other_port}")
+    )
+    other.chmod(0o600)
+    try:
+        await first.notify.expect("READY")
+        second = await start_daemon(other, tmp_path / "notify2.sock", other_port)
+        try:
+            assert await second.wait_exit() == 1
+            assert second.notify.seen == []
+        finally:
+            second.notify.close()
+        said = " ".join(str(e.get("raw", "")) for e in second.log)
+        assert "another `daemon run`" in said and "serves this database" in said
+        assert not second.events("dispatch.leases_released")
+        assert not second.events("service.started")
+        assert await first.healthz() == 200
+        assert await first.stop() == 0
+    finally:
+        first.notify.close()
+        first.kill()
+    # Once the first has stopped, the lock is free again.
+    again = await start_daemon(other, tmp_path / "notify3.sock", other_port)
+    try:
+        await again.notify.expect("READY")
+        assert await again.stop() == 0
+    finally:
+        again.notify.close()
+        again.kill()
 
 
 async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path) -> None:
