@@ -22,10 +22,12 @@ Only then is it applied, in an order that never leaves a half-new state visible 
    accepted for `rotation_grace` from the first load that named it), `allow_from` and proxies;
 5. the keeper and gap filler restart when the webhook settings or the NetSapiens client changed.
 
-`[daemon] database` and `[http] listen` (and `max_body_bytes`, fixed in the listening app)
-cannot change in a running process: a change is logged as `service.restart_needed` and ignored
-until the next start. The service itself never stops on a reload: should applying fail after
-all, `Service._reloads` logs `config.reload_failed` and carries on.
+`[daemon] database` and `[http] listen`, and adding or removing `[webhooks.netsapiens]` (the
+listener's route), cannot change in a running process: a value other than the one the process
+started with is logged as `service.restart_needed` (at every reload until the restart) and
+ignored until the next start. `max_body_bytes` applies to the next webhook request. The service
+itself never stops on a reload: should applying fail after all, `Service._reloads` logs
+`config.reload_failed` and carries on.
 """
 
 from __future__ import annotations
@@ -184,8 +186,9 @@ async def _build(service: Service, run: Running, new: Settings) -> _Staged:
 
 async def _apply(service: Service, run: Running, staged: _Staged) -> None:
     """Swap the built parts in (see the module docstring for the order)."""
-    new, old = staged.settings, run.settings
-    _restart_needed(old, new)
+    new = staged.settings
+    assert run.started_with is not None
+    _restart_needed(run.started_with, new)
     run.settings = service.settings = new
     run.holder.ruleset, run.holder.routes = staged.holder.ruleset, staged.holder.routes
     run.pool.commit(staged.clients, service.task_group)
@@ -213,17 +216,20 @@ async def _apply(service: Service, run: Running, staged: _Staged) -> None:
     )
 
 
-def _restart_needed(old: Settings, new: Settings) -> None:
-    for key, before, after in (
-        ("daemon.database", str(old.daemon.database), str(new.daemon.database)),
-        ("http.listen", old.http.listen, new.http.listen),
-        ("http.max_body_bytes", old.http.max_body_bytes, new.http.max_body_bytes),
+def _restart_needed(running: Settings, new: Settings) -> None:
+    """Log each setting of `new` that differs from what the process runs with (`running`: its
+    start's settings) and only a restart applies."""
+    for setting, before, after in (
+        ("daemon.database", str(running.daemon.database), str(new.daemon.database)),
+        ("http.listen", running.http.listen, new.http.listen),
+        (
+            "webhooks.netsapiens",
+            "(none)" if running.webhooks.netsapiens is None else "(configured)",
+            "(none)" if new.webhooks.netsapiens is None else "(configured)",
+        ),
     ):
         if before != after:
-            log.warning("service.restart_needed", key=key, running=before, configured=after)
-    if (old.webhooks.netsapiens is None) != (new.webhooks.netsapiens is None):
-        log.warning("service.restart_needed", key="webhooks.netsapiens",
-                    running="(listener)", configured="(added or removed)")  # fmt: skip
+            log.warning("service.restart_needed", setting=setting, running=before, configured=after)
 
 
 async def _restart_scheduler(

@@ -92,6 +92,13 @@ class Running:
     upkeep: Upkeep | None = None
     address: str = ""
     scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    # What the process started with: the settings only a restart applies are compared with
+    # these, not with the previous reload's (which did not apply them either).
+    started_with: Settings | None = None
+
+    def __post_init__(self) -> None:
+        if self.started_with is None:
+            self.started_with = self.settings
 
 
 class Service:

@@ -115,7 +115,7 @@ class SmsActions:
                 return Outcome(req.session_id, {"session_id": req.session_id, "answer": answer})
             except (NotFoundError, ValidationError, ValueError) as exc:
                 # The PBX does not know (or refuses) the session: start a new one.
-                log.info("action.new_session", key=key, reason=type(exc).__name__)
+                log.info("action.new_session", action_key=key, reason=type(exc).__name__)
                 why = "session refused"
         answer = await self.client.send_message(
             domain, user, message=req.text, destination=req.to_number,

@@ -26,6 +26,7 @@ from daemon.errors import StoreError
 from daemon.reload import reload
 from daemon.sandbox.orchestra import Sandbox
 from daemon.service import Running, Service
+from daemon.webhooks.app import LISTENER
 from tests.service.sandboxes import service_sandbox
 
 
@@ -145,5 +146,44 @@ async def test_a_good_reload_opens_an_added_upstream_and_applies_the_guard(
         assert "blesta2" in run.pool.clients
         assert run.pool.clients["blesta2"].session._session is not None
         assert run.dispatcher.guard.settings.max_inbox_wait == 7200.0
+
+    await _serving(sb, settings, test)
+
+
+async def test_restart_needed_compares_with_what_runs_and_the_body_limit_applies_at_once(
+    sandbox: tuple[Sandbox, Settings],
+) -> None:
+    """Found by probing: the warning compared with the previous reload's settings, so a second
+    reload forgot a listen address still waiting for its restart and reverting it was reported
+    backwards; and `max_body_bytes` was reported as needing a restart though it applied."""
+    sb, settings = sandbox
+    port = settings.http.listen.rpartition(":")[2]
+
+    def needed(logs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        return [
+            (e["setting"], e["running"], e["configured"])
+            for e in logs
+            if e["event"] == "service.restart_needed"
+        ]
+
+    async def test(service: Service, run: Running) -> None:
+        original = sb.config_path.read_text()
+        _edit(
+            sb,
+            (f"127.0.0.1:{port}", "127.0.0.1:1"),
+            ("[http]\n", "[http]\nmax_body_bytes = 2000\n"),
+        )
+        with capture_logs() as logs:
+            assert await reload(service) is True
+        assert needed(logs) == [("http.listen", f"127.0.0.1:{port}", "127.0.0.1:1")]
+        assert run.app is not None and run.app[LISTENER].deps.max_body_bytes == 2000
+        with capture_logs() as logs:  # an unrelated reload: the listen change still waits
+            assert await reload(service) is True
+        assert needed(logs) == [("http.listen", f"127.0.0.1:{port}", "127.0.0.1:1")]
+        assert run.address.endswith(f":{port}")
+        sb.config_path.write_text(original)  # back to what runs: nothing to say
+        with capture_logs() as logs:
+            assert await reload(service) is True
+        assert needed(logs) == []
 
     await _serving(sb, settings, test)
