@@ -121,15 +121,20 @@ async def _reload(service: Service, run: Running, path: Path) -> bool:
         )
         return False
     await _apply(service, run, staged)
+    log_loaded(path, new, reloaded=True)
+    return True
+
+
+def log_loaded(path: Path, settings: Settings, *, reloaded: bool) -> None:
+    """`config.loaded`: at start and after each applied reload."""
     log.info(
         "config.loaded",
         path=str(path),
-        upstreams=len(new.upstreams),
-        jobs=len(new.sync),
-        rules=len(new.rules),
-        reloaded=True,
+        upstreams=len(settings.upstreams),
+        jobs=len(settings.sync),
+        rules=len(settings.rules),
+        reloaded=reloaded,
     )
-    return True
 
 
 def _redact(new: Settings) -> None:

@@ -215,7 +215,8 @@ class Service:
             raise Fatal(f"cannot listen on {s.http.listen}: {exc.strerror or exc}") from exc
         sockets = getattr(site._server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else s.http.port
-        run.address = f"{s.http.host}:{port}"
+        host = s.http.host
+        run.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return site_runner
 
     async def _watch_writer(self, store: Store) -> None:

@@ -40,7 +40,9 @@ def handle(args: argparse.Namespace) -> int:
     from daemon.clock import SystemClock
     from daemon.commands.common import check_database, register_secrets
     from daemon.config import load_settings, resolve_config_path
+    from daemon.errors import DaemonError
     from daemon.logs import configure_logging
+    from daemon.reload import log_loaded
     from daemon.service import Service
     from daemon.supervise import Fatal
     from daemon.systemd import Notifier
@@ -53,6 +55,7 @@ def handle(args: argparse.Namespace) -> int:
     check_database(Path(settings.daemon.database), must_exist=False)
     register_secrets(settings)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format, stream=sys.stdout)
+    log_loaded(path, settings, reloaded=False)
     clock = SystemClock()
     notifier = Notifier.from_env(clock=clock)
     service = Service(settings, clock=clock, config_path=path, notifier=notifier)
@@ -63,11 +66,18 @@ def handle(args: argparse.Namespace) -> int:
         # A fault the service gave up on (`Fatal`) is exit 1. Anything else goes to the command
         # line, which answers it as for every command: a DatabaseMismatch from opening the
         # store (a newer daemon migrated the file meanwhile, SQLite too old) with exit 2.
-        fatal = _find(exc, Fatal)
-        if fatal is None:
-            raise
+        import structlog
+
         from daemon.logs import redact_text
 
+        fatal = _find(exc, Fatal)
+        known = fatal or (exc if isinstance(exc, DaemonError) else None)
+        if known is not None:  # the journal's JSON gets the reason too, not only stderr
+            structlog.get_logger("daemon.service").critical(
+                "service.failed", error=redact_text(f"{type(known).__name__}: {known}")
+            )
+        if fatal is None:
+            raise
         print(redact_text(f"error: {fatal}"), file=sys.stderr)
         return 1
     finally:

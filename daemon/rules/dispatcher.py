@@ -47,6 +47,7 @@ from daemon.errors import (
     ConnectError,
     DaemonError,
     RuleError,
+    StoreError,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -227,7 +228,10 @@ class Dispatcher:
         try:
             await self.handle(row)
         except Exception as exc:  # supervision boundary: one event never stops the loop
-            log.exception("dispatch.crashed", event_id=row.id)
+            if isinstance(exc, StoreError):  # the database refused (disk full): not a bug
+                log.error("dispatch.store_failed", event_id=row.id, error=str(exc))
+            else:
+                log.exception("dispatch.crashed", event_id=row.id)
             attempts = row.attempts + 1
             status = "dead" if attempts >= self.settings.max_attempts else "failed"
             try:

@@ -9,6 +9,10 @@ import os
 import sys
 from datetime import timedelta
 
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.errors import StoreError
 from daemon.rules.plan import TicketRequest
 from daemon.rules.wiring import build_dispatcher
 from daemon.webhooks.event import Event
@@ -188,3 +192,27 @@ async def test_one_senders_events_stay_in_order_while_others_proceed(
     assert statuses == {"first": "done", "second": "done", "other sender": "done"}
     bob = [t for t in p.tickets() if t["summary"].endswith(BOB)]
     assert len(bob) == 1 and p.notes(bob[0]["id"])[0]["note"].startswith("second")
+
+
+async def test_a_store_that_refuses_a_write_is_logged_as_such_not_as_a_bug(
+    event_path: EventPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by probing (a full disk): a StoreError while handling an event was logged as
+    `dispatch.crashed`, "a bug", with a traceback. (A full disk cannot be made here; the store
+    method is made to refuse as it then does.)"""
+    p = event_path
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise StoreError("database write failed: database or disk is full")
+
+    monkeypatch.setattr(p.store, "record_plan", refuse)
+    await p.sms(BOB, "disk full?")
+    with capture_logs() as logs:
+        await p.dispatcher.run_until_idle()
+    (line,) = [e for e in logs if e["event"] == "dispatch.store_failed"]
+    assert "disk is full" in line["error"] and "exc_info" not in line
+    assert not [e for e in logs if e["event"] == "dispatch.crashed"]
+    monkeypatch.undo()
+    p.clock.advance(3600)
+    await p.dispatcher.run_until_idle()  # the store takes writes again: handled
+    assert [e.status for e in await p.events()] == ["done"]

@@ -49,6 +49,8 @@ async def test_ready_watchdog_and_a_clean_stop(
         if d.proc.returncode is None:
             d.proc.kill()
     assert d.events("service.started") and d.events("service.stopped")
+    (loaded,) = d.events("config.loaded")  # at start, as the catalogue says (found by probing)
+    assert loaded["reloaded"] is False and loaded["path"] == str(sb.config_path)
     assert not [e for e in d.log if "Traceback" in json.dumps(e)]
 
 
@@ -66,7 +68,7 @@ async def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(
         assert int(reloading["MONOTONIC_USEC"]) > 0
         await d.notify.expect("READY")
         async with asyncio.timeout(TIMEOUT):
-            while not d.events("config.loaded"):
+            while not d.reloads():
                 await asyncio.sleep(0.05)
         sb.config_path.write_text(original.replace('every = "1h"', 'every = "soon"', 1))
         d.proc.send_signal(signal.SIGHUP)
@@ -192,6 +194,7 @@ async def test_a_second_service_on_the_same_database_exits_1_and_touches_nothing
         said = " ".join(str(e.get("raw", "")) for e in second.log)
         assert "another `daemon run`" in said and "serves this database" in said
         assert not second.events("dispatch.leases_released")
+        assert "DatabaseInUse" in second.events("service.failed")[0]["error"]
         assert not second.events("service.started")
         assert await first.healthz() == 200
         assert await first.stop() == 0
@@ -218,6 +221,9 @@ async def test_a_taken_port_exits_1(sandbox: tuple[Sandbox, int], tmp_path: Path
             assert await d.wait_exit() == 1
         finally:
             d.notify.close()
+    # The journal's JSON says why, not only the plain stderr line (found by probing).
+    (failed,) = d.events("service.failed")
+    assert failed["level"] == "critical" and "cannot listen" in failed["error"]
 
 
 @pytest.fixture

@@ -135,3 +135,21 @@ async def test_a_shutdown_during_a_sync_records_it_cancelled(
         rows = conn.execute("SELECT status FROM sync_runs WHERE job = 'blesta-clients'").fetchall()
     assert ("cancelled",) in rows or ("ok",) in rows
     assert ("running",) not in rows
+
+
+async def test_an_ipv6_listen_address_is_reported_with_brackets(tmp_path: Path) -> None:
+    """Found by probing: `::1:46323` was logged and sent to systemd, which reads as an
+    address without a port. A URL needs `[::1]:46323`."""
+    config = tmp_path / "daemon.toml"
+    config.write_text(
+        f'[daemon]\ndatabase = "{tmp_path / "state.db"}"\n[http]\nlisten = "[::1]:0"\n'
+    )
+    config.chmod(0o600)
+    service = Service(load_settings(config), clock=SystemClock(), config_path=config,
+                      handle_signals=False)  # fmt: skip
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            address = await tg.start(service.serve)
+            assert address.startswith("[::1]:") and int(address.rpartition(":")[2]) > 0
+            assert await _get(f"http://{address}/healthz") in (200, 503)
+            service.request_shutdown()
