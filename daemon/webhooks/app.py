@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.clock import Clock
@@ -248,12 +248,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
     # The client address is worked out only when it decides something or is logged.
     addr: IPAddress | None = _remote(request, deps) if deps.allow_from else None
     try:
-        if not is_allowed(addr, deps.allow_from):
-            raise _Refused(403, "source not allowed")
-        if not deps.secrets.matches(request.match_info["secret"], now):
-            raise _Refused(404, "bad secret")
-        if not known:
-            raise _Refused(404, "unknown model")
+        _admit(request, deps, addr, now, known)
         body = await _read_body(request, deps)
         try:
             parsed = parse_payload(
@@ -307,6 +302,43 @@ async def handle_webhook(request: web.Request) -> web.Response:
     )
 
 
+def _admit(
+    request: web.Request, deps: ListenerDeps, addr: IPAddress | None, now: datetime, known: bool
+) -> None:
+    """The checks that need no body: the source, the secret, the model."""
+    if not is_allowed(addr, deps.allow_from):
+        raise _Refused(403, "source not allowed")
+    if not deps.secrets.matches(request.match_info["secret"], now):
+        raise _Refused(404, "bad secret")
+    if not known:
+        raise _Refused(404, "unknown model")
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: the checks that need no body first, and the announced length,
+    so a wrong secret or an oversized body is refused before the client is invited to send it
+    (aiohttp's own handler answers 100 Continue to anyone). The refusal closes the connection:
+    the body it announced is never read."""
+    deps = request.app[LISTENER].deps
+    model = request.match_info["model"]
+    addr = _remote(request, deps)
+    try:
+        _admit(request, deps, addr, deps.clock.now(), model in deps.models)
+        length = request.content_length
+        if length is not None and length > deps.max_body_bytes:
+            raise _Refused(413, "too large", f"over {deps.max_body_bytes} bytes")
+    except _Refused as refused:
+        refused.close = True
+        known = model if model in deps.models else None
+        return _refusal(deps, refused, known, str(addr) if addr is not None else None)
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="Unknown Expect")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response's size
+    return None
+
+
 def _wake(deps: ListenerDeps, ids: Sequence[int]) -> None:
     """Tell the dispatcher. The events are committed whatever happens here, and the dispatcher
     finds them on its next pass anyway, so a failure is logged, not answered with an error."""
@@ -323,7 +355,9 @@ def make_app(deps: ListenerDeps) -> web.Application:
     # handler enforces max_body_bytes itself while streaming.
     app = web.Application(client_max_size=deps.max_body_bytes)
     app[LISTENER] = ListenerBox(deps)
-    app.router.add_post(ROUTE, handle_webhook, name="netsapiens-webhook")
+    app.router.add_post(
+        ROUTE, handle_webhook, name="netsapiens-webhook", expect_handler=_expect_continue
+    )
     return app
 
 

@@ -401,6 +401,58 @@ async def test_garbage_on_the_socket_leaves_the_listener_up(
     assert (await post(http, hook.path(), batch(MESSAGE)))[0] == 200
 
 
+async def _expecting(
+    hook: Hook, path: str, length: int
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send only the headers of a POST with `Expect: 100-continue`; the first status line."""
+    host, port = hook.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    await writer.drain()
+    async with asyncio.timeout(5):
+        status = await reader.readline()
+    return status, reader, writer
+
+
+@pytest.mark.parametrize(
+    ("secret", "length", "status"),
+    [("w" * 32, 100, b"404"), (SECRET, 50_000_000, b"413")],
+)
+async def test_expect_100_continue_is_refused_before_the_body_is_invited(
+    hook: Hook, secret: str, length: int, status: bytes
+) -> None:
+    """Found by probing: aiohttp's own handler answered 100 Continue to anyone, inviting an
+    unauthenticated or oversized upload before the checks refused it."""
+    path = f"/webhooks/netsapiens/message/{secret}"
+    with capture_logs() as logs:
+        first, reader, writer = await _expecting(hook, path, length)
+        async with asyncio.timeout(5):
+            rest = await reader.read()  # the connection is closed after the refusal
+    writer.close()
+    assert first.startswith(b"HTTP/1.1 " + status), first
+    assert b"100 Continue" not in first + rest
+    assert [e["event"] for e in logs] == ["webhook.rejected"]
+    assert await hook.store.list_events() == []
+
+
+async def test_expect_100_continue_invites_a_good_request_and_stores_it(hook: Hook) -> None:
+    body = batch(MESSAGE)
+    first, reader, writer = await _expecting(
+        hook, f"/webhooks/netsapiens/message/{SECRET}", len(body)
+    )
+    assert first == b"HTTP/1.1 100 Continue\r\n"
+    writer.write(body)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        assert await reader.readline() == b"\r\n"
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert len(await hook.store.list_events()) == 1
+
+
 async def test_a_reload_swaps_secrets_and_limits_for_the_next_requests(
     hook: Hook, http: aiohttp.ClientSession
 ) -> None:
