@@ -415,3 +415,21 @@ def test_config_that_is_a_directory_or_a_fifo(tmp_path: Path) -> None:
     assert "(from $DAEMON_CONFIG) is a directory" in proc.stderr
     proc = run("--config", str(tmp_path / "nope.toml"), "status", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+async def test_events_list_and_show_escape_what_a_terminal_would_act_on(tmp_path: Path) -> None:
+    """A dedupe key and an error are other people's text (the PBX's id, an upstream's answer):
+    printed plain, an escape sequence in them would act on the operator's terminal."""
+    database = tmp_path / "state.db"
+    async with Store.open(database, clock=FakeClock(T0)) as store:
+        (inserted,) = await store.insert_events(
+            [NewEvent("ns", "message.received", "k\x1b]0;owned\x07\u202e", "{}", T0)]
+        )
+        await store.finish_event(inserted.id, "dead", error="upstream said \x1b[2J\rDONE")
+    config = write_config(tmp_path, database)
+    for args in (["events", "list"], ["events", "show", str(inserted.id)]):
+        proc = run("--config", str(config), *args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert not {"\x1b", "\x07", "\r", "\u202e"} & set(proc.stdout)
+        assert "\\x1b[2J\\rDONE" in proc.stdout
+    assert "k\\x1b]0;owned\\x07\\u202e" in proc.stdout

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.clock import SystemClock
-from daemon.commands.common import bounded_int, failure
+from daemon.commands.common import bounded_int, failure, safe_lines, terminal_safe
 from daemon.logs import redact_text
 
 if TYPE_CHECKING:
@@ -177,8 +177,9 @@ def _render(command: str, out: Any) -> str:
             return "no events"
         header = ("id", "received", "kind", "sender", "via", "status", "tries", "error")
         rows = [
-            (str(e["id"]), e["received_at"][:19], e["kind"], e["sender"] or "-", e["via"],
-             e["status"], str(e["attempts"]), (e["last_error"] or "")[:60])
+            tuple(terminal_safe(cell) for cell in (
+                str(e["id"]), e["received_at"][:19], e["kind"], e["sender"] or "-", e["via"],
+                e["status"], str(e["attempts"]), (e["last_error"] or "")[:60]))
             for e in out
         ]  # fmt: skip
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -205,5 +206,5 @@ def _render(command: str, out: Any) -> str:
                 lines.append(f"    error: {a['last_error']}")
             if note := _outcome_note(a):
                 lines.append(f"    {note}")
-        return "\n".join(lines)
+        return safe_lines(lines)
     return json.dumps(out, indent=2, default=str, ensure_ascii=False)

@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from daemon.clock import Clock, SystemClock
+from daemon.commands.common import safe_lines
 from daemon.config.models import NETSAPIENS_MODELS
 from daemon.errors import StoreError, shorten
 from daemon.rules.engine import RuleSet, Trace
@@ -306,4 +307,4 @@ def render_text(report: dict[str, Any]) -> str:
     for rej in report["rejected"]:
         lines.append(f"element {rej['index']} skipped: {rej['reason']}")
     lines += ["", "dry run: nothing was sent (cooldowns and the loop guard are not applied here)"]
-    return "\n".join(lines)
+    return safe_lines(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.clock import Clock, SystemClock
+from daemon.commands.common import safe_lines
 from daemon.logs import mask_webhook_url, redact_text
 
 ORDER = 30
@@ -187,4 +188,4 @@ def render_text(report: dict[str, Any]) -> str:
             f"expires {_short(s['expires_at'])} UTC"
         )
     lines += ["", "healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"])]
-    return "\n".join(lines)
+    return safe_lines(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,24 @@ def bounded_int(minimum: int = 1, maximum: int = SQLITE_INT_MAX) -> Callable[[st
 
     parse.__name__ = "int"  # argparse names the type in some of its own messages
     return parse
+
+
+# What a terminal acts on rather than shows: C0 and C1 controls (escape sequences, a carriage
+# return that overwrites the line, a newline that forges one) and the bidirectional overrides
+# that reorder what is shown (U+202E makes "exe.txt" read "txt.exe").
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` for one line of a command's plain output: anything a terminal would act on is
+    written as its escape (`\\x1b`, `\\u202e`). Event fields, rendered replies, upstream
+    errors and synced data are other people's text."""
+    return _UNSHOWABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def safe_lines(lines: list[str]) -> str:
+    """`lines` as a command's plain output, each made `terminal_safe`."""
+    return "\n".join(terminal_safe(line) for line in lines)
 
 
 def failure(message: str, error_type: str, code: int, /, **extra: Any) -> dict[str, Any]:

@@ -193,6 +193,22 @@ def test_a_missing_database_means_no_contact(tmp_path: Path) -> None:
     assert not (tmp_path / "state.db").exists()  # not created either
 
 
+def test_other_peoples_text_cannot_steer_the_terminal(tmp_path: Path) -> None:
+    """Found by probing: the rendered ticket and SMS were printed with their control characters
+    (an escape sequence, a carriage return, a right-to-left override) as they came."""
+    config = write_config(tmp_path)
+    text = "hi \x1b[2J\x1b]0;owned\x07 there\rFAKE LINE \u202eexe.txt \U0001f600"
+    event = write_event(tmp_path, {**MESSAGE, "id": "m\x1b[31m9", "text": text})
+    proc = rules_test(config, str(event), "--now", "2025-01-06T10:00")
+    assert proc.returncode == 0, proc.stderr
+    for raw in ("\x1b", "\x07", "\r", "\u202e"):
+        assert raw not in proc.stdout
+    assert (
+        "hi \\x1b[2J\\x1b]0;owned\\x07 there\\rFAKE LINE \\u202eexe.txt \U0001f600" in proc.stdout
+    )
+    assert "(netsapiens:message:m\\x1b[31m9)" in proc.stdout
+
+
 def test_a_template_error_exits_1(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     event = write_event(tmp_path, MESSAGE)
