@@ -162,32 +162,35 @@ def parse_rate_limit(value: object) -> RateLimit:
 
 
 def mask_userinfo(url: str) -> str:
-    """`url` with any `user:password@` replaced, so an error message can quote the rest."""
+    """`url` with everything between `://` and its last `@` replaced, so an error message can
+    quote the rest. The last `@`, not the first `/`: a password pasted unencoded may hold `/`,
+    `?` or `#`, which would otherwise end the part that is masked."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or "@" not in rest:
         return url
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "[REDACTED]@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    return f"{scheme}{sep}[REDACTED]@{rest.rpartition('@')[2]}"
 
 
 def check_http_url(value: str) -> str:
     """Only http(s) with a host and no credentials: anything else is a typo that would fail at
-    the first request, or a password that every summary and log line would then carry."""
+    the first request, or a password that every summary and log line would then carry.
+
+    Any `@` is refused, before the URL is parsed: `https://admin:8080/pw@host` parses as host
+    `admin`, port 8080 and a path holding the password, and a parse error can quote a piece of
+    it. The base URLs of the upstreams have no `@`."""
     shown = show(mask_userinfo(value), 80)
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"invalid URL {shown}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid URL {shown}: expected http:// or https:// and a host")
-    if "@" in parts.netloc:
+    if "@" in value:
         raise ValueError(
             f"invalid URL {shown}: credentials in the URL are not allowed; put them in the "
             "upstream's own fields (user/key, password, client_id/client_secret)"
         )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"invalid URL {shown}: a malformed host or port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid URL {shown}: expected http:// or https:// and a host")
     if any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"invalid URL {shown}: contains whitespace or control characters")
     return value

@@ -110,9 +110,28 @@ def test_malformed_urls_are_value_errors(bad: str) -> None:
         check_http_url(bad)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://admin:Pa55/SECRETpart@billing.example.com/api",
+        "https://admin:TopS3cret?tail@billing.example.com/api",
+        "https://admin:8080/SECRETpart@billing.example.com/api",  # parses as host "admin"
+        "https://admin:x#SECRETpart@billing.example.com/api",
+        "https://admin:SECRET@part@billing.example.com/api",  # an @ in the password too
+    ],
+)
+def test_a_password_pasted_unencoded_is_refused_and_never_shown(url: str) -> None:
+    """Found by probing: a `/`, `?` or `#` in the password ended the masked part (the URL was
+    echoed whole), a parse error quoted it, or the URL was even accepted."""
+    with pytest.raises(ValueError, match="credentials in the URL") as info:
+        check_http_url(url)
+    assert "SECRET" not in str(info.value) and "TopS3cret" not in str(info.value)
+
+
 def test_mask_userinfo() -> None:
     assert mask_userinfo("https://u:p@h/x") == "https://[REDACTED]@h/x"
-    assert mask_userinfo("https://h/x@y") == "https://h/x@y"
+    assert mask_userinfo("https://u:p/q@h/x") == "https://[REDACTED]@h/x"
+    assert mask_userinfo("https://h/x") == "https://h/x"
     assert mask_userinfo("not a url") == "not a url"
 
 
