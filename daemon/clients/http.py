@@ -164,10 +164,14 @@ class UpstreamSession:
             self.secrets.append(value)
 
     def url(self, path: str) -> URL:
-        """Resolve `path` against the base URL; absolute URLs pass through."""
-        if path.startswith(("http://", "https://")):
-            return URL(path)
-        return self.base_url.join(URL(path.lstrip("/")))
+        """Resolve `path` against the base URL. A path that would leave the upstream's origin (a
+        full URL, in any case of its scheme) is refused: the session's credentials go
+        with every request it makes. (Found by probing: `daemon api blesta <URL> ...` sent
+        Blesta's Basic credentials to the host it named.)"""
+        target = self.base_url.join(URL(path.lstrip("/")))
+        if target.origin() != self.base_url.origin():
+            raise ValueError(f"{self.name}: a path that leaves the upstream's host is refused")
+        return target
 
     def backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""

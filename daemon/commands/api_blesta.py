@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,8 +34,12 @@ def register(
         description="Call {api}/MODEL/METHOD.json on the configured Blesta and print the "
         "`response` value as JSON.",
     )
-    p.add_argument("model", help="snake_case model, e.g. clients, report_manager")
-    p.add_argument("method", help="camelCase method, e.g. getList")
+    p.add_argument(
+        "model",
+        type=_name(_MODEL, "a model"),
+        help="snake_case model, e.g. clients, report_manager (plugin.model for a plugin's)",
+    )
+    p.add_argument("method", type=_name(_METHOD, "a method"), help="camelCase method, e.g. getList")
     p.add_argument(
         "params",
         nargs=argparse.REMAINDER,
@@ -43,6 +48,21 @@ def register(
     )
     add_options(p)
     p.set_defaults(handler=handle)
+
+
+# A model and a method are path segments of {api}/MODEL/METHOD.json. Only names: a full URL
+# (or `..`) in their place sent the request, and Blesta's credentials, elsewhere.
+_MODEL = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?")
+_METHOD = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _name(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"not {what} name: {text[:40]!r}")
+        return text
+
+    return parse
 
 
 def add_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:

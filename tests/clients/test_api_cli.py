@@ -112,6 +112,21 @@ async def test_blesta_404_exits_1_with_error_json(config: Path) -> None:
     assert BLESTA_KEY not in err
 
 
+@pytest.mark.parametrize(
+    ("model", "method"),
+    [("http://127.0.0.1:9/steal", "x"), ("HTTPS://elsewhere", "x"), ("..", "getList"),
+     ("clients", "../../x"), ("clients", "get List")],
+)  # fmt: skip
+async def test_blesta_model_and_method_are_names_not_urls(
+    config: Path, model: str, method: str
+) -> None:
+    """Found by probing: a full URL as the model was passed through, and the request carried
+    Blesta's Basic credentials to the host it named."""
+    code, out, err = await run_cli("api", "blesta", model, method, "--config", str(config))
+    assert code == 2 and out == ""
+    assert "name" in err and BLESTA_KEY not in err
+
+
 async def test_reseller_commands(config: Path) -> None:
     code, out, err = await run_cli("api", "reseller", "getcredit", "--config", str(config))
     assert code == 0, err

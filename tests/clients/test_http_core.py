@@ -311,11 +311,17 @@ async def test_closed_session_refuses_requests(blesta_sim: str, fake_clock: Fake
         await s.request("GET", PATH)
 
 
-def test_url_joins_relative_and_passes_absolute(fake_clock: FakeClock) -> None:
+def test_url_joins_relative_paths_and_never_leaves_the_upstream(fake_clock: FakeClock) -> None:
+    """Found by probing: an absolute URL passed through, so `daemon api blesta <URL> ...` sent
+    Blesta's credentials to the host it named (and `HTTP://` was absolute to the join)."""
     s = make_session("http://h/api", fake_clock)
     assert str(s.url("clients/getList.json")) == "http://h/api/clients/getList.json"
     assert str(s.url("/clients/get.json")) == "http://h/api/clients/get.json"
-    assert str(s.url("https://other/x")) == "https://other/x"
+    assert str(s.url("http://h/api/x")) == "http://h/api/x"  # the same origin is fine
+    assert str(s.url("//other/x")) == "http://h/api/other/x"  # a path, once its slashes go
+    for away in ("https://other/x", "HTTP://other/x", "http://h:81/api", "https://h/"):
+        with pytest.raises(ValueError, match="leaves the upstream"):
+            s.url(away)
 
 
 def test_backoff_is_full_jitter_and_capped(fake_clock: FakeClock) -> None:
