@@ -79,7 +79,7 @@ def _int(obj: Mapping[str, Any], *keys: str) -> int | None:
         return None
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; "inf" (found by probing: a 500)
         return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -143,6 +144,24 @@ def test_cdr_v2_completed() -> None:
     assert (e.from_number, e.to_number, e.direction) == ("+15551230000", "+15559870000", "inbound")
     assert e.duration == 60 and e.dedupe_key == "netsapiens:cdr:o1+t1"
     assert e.occurred_at == datetime(2025, 1, 2, 15, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("model", "element"),
+    [
+        ("cdr", {**CDR_V2, "call-total-duration-seconds": "inf",
+                 "call-talking-duration-seconds": "-Infinity"}),
+        ("voicemail", {**VOICEMAIL, "file-duration-seconds": "Infinity"}),
+        ("cdr", {**CDR_V2, "call-talking-duration-seconds": "1e999"}),
+    ],
+)  # fmt: skip
+def test_a_duration_of_infinity_is_unknown_not_an_overflow(
+    model: str, element: dict[str, Any]
+) -> None:
+    """Found by probing: `int(float("inf"))` raised OverflowError out of the parser; the
+    listener answered 500 and stored none of the delivery's good events."""
+    e = one(model, element)
+    assert e.duration is None
 
 
 def test_cdr_v1_underscore_keys() -> None:
