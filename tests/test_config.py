@@ -204,6 +204,11 @@ def test_resolve_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_config_path(None, env={}) == Path("daemon.toml")
     with pytest.raises(ConfigError, match="--config"):
         resolve_config_path(str(tmp_path / "missing.toml"), env={})
+    # Found by probing: an empty --config ("$CFG" unset) fell through to ./daemon.toml.
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="--config is empty"):
+            resolve_config_path(empty, env={"DAEMON_CONFIG": str(path)})
+    assert resolve_config_path(None, env={"DAEMON_CONFIG": ""}) == Path("daemon.toml")
     os.remove(path)
     if not Path("/etc/integration-daemon/daemon.toml").exists():
         with pytest.raises(ConfigError, match="no configuration file"):

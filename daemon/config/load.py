@@ -41,8 +41,14 @@ MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def resolve_config_path(explicit: str | None, env: Mapping[str, str] = os.environ) -> Path:
-    """DESIGN §2's search order: `--config`, `$DAEMON_CONFIG`, `./daemon.toml`, `/etc/...`."""
-    if explicit:
+    """DESIGN §2's search order: `--config`, `$DAEMON_CONFIG`, `./daemon.toml`, `/etc/...`.
+
+    `--config ""` is an error, not "not given": `daemon --config "$CFG"` with CFG unset must not
+    fall through to ./daemon.toml or the system's config. (An empty $DAEMON_CONFIG is unset,
+    as the shell's convention has it.)"""
+    if explicit is not None:
+        if not explicit.strip():
+            raise ConfigError("--config is empty: name the configuration file")
         return _named_file(_expand(explicit, "--config"), "--config")
     from_env = env.get("DAEMON_CONFIG")
     if from_env:
