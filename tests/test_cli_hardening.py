@@ -237,6 +237,12 @@ OUT_OF_RANGE = [
     (["events", "replay"], "one of the arguments ID --dead is required"),
     (["events", "replay", "1", "--dead", "--json"], "not allowed with argument ID"),
     (["events", "list", "--limit", "0", "--js"], "at least 1"),  # argparse's abbreviation
+    # Found by probing: ids a path segment cannot be, and digits int() reads but people do not.
+    (["subscriptions", "delete", ""], "is not a record id"),
+    (["subscriptions", "delete", ".."], "is not a record id"),
+    (["events", "show", "\u0661\u0662"], "not a whole number"),
+    (["events", "show", "1_0"], "not a whole number"),
+    (["events", "list", "--limit", " 5"], "not a whole number"),
 ]
 
 

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from daemon.clients.segments import segment
 from daemon.clock import SystemClock
 from daemon.commands.common import emit_json, load_upstream
 
@@ -70,6 +71,10 @@ def record_id(args: argparse.Namespace, extras: list[str], action: str) -> str:
     rid = args.id or (extras[0] if extras else None)
     if not rid:
         raise UsageError(f"{action} needs --id ID")
+    try:
+        segment(rid)  # "." and ".." would name another path, not a record
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return str(rid)
 
 

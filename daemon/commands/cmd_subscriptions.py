@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from daemon.clock import Clock, SystemClock
+from daemon.commands.common import path_id
 from daemon.config import NetsapiensUpstream, NetsapiensWebhookSettings, Settings
 from daemon.errors import ConfigError, NotFoundError
 from daemon.logs import mask_webhook_url
@@ -44,7 +45,7 @@ def register(
     ops.add_parser("list", parents=[common], help="upstream and local subscriptions")
     ops.add_parser("sync", parents=[common], help="run one keeper pass now")
     delete = ops.add_parser("delete", parents=[common], help="delete one subscription")
-    delete.add_argument("id", metavar="ID")
+    delete.add_argument("id", metavar="ID", type=path_id)
     p.set_defaults(handler=handle)
 
 

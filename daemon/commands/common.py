@@ -28,20 +28,23 @@ if TYPE_CHECKING:
 SQLITE_INT_MAX = 2**63 - 1
 
 
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+
+
 def bounded_int(minimum: int = 1, maximum: int = SQLITE_INT_MAX) -> Callable[[str], int]:
     """An argparse `type=` for a whole number from `minimum` to `maximum`: every id, limit and
     count on the command line. Anything else is a usage error (exit 2) that says why."""
 
     def parse(text: str) -> int:
+        # ASCII digits only: int() also reads "1_0" and other scripts' digits ("١٢"), which
+        # nobody means as an id (found by probing).
+        if not _WHOLE.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}")
         try:
             value = int(text)
-        except ValueError:
-            digits = text.strip()
-            if digits[1:].isdigit() and digits[0] in "+-0123456789":  # too many digits for int()
-                value = minimum - 1 if digits[0] == "-" else maximum + 1
-            else:
-                raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
-        shown = text.strip() if len(text.strip()) <= 24 else f"{text.strip()[:20]}..."
+        except ValueError:  # too many digits for int()
+            value = minimum - 1 if text[0] == "-" else maximum + 1
+        shown = text if len(text) <= 24 else f"{text[:20]}..."
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {shown}")
         if value > maximum:
@@ -68,6 +71,18 @@ def terminal_safe(text: str) -> str:
 def safe_lines(lines: list[str]) -> str:
     """`lines` as a command's plain output, each made `terminal_safe`."""
     return "\n".join(terminal_safe(line) for line in lines)
+
+
+def path_id(text: str) -> str:
+    """An argparse `type=` for an upstream record id that becomes a path segment: not empty,
+    `.` or `..` (a usage error, exit 2, instead of an internal error later)."""
+    from daemon.clients.segments import segment
+
+    try:
+        segment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def failure(message: str, error_type: str, code: int, /, **extra: Any) -> dict[str, Any]:

@@ -188,3 +188,17 @@ async def test_call_helpers(blesta: BlestaClient, reseller: ResellerClient) -> N
     assert await api_reseller._call(reseller, "suspendlicense", {"license": key}) is True
     with pytest.raises(ConfigError):
         await api_reseller._call(reseller, "update", {})
+
+
+@pytest.mark.parametrize("bad", [".", "..", "   "])
+def test_a_record_id_that_names_another_path_is_a_usage_error(bad: str) -> None:
+    """Found by probing: `api halo tickets get ..` ended as an internal error (a ValueError
+    from the path segment check), not a usage error."""
+    from argparse import Namespace
+
+    from daemon.commands.api_halo import UsageError, record_id
+
+    with pytest.raises(UsageError, match="not a record id|needs --id"):
+        record_id(Namespace(id=bad.strip() or None), [], "get")
+    with pytest.raises(UsageError):
+        record_id(Namespace(id=None), [bad] if bad.strip() else [], "get")
