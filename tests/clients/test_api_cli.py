@@ -198,7 +198,7 @@ def test_a_record_id_that_names_another_path_is_a_usage_error(bad: str) -> None:
 
     from daemon.commands.api_halo import UsageError, record_id
 
-    with pytest.raises(UsageError, match="not a record id|needs --id"):
+    with pytest.raises(UsageError, match=r"not a record id|needs --id"):
         record_id(Namespace(id=bad.strip() or None), [], "get")
     with pytest.raises(UsageError):
         record_id(Namespace(id=None), [bad] if bad.strip() else [], "get")
