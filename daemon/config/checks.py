@@ -251,6 +251,9 @@ def check_rule_syntax(c: Collector, path: str, rule: Rule) -> None:
 
 
 def _check_match(c: Collector, where: str, key: str, patterns: str | list[str]) -> None:
+    # Loaded only for configs with rules, as the templates are.
+    from daemon.rules.patterns import PatternError, compile_pattern
+
     if key not in EVENT_FIELDS:
         c.add(where, f"unknown event field {key!r}: expected one of {', '.join(EVENT_FIELDS)}")
         return
@@ -259,8 +262,8 @@ def _check_match(c: Collector, where: str, key: str, patterns: str | list[str]) 
     for j, pattern in enumerate([patterns] if isinstance(patterns, str) else patterns):
         at = where + (f"[{j}]" if not isinstance(patterns, str) else "")
         try:
-            re.compile(pattern)
-        except (re.error, OverflowError, RecursionError) as exc:
+            compile_pattern(pattern)  # as the rules will run it (daemon.rules.patterns)
+        except (PatternError, OverflowError, RecursionError) as exc:
             c.add(at, f"invalid regular expression {pattern!r}: {exc}")
 
 

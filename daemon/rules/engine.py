@@ -9,8 +9,9 @@ guard need the database, so the dispatcher applies them to the plan (`RuleSet.co
 Semantics, in file order:
 
 - a disabled rule is skipped; `on` is an event kind or a glob (`eventkinds.kind_matches`);
-- `match`: every key must match the event field with `re.search` (a list: any of its
-  patterns); a field that is None never matches; numbers (`duration`) are matched as text;
+- `match`: every key must match the event field with a search (`daemon.rules.patterns`: `re`'s
+  syntax, with a time limit; a list: any of its patterns); a field that is None never matches;
+  numbers (`duration`) are matched as text;
 - `when`: one Jinja expression, truthy to act;
 - the first rule that gets this far acts, and evaluation stops unless it says `continue`.
   Every rule that acts is in `Plan.matched` and yields one `PlannedAction`.
@@ -23,7 +24,6 @@ Semantics, in file order:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +37,7 @@ from daemon.config.models import Rule
 from daemon.errors import ConfigError, ConfigProblem
 from daemon.eventkinds import kind_matches
 from daemon.rules.context import build_context
+from daemon.rules.patterns import Pattern, PatternError, PatternTooSlow, compile_pattern, found
 from daemon.rules.plan import Plan, PlannedAction, SmsRequest, TicketRequest, action_key
 from daemon.rules.templates import (
     RenderError,
@@ -67,7 +68,7 @@ class Trace:
 @dataclass(frozen=True)
 class CompiledRule:
     rule: Rule
-    patterns: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]
+    patterns: tuple[tuple[str, tuple[Pattern, ...]], ...]
     when: When | None
     text: Text | None
     ticket: Tree | None
@@ -123,7 +124,7 @@ def _failed_match(compiled: CompiledRule, fields: Mapping[str, Any]) -> str | No
         value = _field_text(fields.get(key))
         if value is None:
             return f"{key} is empty"
-        if not any(p.search(value) for p in patterns):
+        if not any(found(p, value) for p in patterns):
             shown = value if len(value) <= 60 else value[:59] + "…"
             return f"{key} {shown!r} does not match"
     return None
@@ -226,7 +227,14 @@ class RuleSet:
             if not kind_matches(rule.on, event.kind):
                 traces.append(Trace(name, "kind", f"on = {rule.on!r}, event is {event.kind!r}"))
                 continue
-            why = _failed_match(compiled, fields)
+            try:
+                why = _failed_match(compiled, fields)
+            except PatternTooSlow as exc:  # a rule error: that action is dead, with the reason
+                matched.append(name)
+                actions.append(_action(compiled, event, error=f"match: {exc}"))
+                traces.append(Trace(name, "error", f"match: {exc}"))
+                stopped = not rule.continue_
+                continue
             if why is not None:
                 traces.append(Trace(name, "match", why))
                 continue
@@ -261,12 +269,12 @@ class _RuleProblem(Exception):
 
 
 def _compile_rule(env: jinja2.Environment, rule: Rule) -> CompiledRule:
-    patterns: list[tuple[str, tuple[re.Pattern[str], ...]]] = []
+    patterns: list[tuple[str, tuple[Pattern, ...]]] = []
     for key, value in rule.match.items():
         sources = [value] if isinstance(value, str) else list(value)
         try:
-            patterns.append((key, tuple(re.compile(s) for s in sources)))
-        except (re.error, OverflowError, RecursionError) as exc:
+            patterns.append((key, tuple(compile_pattern(s) for s in sources)))
+        except (PatternError, OverflowError, RecursionError) as exc:
             raise _RuleProblem(f"match.{key}", f"invalid regular expression: {exc}") from None
     try:
         when = compile_when_expression(env, rule.when) if rule.when is not None else None

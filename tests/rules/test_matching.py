@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from daemon.config.dispatch import BusinessHours
 from daemon.config.models import Rule
+from daemon.rules.patterns import MATCH_TIMEOUT
 from daemon.rules.plan import action_key
 from tests.rules.util import NOW, contact, event, rule, ruleset, sms
 
@@ -169,3 +171,23 @@ def test_the_context_is_not_mutated_between_rules() -> None:
     assert plan.actions[0].error is not None and "not allowed" in plan.actions[0].error
     assert plan.actions[1].sms is not None and plan.actions[1].sms.text == "Hi Ada"
     assert who.data["first_name"] == "Ada"
+
+
+def test_a_pattern_that_backtracks_is_stopped_and_its_action_is_dead() -> None:
+    """Found by probing: with `re`, a pattern that backtracks ran for more than 30 s on a short
+    SMS, on the event loop. The search now stops at MATCH_TIMEOUT, that rule's action carries
+    the reason (the dispatcher records it dead), and `continue` goes on to the next rule."""
+    rules = ruleset(
+        sms("greedy", match={"body": r"^(a|aa)+$"}, **{"continue": True}),
+        sms("after"),
+    )
+    started = time.perf_counter()
+    plan, traces = rules.explain(event(body="a" * 60 + "!"), contact=None, now=NOW)
+    assert time.perf_counter() - started < 5 * MATCH_TIMEOUT + 1
+    greedy, after = plan.actions
+    assert greedy.error is not None and "took over" in greedy.error and "backtracks" in greedy.error
+    assert after.error is None and plan.matched == ["greedy", "after"]
+    assert [(t.rule, t.outcome) for t in traces] == [("greedy", "error"), ("after", "acted")]
+    # The same pattern on a text it does not backtrack on matches as `re` would.
+    plan = rules.evaluate(event(body="aaaa"), contact=None, now=NOW)
+    assert plan.actions[0].error is None and plan.matched == ["greedy", "after"]
