@@ -166,6 +166,14 @@ async def test_json_failure_unknown_event_and_bad_usage(tmp_path: Path) -> None:
         run("--config", str(config), "events", "replay", "1", "99", "--json", cwd=tmp_path), 1
     )
     assert answer["replayed"] == 1 and answer["error_type"] == "NotFound"
+    # Without --json, a not-found is a message on stderr, not a JSON object on stdout (found by
+    # probing).
+    for args, said in (
+        (["events", "show", "99"], "error: no event with id 99"),
+        (["events", "replay", "1", "99"], "error: 1 of the ids do not exist (1 replayed)"),
+    ):
+        proc = run("--config", str(config), *args, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (1, "") and said in proc.stderr
     proc = run(
         "--config", str(config), "events", "list", "--status", "bogus", "--json", cwd=tmp_path
     )

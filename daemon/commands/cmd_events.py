@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,8 @@ def handle(args: argparse.Namespace) -> int:
     code, out = asyncio.run(_run(args, database))
     if args.json:
         print(redact_text(json.dumps(out, indent=2, default=str, ensure_ascii=False)))
+    elif code != 0 and "error" in out:  # a not-found is a message for people, on stderr
+        print(redact_text(f"error: {out['error']}"), file=sys.stderr)
     else:
         print(redact_text(_render(args.events_command, out)))
     return code
@@ -106,7 +109,8 @@ async def _run(args: argparse.Namespace, database: Path) -> tuple[int, Any]:
         found = await store.reset_events(args.ids)
         missing = len(set(args.ids)) - found
         if missing:
-            return 1, failure(f"{missing} of the ids do not exist", "NotFound", 1, replayed=found)
+            message = f"{missing} of the ids do not exist ({found} replayed)"
+            return 1, failure(message, "NotFound", 1, replayed=found)
         return 0, {"replayed": found}
 
 
@@ -186,7 +190,7 @@ def _render(command: str, out: Any) -> str:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                  for row in [header, *rows]]  # fmt: skip
         return "\n".join(lines)
-    if command == "show" and "error" not in out:
+    if command == "show":
         lines = [
             f"event {out['id']}  {out['kind']}  {out['status']}  (via {out['via']}, "
             f"{out['attempts']} attempts)",
