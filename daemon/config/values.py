@@ -223,14 +223,57 @@ def check_network(value: str) -> str:
 _CRON_REFERENCE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+_CRON_FIELDS = (  # name, lowest, highest, names allowed (their values in order from lowest)
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day-of-month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                      "nov", "dec")),
+    ("day-of-week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)  # fmt: skip
+_CRON_ITEM = re.compile(r"(\*|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/([0-9]+))?")
+
+
+def _cron_field_problem(text: str, field: tuple[str, int, int, tuple[str, ...]]) -> str | None:
+    """Why `text` is not plain cron for `field` (numbers, names, `*`, `a-b` with a <= b, `/n`,
+    lists), or None. croniter also reads extensions nobody here asked for: `R` (random), `H`
+    (hashed), a reversed range that wraps (`1-0` fires every minute) — found by probing."""
+    name, low, high, names = field
+    for item in text.lower().split(","):
+        m = _CRON_ITEM.fullmatch(item)
+        if m is None:
+            return f"{name} {item!r} is not a number, a name, '*', a range or a step"
+        bounds = []
+        for part in (m.group(2), m.group(3)):
+            if part is None:
+                continue
+            number = low + names.index(part) if part in names else None
+            if number is None and (not part.isascii() or not part.isdigit()):
+                return f"{name} {part!r} is not a number" + (" or a name" if names else "")
+            number = int(part) if number is None else number
+            if not low <= number <= high:
+                return f"{name} {number} is out of range ({low}-{high})"
+            bounds.append(number)
+        if len(bounds) == 2 and bounds[0] > bounds[1]:
+            return f"{name} range {item!r} runs backwards"
+        if m.group(4) is not None and int(m.group(4)) == 0:
+            return f"{name} step 0"
+    return None
+
+
 def check_cron(value: str) -> str:
-    """Five fields (minute hour day month weekday), UTC, and it must fire: `0 0 31 2 *` is a
-    valid expression for a job that would never run."""
-    if len(value.split()) != 5:
+    """Five fields (minute hour day month weekday), UTC, in plain cron, and it must fire: `0 0 31
+    2 *` is a valid expression for a job that would never run."""
+    fields = value.split(" ")
+    fields = [f for f in fields if f]
+    if len(fields) != 5 or not value.isprintable():  # a newline or tab would break the summary
         raise ValueError(
-            f"invalid cron expression {show(value)}: expected five fields "
+            f"invalid cron expression {show(value)}: expected five fields separated by spaces "
             "(minute hour day-of-month month day-of-week)"
         )
+    for text, field in zip(fields, _CRON_FIELDS, strict=True):
+        if problem := _cron_field_problem(text, field):
+            raise ValueError(f"invalid cron expression {show(value)}: {problem}")
     from croniter import croniter  # loaded only for configs that schedule by cron
 
     errors = (ValueError, KeyError, TypeError, OverflowError, IndexError)

@@ -149,7 +149,18 @@ def test_listen_port_is_ascii_and_in_range(bad: str) -> None:
         ("* * * * * *", "five fields"),
         ("0 0 1 1 * 2099", "five fields"),
         ("@reboot", "five fields"),
-        ("61 * * * *", "invalid cron"),
+        ("61 * * * *", "minute 61 is out of range"),
+        # Found by probing: croniter's own extensions and a reversed range were accepted.
+        ("R R * * *", "minute 'r' is not a number"),
+        ("H * * * *", "is not a number"),
+        ("1-0 * * * *", "range '1-0' runs backwards"),
+        ("0 0 * * fri-mon", "runs backwards"),
+        ("*/0 * * * *", "step 0"),
+        ("0 0 L * *", "day-of-month 'l' is not a number"),
+        ("0 0 * * 5#2", "is not a number, a name"),
+        ("0 0 * * *\n", "five fields"),
+        ("0\t0 * * *", "five fields"),
+        ("0 0 * \u0661 *", "is not a number"),
     ],
 )
 def test_cron_has_five_fields_and_fires(bad: str, words: str) -> None:
@@ -160,3 +171,12 @@ def test_cron_has_five_fields_and_fires(bad: str, words: str) -> None:
 
 def test_leap_day_cron_fires() -> None:
     assert check_cron("0 0 29 2 *") == "0 0 29 2 *"
+
+
+@pytest.mark.parametrize(
+    "good",
+    ["*/15 * * * *", "0 9-17 * * mon-fri", "30 2 1,15 jan,jul *", "0 0 * * 0", "0 0 * * 7",
+     "5  4 * * SUN", "0 12 * 1-12/3 *", "0-59/10 * * * *"],
+)  # fmt: skip
+def test_plain_cron_is_accepted(good: str) -> None:
+    assert check_cron(good) == good
