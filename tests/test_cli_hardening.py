@@ -401,6 +401,19 @@ async def test_subscriptions_list_does_not_create_a_database(
     assert [s["id"] for s in listed["local"]] == synced["created"]
 
 
+def test_a_database_path_under_a_regular_file_is_invalid_config_for_status(
+    tmp_path: Path,
+) -> None:
+    """Found by probing: status called such a path "missing" (exit 1) where check-config and
+    events call it invalid configuration (exit 2)."""
+    (tmp_path / "afile").write_text("")
+    config = write_config(tmp_path, tmp_path / "afile" / "state.db")
+    for args in (["status"], ["events", "list"], ["check-config"]):
+        proc = run("--config", str(config), *args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "daemon.database" in proc.stderr
+
+
 def test_check_database_names_the_key(tmp_path: Path) -> None:
     from daemon.commands.common import check_database
 

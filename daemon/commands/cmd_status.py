@@ -61,7 +61,9 @@ def handle(args: argparse.Namespace) -> int:
     database = Path(settings.daemon.database)
     args.json_failure = {"database": str(database), "healthy": False}
     configured = [job.name for job in settings.sync]
-    if not database.exists():
+    # The path's checks first, as every command makes them: one that cannot be a database
+    # (under a regular file, a directory) is invalid configuration, not "missing".
+    if not check_database(database, must_exist=False):
         # Not an error here but the health check's answer: not healthy (yet).
         message = missing_database(database)
         if args.json:
@@ -69,7 +71,6 @@ def handle(args: argparse.Namespace) -> int:
         else:
             print(message)
         return EXIT_UNHEALTHY
-    check_database(database, must_exist=True)
     report = asyncio.run(
         collect_status(database, clock=SystemClock(), jobs=configured, secrets=secrets)
     )
