@@ -414,6 +414,32 @@ def test_a_database_path_under_a_regular_file_is_invalid_config_for_status(
         assert "daemon.database" in proc.stderr
 
 
+async def test_inspecting_a_closed_database_leaves_no_files_and_needs_no_write_access(
+    tmp_path: Path,
+) -> None:
+    """Found by probing: a read-only command on a closed WAL database created `-wal`/`-shm`
+    beside it, and failed where the directory was not writable ("attempt to write a readonly
+    database"; not reproducible as root, who may write anywhere). No `-shm` means no open
+    connection: the file is read as it stands."""
+    database = await seeded(tmp_path / "state.db")
+    assert not Path(f"{database}-shm").exists() and not Path(f"{database}-wal").exists()
+    config = write_config(tmp_path, database)
+    for args, said in (
+        (["events", "list"], "message.received"),
+        (["events", "show", "1"], "dedupe key k1"),
+        (["status"], "inbox:"),
+    ):
+        proc = run("--config", str(config), *args, cwd=tmp_path)
+        assert proc.returncode == 0 and said in proc.stdout, (args, proc.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.toml", "state.db"], args
+    # Beside a running service (its -shm there), reads see what it committed since.
+    async with Store.open(database, clock=FakeClock(T0)) as store:
+        await store.insert_events([NewEvent("ns", "message.received", "k2", "{}", T0)])
+        proc = run("--config", str(config), "events", "list", cwd=tmp_path)
+        assert proc.returncode == 0 and "k2" not in proc.stdout  # keys are not listed...
+        assert proc.stdout.count("message.received") == 2  # ...but both events are
+
+
 def test_check_database_names_the_key(tmp_path: Path) -> None:
     from daemon.commands.common import check_database
 

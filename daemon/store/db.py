@@ -155,6 +155,18 @@ def _refuse_non_regular(path: Path) -> None:
         raise StoreError(f"{path}: cannot open database: not a regular file")
 
 
+def _read_only_uri(path: Path) -> str:
+    """The URI an inspection command reads `path` by. A reader of a WAL database creates the
+    `-wal` and `-shm` files when they are missing, and cannot where the directory is not
+    writable ("attempt to write a readonly database", found by probing). No `-shm` means no
+    connection is open anywhere (one in WAL mode keeps it), so the file is read as it stands
+    (`immutable=1`), leaving nothing behind; the pre-check (`commands.common`) reads it the same
+    way. A service starting meanwhile writes to its new WAL, not to the file, until its first
+    checkpoint: far longer than such a read takes."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    return uri if os.path.exists(f"{path}-shm") else uri + "&immutable=1"
+
+
 class Database(WriterLoop):
     """The connection-owning core of `Store`; repositories add their methods on top."""
 
@@ -248,7 +260,7 @@ class Database(WriterLoop):
                 if not self.path.exists():
                     raise StoreError(f"{self.path}: database does not exist")
                 _refuse_non_regular(self.path)
-                self._reader = await _connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+                self._reader = await _connect(_read_only_uri(self.path), uri=True)
                 self._reader.row_factory = sqlite3.Row
                 version = await user_version(self._reader)
                 if version > SCHEMA_VERSION:
