@@ -9,6 +9,7 @@ Real listener, real SQLite store, the NetSapiens and Halo simulators; the clock 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -120,59 +121,42 @@ async def test_a_failed_session_list_is_retried_never_taken_for_not_sent(
     assert json.loads(action.response)["found_in"] == "new session"
 
 
-async def test_a_reply_into_the_messages_own_session_is_found_there(
-    event_path: EventPath,
-) -> None:
-    p = event_path
-    lose_the_next_answer(p)
-    await p.sms(ANN, "ping")
-    await p.dispatcher.run_until_idle()
-    p.clock.advance(600)
-    await p.dispatcher.run_until_idle()
-    assert p.sent_to(ANN) == ["pong: ping"]
-    _, action = await _action(p)
-    response = json.loads(action.response)
-    assert response["found"] is True and response["found_in"] == "event session"
-
-
-async def test_a_lost_reply_at_the_end_of_a_years_long_session_is_found(
-    event_path: EventPath,
-) -> None:
-    """Found by probing: the look-up read a session oldest first and gave up after 2,000
-    messages, so in a regular customer's session (the PBX keeps one per correspondent) the
-    reply that went was never found, and the action ended dead."""
-    p = event_path
+def _years_of_messages(p: EventPath) -> None:
+    """A regular customer's session: the PBX keeps one per correspondent, and the look-up
+    gave up after 2,000 messages read oldest first (found by probing: the reply that went ended
+    dead)."""
     for i in range(2500):
         p.ns.record_inbound_sms(ANN, OUR_NUMBER, f"old message {i}")
-    lose_the_next_answer(p)
-    await p.sms(ANN, "ping")
-    await p.dispatcher.run_until_idle()
-    p.clock.advance(600)
-    await p.dispatcher.run_until_idle()
-    assert p.sent_to(ANN) == ["pong: ping"]
-    event, action = await _action(p)
-    assert (event.status, action.status) == ("done", "sent")
-    assert json.loads(action.response)["found_in"] == "event session"
 
 
-async def test_a_time_at_the_calendars_edge_in_the_session_does_not_stop_the_look_up(
-    event_path: EventPath,
-) -> None:
-    """Found by probing: one message of the session timestamped `0001-01-01T00:00:00+01:00`
-    raised OverflowError out of the look-up, past the dispatcher's typed errors; the reply that
-    went was never settled, and a replay crashed again. Such a time is unknown."""
-    p = event_path
-    lose_the_next_answer(p)
-    await p.sms(ANN, "ping")
-    await p.dispatcher.run_until_idle()
+def _a_message_from_the_year_one(p: EventPath) -> None:
+    """`0001-01-01T00:00:00+01:00` raised OverflowError out of the look-up, past the
+    dispatcher's typed errors (found by probing): such a time is unknown."""
     odd = p.ns.record_inbound_sms(ANN, OUR_NUMBER, "from the year one")
     odd["timestamp"] = "0001-01-01T00:00:00+01:00"
+
+
+@pytest.mark.parametrize(
+    "history",
+    [None, _years_of_messages, _a_message_from_the_year_one],
+    ids=["a new session", "years of messages", "a message from the year one"],
+)
+async def test_a_reply_into_the_messages_own_session_is_found_there(
+    event_path: EventPath, history: Callable[[EventPath], None] | None
+) -> None:
+    p = event_path
+    if history is not None:
+        history(p)
+    lose_the_next_answer(p)
+    await p.sms(ANN, "ping")
+    await p.dispatcher.run_until_idle()
     p.clock.advance(600)
     await p.dispatcher.run_until_idle()
     assert p.sent_to(ANN) == ["pong: ping"]
     event, action = await _action(p)
     assert (event.status, action.status) == ("done", "sent")
-    assert json.loads(action.response)["found_in"] == "event session"
+    response = json.loads(action.response)
+    assert response["found"] is True and response["found_in"] == "event session"
 
 
 @pytest.mark.parametrize("how", ["no session id", "session refused"])
