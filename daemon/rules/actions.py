@@ -372,10 +372,11 @@ class HaloActions:
         page = await self.client.tickets.list(page_size=5, search=marker)
         for ticket in page.records:
             if marker in str(ticket.get("details", "")):
+                ticket_id = ticket_id_of(ticket)
                 if req.thread and phone:
-                    await self.threads.set_halo_thread(phone, rule, ticket_id_of(ticket))
+                    await self.threads.set_halo_thread(phone, rule, ticket_id)
                 response = {"ticket_id": ticket["id"], "found": True, "found_in": "ticket"}
-                return Outcome(str(ticket["id"]), response)
+                return Outcome(ticket_id, response)
         thread = await self.threads.get_halo_thread(phone, rule) if phone else None
         if thread is not None and phone:
             return await self._find_note(marker, thread.ticket_id, phone, rule)
