@@ -18,10 +18,15 @@ through the client (`limit` is the page size, `max_pages` the bound; a page that
 The cursor (`sync_state` key `netsapiens-backfill`) says "everything before this time is in the
 inbox". It moves to `until` only when one backfill read everything in its window, and only if
 that window reached back to the cursor (a later explicit `since` leaves a gap it does not
-vouch for). When reading fails part-way (one session's messages, the session list, the CDR
-call), whatever was read is still inserted, the failure is logged (`backfill.incomplete`) and
-raised, and the cursor stays where it was (or, on a first backfill, is set to the window's
-start), so the next backfill reads that window again; dedupe keys make the overlap free.
+vouch for; the default window, cut at `max_lookback` after a long downtime, gives the older
+gap up, logged `backfill.gap_abandoned`). A first backfill pins the cursor at its window's
+start before it reads. When reading fails part-way (one session's messages, the session list,
+the CDR call), whatever was read is still inserted, the failure is logged
+(`backfill.incomplete`) and raised, and the cursor stays where it was, so the next backfill
+reads that window again; dedupe keys make the overlap free. A cursor later than now (a clock
+that ran fast, then stepped back) is no cursor: `first_lookback` is read again. CDRs are read
+from `cdr_reach` (4 h) before the window, since a call's record appears when it ends but is
+dated by its start.
 Once a cursor exists it, not the newest inbox event, decides the next window: events are no
 proof of coverage (a partial backfill inserts recent events while older ones are still
 missing, and one model's deliveries can go on while another's subscription is failing).
@@ -138,6 +143,7 @@ class Backfiller:
         default_region: str = "US",
         domain: str = "~",
         overlap: timedelta = timedelta(minutes=10),
+        cdr_reach: timedelta = timedelta(hours=4),
         first_lookback: timedelta = timedelta(hours=24),
         max_lookback: timedelta = timedelta(days=7),
         include_cdrs: bool = True,
@@ -155,6 +161,11 @@ class Backfiller:
         # The session list endpoint needs a concrete domain or `~`; `*` is a subscription idea.
         self.domain = "~" if domain in ("", "*") else domain
         self.overlap = overlap
+        # A CDR exists once its call has ended, and is dated by the call's start: a call longer
+        # than `overlap` started before the window of the backfill that followed it (found by
+        # probing: a caller abandoned in a queue for 39 minutes, a missed call, never read).
+        # CDRs are therefore read from this much before the window; dedupe keys make it free.
+        self.cdr_reach = cdr_reach
         self.first_lookback = first_lookback
         self.max_lookback = max_lookback
         self.include_cdrs = include_cdrs
@@ -170,6 +181,12 @@ class Backfiller:
         last = parse_ns_datetime(state.cursor) if state else None
         if last is None:
             last = await self.store.last_event_time(SOURCE, "")
+        if last is not None and last > now:
+            # Written by a clock that ran fast and has since been stepped back: it says nothing
+            # of what was read (found by probing: the next window was inverted, and what it
+            # should have read, lost). Read as if nothing were known.
+            log.warning("backfill.cursor_in_future", cursor=last.isoformat(), now=now.isoformat())
+            last = None
         if last is None:
             return max(now - self.first_lookback, now - self.max_lookback)
         return max(last - self.overlap, now - self.max_lookback)
@@ -181,16 +198,24 @@ class Backfiller:
         cursor then stays put (see the module docstring)."""
         state = await self.store.get_sync_state(JOB)
         cursor = parse_ns_datetime(state.cursor) if state else None
+        explicit = since is not None
         since = since if since is not None else await self.default_since()
         until = self.clock.now()
+        if cursor is None:
+            # A first backfill pins the cursor at its window's start before reading: the events
+            # it inserts would otherwise make the next window start after them, whether it
+            # fails, is cancelled at a shutdown or is killed (found by probing: a cancelled
+            # first backfill lost the sessions it had not read yet).
+            await self.store.set_sync_state(JOB, cursor=since.isoformat())
         report = BackfillReport(since=since, until=until)
         failures: list[Exception] = []
         await self._messages(since, report, failures)
         if self.include_cdrs:
+            reach = since - self.cdr_reach
             try:
                 cdrs = await self.client.list_cdrs(
                     self.domain,
-                    start=since,
+                    start=reach,
                     end=until,
                     limit=self.page_size,
                     max_pages=self.max_pages,
@@ -198,17 +223,21 @@ class Backfiller:
             except READ_ERRORS as exc:
                 self._failed(report, failures, exc, "cdrs")
             else:
-                await self._ingest("cdr", cdrs, since, report)
+                await self._ingest("cdr", cdrs, reach, report)
         if failures:
-            # The cursor stays; a first backfill pins it at this window's start, because the
-            # events just inserted would otherwise make the next window start after them.
-            if cursor is None:
-                await self.store.set_sync_state(JOB, cursor=since.isoformat())
-            else:
-                await self.store.set_sync_state(JOB)  # records the attempt (last_run_at)
+            await self.store.set_sync_state(JOB)  # the cursor stays; records the attempt
             log.warning("backfill.incomplete", **report.as_dict())
             raise failures[0]
-        contiguous = cursor is None or since <= cursor
+        # The window reached back to the cursor — or was the default one, which starts at the
+        # cursor unless `max_lookback` cut it, and past that the older gap is given up by design
+        # (found by probing: after a downtime longer than it, the cursor never moved again).
+        contiguous = cursor is None or since <= cursor or not explicit
+        if cursor is not None and since > cursor:
+            log.warning(
+                "backfill.gap_abandoned" if not explicit else "backfill.window_after_cursor",
+                cursor=cursor.isoformat() if cursor else None,
+                since=since.isoformat(),
+            )
         if contiguous:
             await self.store.set_sync_state(JOB, last_success_at=until, cursor=until.isoformat())
         else:

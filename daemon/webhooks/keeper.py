@@ -33,7 +33,7 @@ from anyio.abc import TaskStatus
 
 from daemon.clients.ns_subscriptions import Subscription, SubscriptionExists
 from daemon.clock import Clock
-from daemon.errors import AuthError, NotFoundError, UpstreamError
+from daemon.errors import AuthError, DaemonError, NotFoundError, UpstreamError
 from daemon.logs import mask_webhook_url
 from daemon.store import SubscriptionRow
 
@@ -230,9 +230,13 @@ class SubscriptionKeeper:
         """Reconcile once. Listing failures raise; a failure on one model is reported in
         `errors` and the other models still get their turn."""
         report = KeeperReport()
-        upstream = [Subscription.parse(s) for s in await self.client.subscriptions.list()]
+        # Every subscription the PBX lists is live: it is the one that expires them. Judged by
+        # our clock, one could look expired to a clock ahead of the PBX's, and then it was
+        # neither renewed nor replaced (a create met 409 and adopted it as it was) while the
+        # loop woke every second with a backfill each time (found by probing). Listed, it is
+        # renewed when its expiry is near or past.
+        live = [Subscription.parse(s) for s in await self.client.subscriptions.list()]
         now = self.clock.now()
-        live = [s for s in upstream if s.expires_at is None or s.expires_at > now]
         known = {row.id: row.model for row in await self.store.list_subscriptions()}
         for sub in live:
             if self._ours(sub) and sub.model not in self.models:
@@ -247,8 +251,11 @@ class SubscriptionKeeper:
                 log.warning("subscription.failed", model=model, error=report.errors[model])
         kept = set(report.created + report.adopted + report.renewed + report.unchanged)
         kept.update(report.replaced)
+        # A row whose subscription is neither kept nor listed goes, for a model no longer
+        # configured too (its subscription vanished upstream before it was dropped: found by
+        # probing); a model whose pass failed keeps its rows, as nothing is known of them.
         for row in await self.store.list_subscriptions():
-            if row.id not in kept and row.model in self.models and row.model not in report.errors:
+            if row.id not in kept and row.model not in report.errors:
                 await self.store.delete_subscription(row.id)
         self.last_report = report
         return report
@@ -415,7 +422,7 @@ class SubscriptionKeeper:
                 if report.gap_suspected and self.on_gap is not None:
                     try:
                         await self.on_gap()  # e.g. a backfill; its failure is not ours
-                    except UpstreamError as exc:
+                    except DaemonError as exc:  # LimitExceeded too (found by probing)
                         log.warning("subscription.gap_fill_failed", error=str(exc))
                 delay = next_check_delay(
                     self.clock.now(),

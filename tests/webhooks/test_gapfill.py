@@ -3,6 +3,7 @@ webhook deliveries produces no duplicates (same dedupe keys on both paths)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.clock import FakeClock
 from daemon.errors import UpstreamError
+from daemon.sandbox import netsapiens_sim
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.sandbox.server import serve_app
 from daemon.store import InsertedEvent, NewEvent, Store, SyncState
@@ -350,3 +352,113 @@ async def test_backfilled_events_say_via_backfill_with_sender_time_and_body_hash
     assert rows["message.received"].via == rows["call.missed"].via == "backfill"
     assert rows["message.received"].sender == "+15551230000"
     assert rows["message.received"].body_hash == body_hash("balance?")
+
+
+async def _message_keys(store: Store) -> set[str]:
+    return {
+        r.dedupe_key
+        for r in await store.list_events(limit=100_000)
+        if r.kind.startswith("message.")
+    }
+
+
+def _key(msg: dict[str, Any]) -> str:
+    return f"netsapiens:message:{msg['id']}"
+
+
+# -- found by probing: the cursor after a cancel, a long downtime, a fast clock; long calls ------
+
+
+async def test_a_first_backfill_cancelled_midway_leaves_its_window_to_be_read_again(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: the cursor was pinned only on a caught read error; after a cancel (a
+    shutdown, a SIGKILL) the next window started at the backfill's own inserts."""
+    # An older conversation (3 h ago) and two busy recent ones (250 messages each, 1 h ago).
+    old = ns_state.record_inbound_sms("15550000001", "15559870000", "old but missed")
+    ns_clock.advance(2 * 3600)
+    for p in (2, 3):
+        for i in range(250):
+            ns_state.record_inbound_sms(f"1555000000{p}", "15559870000", f"m{i}")
+    ns_clock.advance(3600)
+
+    real = ns_client.get_messages
+    calls = 0
+
+    async def get_messages(*args: Any, **kw: Any) -> list[dict[str, Any]]:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the session list, two busy sessions (one batch inserted), then: stop
+            raise asyncio.CancelledError  # shutdown_timeout cancels the gap filler (or SIGKILL)
+        return await real(*args, **kw)
+
+    ns_client.get_messages = get_messages  # type: ignore[method-assign]
+    b = Backfiller(ns_client, ns_store, clock=ns_clock, include_cdrs=False)
+    with pytest.raises(asyncio.CancelledError):
+        await b.backfill()
+    assert len(await _message_keys(ns_store)) == 500  # the first batch was committed
+    ns_client.get_messages = real  # type: ignore[method-assign]
+
+    ns_clock.advance(60)  # restart
+    b2 = Backfiller(ns_client, ns_store, clock=ns_clock, include_cdrs=False)
+    await b2.backfill()
+    assert _key(old) in await _message_keys(ns_store), "the old session's missed message is lost"
+
+
+async def test_the_cursor_moves_again_after_a_downtime_longer_than_max_lookback(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: `since` cut at max_lookback came after the cursor, so no window ever
+    counted as reaching back to it, and every backfill read 7 days."""
+    b = Backfiller(ns_client, ns_store, clock=ns_clock, include_cdrs=False)
+    await b.backfill()
+    ns_clock.advance(8 * 86400)  # the service was down 8 days
+    await b.backfill()  # reads the last 7 days (the documented cap): fine
+    ns_clock.advance(600)
+    await b.backfill()
+    ns_clock.advance(600)
+    # After two complete backfills the next window is minutes, not 7 days: the default window
+    # that max_lookback cut gives the older gap up (logged), and the cursor moves again.
+    assert ns_clock.now() - await b.default_since() < timedelta(hours=1)
+
+
+async def test_the_cdr_of_a_call_longer_than_the_overlap_is_backfilled(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: a CDR appears when its call ends but is dated by its start, which an
+    earlier backfill's window had already passed."""
+    b = Backfiller(ns_client, ns_store, clock=ns_clock)
+    await b.backfill()  # cursor = T0
+    call_start = ns_clock.now() + timedelta(minutes=1)
+    ns_clock.advance(20 * 60)
+    await b.backfill()  # during the call: nothing yet; cursor = T0 + 20m
+    ns_clock.advance(20 * 60)
+    # the call (a caller abandoned in a queue after 39 minutes: a missed call) ends now and
+    # its CDR webhook is lost (listener down / subscription in error)
+    cdr = ns_state.add_cdr("15557770000", "15559870000", duration=0, start=call_start)
+    cdr["call-disconnect-datetime"] = netsapiens_sim.ns_dt(ns_clock.now())
+    cdr["call-total-duration-seconds"] = 39 * 60
+    ns_clock.advance(30 * 60)
+    await b.backfill()
+    calls = [r for r in await ns_store.list_events() if r.kind.startswith("call.")]
+    assert calls, "the missed call's CDR was never backfilled"
+
+
+async def test_a_cursor_written_by_a_fast_clock_does_not_skip_missed_messages(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: a cursor in the future (our clock ran fast, then was stepped back)
+    made the next window inverted, and what it should have read was lost."""
+    fast = FakeClock(T0 + timedelta(hours=2))  # our clock 2 h fast (no NTP yet at boot)
+    await Backfiller(ns_client, ns_store, clock=fast, include_cdrs=False).backfill()
+    # NTP steps our clock back to the truth (ns_clock, which the PBX shares)
+    ns_clock.advance(600)
+    missed = ns_state.record_inbound_sms(
+        "15551230000", "15559870000", "while the listener was down"
+    )
+    ns_clock.advance(1800)
+    b = Backfiller(ns_client, ns_store, clock=ns_clock, include_cdrs=False)
+    await b.backfill()
+    assert _key(missed) in await _message_keys(ns_store), (
+        "missed message lost: cursor in the future"
+    )

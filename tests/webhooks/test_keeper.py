@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from daemon.clients.netsapiens import NetsapiensClient, parse_ns_datetime
 from daemon.clock import FakeClock
-from daemon.errors import NotFoundError, ServerError
+from daemon.errors import LimitExceeded, NotFoundError, ServerError
 from daemon.sandbox.netsapiens_sim import NetsapiensState
 from daemon.store import Store
 from daemon.webhooks.keeper import SubscriptionKeeper, next_check_delay, redact_url
@@ -427,3 +427,140 @@ async def test_without_previous_secrets_an_old_secret_url_is_someone_elses(
     ).sync_once()
     assert not report.deleted and len(report.created) == 1
     assert before.created[0] in ns_state.subscriptions
+
+
+# -- found by probing: a clock ahead of the PBX's, stale rows, a gap fill past max_pages ----
+
+SKEW = timedelta(hours=1)  # the PBX's clock an hour behind ours
+
+
+async def test_subscription_that_looks_expired_to_us_but_is_live_on_the_pbx_is_renewed(
+    ns_sim: str, ns_store: Store, ns_state: NetsapiensState
+) -> None:
+    """Found by probing: judged by our clock (ahead of the PBX's) a listed subscription
+    looked expired, was neither renewed nor replaced, and the loop woke every second."""
+    clock = FakeClock(T0)
+    ns_state.now = clock.monotonic
+    ns_state.wall = lambda: clock.now() - SKEW
+    gaps: list[int] = []
+
+    async def on_gap() -> None:
+        gaps.append(1)
+
+    async with NetsapiensClient.from_settings(ns_settings(ns_sim), clock=clock) as client:
+        k = SubscriptionKeeper(
+            client,
+            ns_store,
+            clock=clock,
+            public_url=PUBLIC,
+            secret=SECRET,
+            models=["message"],
+            on_gap=on_gap,
+        )
+        first = await k.sync_once()
+        sub_id = first.created[0]
+        # our clock steps forward 24h+30m (a suspended VM resumes; the keeper was not running)
+        clock.set_wall(T0 + timedelta(hours=24, minutes=30))
+        report = await k.sync_once()
+        sub = ns_state.subscriptions[sub_id]  # still live on the PBX, whose clock is behind
+        pbx_expiry = parse_ns_datetime(sub["subscription-expires-datetime"])
+        # expected: the keeper renews the one the PBX still lists (or replaces it)
+        assert pbx_expiry is not None and pbx_expiry > clock.now(), (
+            f"not renewed: PBX expiry {pbx_expiry}, report {report.as_dict()}"
+        )
+
+
+async def test_run_loop_does_not_spin_once_a_second_with_a_backfill_each_pass(
+    ns_sim: str, ns_store: Store, ns_state: NetsapiensState
+) -> None:
+    clock = FakeClock(T0)
+    ns_state.now = clock.monotonic
+    ns_state.wall = lambda: clock.now() - SKEW
+    gaps: list[int] = []
+
+    async def on_gap() -> None:
+        gaps.append(1)
+
+    async with NetsapiensClient.from_settings(ns_settings(ns_sim), clock=clock) as client:
+        k = SubscriptionKeeper(
+            client,
+            ns_store,
+            clock=clock,
+            public_url=PUBLIC,
+            secret=SECRET,
+            models=["message"],
+            on_gap=on_gap,
+        )
+        await k.sync_once()
+        clock.set_wall(T0 + timedelta(hours=24, minutes=30))
+        task = asyncio.create_task(k.run())
+        try:
+            for _ in range(20):
+                await wait_for(lambda: clock.sleepers == 1)
+                clock.advance(clock.sleeps[-1])
+            await wait_for(lambda: clock.sleepers == 1)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # 20 passes in well under a minute of time, each one a full backfill
+        assert sum(clock.sleeps[:20]) > 60, f"tight loop: {clock.sleeps[:20]}"
+        assert len(gaps) <= 1, f"on_gap (a full backfill) ran {len(gaps)} times"
+
+
+async def test_row_of_a_dropped_model_whose_subscription_is_gone_is_removed(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: a row stayed for a model dropped from `subscribe` after its
+    subscription had vanished upstream (`daemon status` kept showing it)."""
+    both = SubscriptionKeeper(
+        ns_client,
+        ns_store,
+        clock=ns_clock,
+        public_url=PUBLIC,
+        secret=SECRET,
+        models=["message", "cdr"],
+    )
+    await both.sync_once()
+    cdr = next(s["id"] for s in ns_state.live_subscriptions("cdr"))
+    del ns_state.subscriptions[cdr]  # gone upstream (expired while we were down, or deleted)
+    only_message = SubscriptionKeeper(
+        ns_client, ns_store, clock=ns_clock, public_url=PUBLIC, secret=SECRET, models=["message"]
+    )
+    await only_message.sync_once()
+    await only_message.sync_once()
+    rows = await ns_store.list_subscriptions()
+    upstream_ids = {s["id"] for s in ns_state.live_subscriptions()}
+    stale = [(r.id, r.model) for r in rows if r.id not in upstream_ids]
+    # `daemon status` / `subscriptions list` keep showing a cdr subscription that does not exist
+    assert not stale, f"rows for subscriptions that no longer exist: {stale}"
+
+
+async def test_gap_fill_hitting_max_pages_does_not_kill_the_keeper(
+    ns_client: NetsapiensClient, ns_store: Store, ns_state: NetsapiensState, ns_clock: FakeClock
+) -> None:
+    """Found by probing: LimitExceeded (a backfill past max_pages) is not an UpstreamError,
+    and it ended the keeper's run loop."""
+
+    async def on_gap() -> None:
+        raise LimitExceeded("netsapiens: domains/~/messagesessions has more than max_pages")
+
+    k = SubscriptionKeeper(
+        ns_client,
+        ns_store,
+        clock=ns_clock,
+        public_url=PUBLIC,
+        secret=SECRET,
+        models=["message"],
+        on_gap=on_gap,
+    )
+    await k.sync_once()
+    ns_state.subscriptions.clear()  # deleted behind our back: a gap is suspected
+    ns_clock.autojump = False
+    task = asyncio.create_task(k.run())
+    try:
+        await wait_for(lambda: task.done() or ns_clock.sleepers == 1)
+        assert not task.done(), f"keeper.run() died: {task.exception()!r}"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
