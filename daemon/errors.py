@@ -20,6 +20,7 @@ Callers decide behaviour by type, never by message text::
     │       └── MalformedResponse   a 2xx body we cannot parse, or one that carries an error
     ├── LimitExceeded               a sync run hit max_pages or max_duration
     ├── UnstorableRecord            a record JSON cannot hold (NaN, Infinity, absurd nesting)
+    ├── JobBusy                     a sync job already running in another process
     ├── StoreError                  the database refused or is unusable
     │   ├── DatabaseMismatch        a newer schema, or an SQLite too old (exit 2)
     │   └── DatabaseInUse           another `daemon run` serves this database
@@ -222,6 +223,12 @@ class LimitExceeded(DaemonError):
 class UnstorableRecord(DaemonError, ValueError):
     """An upstream record that JSON cannot represent; the message names the record's id. The
     job that fetched it fails; nothing of that page is written."""
+
+
+class JobBusy(DaemonError):
+    """The sync job is running in another process (`run-once` beside the service, or the other
+    way round). Two walks of one job at once can each vouch for completeness and tombstone a
+    record that still exists (found by probing), so the second does not start."""
 
 
 class StoreError(DaemonError):

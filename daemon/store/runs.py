@@ -18,7 +18,7 @@ from functools import cache
 
 import aiosqlite
 
-from daemon.errors import StoreError
+from daemon.errors import JobBusy, StoreError
 from daemon.store.db import Database, execute, query
 from daemon.store.util import from_db, from_db_req, to_db
 
@@ -130,12 +130,34 @@ def _run(row: sqlite3.Row) -> RunRow:
 
 
 class RunsRepo(Database):
-    async def start_run(self, job: str) -> int:
+    async def start_run(self, job: str, *, max_duration: float | None = None) -> int:
+        """Record the start of a run of `job`, or raise `JobBusy` while another live process
+        runs it. Checked and inserted in one write transaction, so two processes cannot both
+        start. A `running` row older than `max_duration` (plus a minute) is not taken for a
+        run in progress whoever wrote it: every run ends by then, and the owner may be on
+        another host, where it cannot be asked."""
+        me = process_owner()
+        now = self.clock.now()
+
         async def fn(conn: aiosqlite.Connection) -> int:
+            for run_id, owner, started in await query(
+                conn,
+                "SELECT id, owner, started_at FROM sync_runs WHERE job = ? AND status = 'running'",
+                (job,),
+            ):
+                if owner == me or not owner_alive(owner):
+                    continue
+                age = (now - from_db_req(started)).total_seconds()
+                if max_duration is not None and age > max_duration + 60:
+                    continue
+                raise JobBusy(
+                    f"job {job!r} is running in another process ({owner}, run {run_id}); "
+                    "a job never runs twice at once"
+                )
             async with conn.execute(
                 "INSERT INTO sync_runs (job, started_at, status, owner) "
                 "VALUES (?, ?, 'running', ?)",
-                (job, to_db(self.clock.now()), process_owner()),
+                (job, to_db(now), me),
             ) as cur:
                 assert cur.lastrowid is not None
                 return int(cur.lastrowid)

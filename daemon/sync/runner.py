@@ -104,7 +104,7 @@ class JobRunner:
         run_started_at = self._clock.now()
         failure: BaseException | None = None
         try:
-            result.run_id = await self._store.start_run(job.name)
+            result.run_id = await self._store.start_run(job.name, max_duration=job.max_duration)
             log.info("sync.started", job=job.name, run_id=result.run_id, mode=job.mode)
             await self._store.ensure_record_table(job.table, report=job.report is not None)
             cursors = await self._fetch(

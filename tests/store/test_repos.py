@@ -69,6 +69,46 @@ async def test_mark_stale_runs_failed(store: Store, clock: FakeClock, db_path: P
     assert await store.mark_stale_runs_failed() == 0
 
 
+async def test_a_job_running_in_another_live_process_does_not_start_twice(
+    store: Store, clock: FakeClock
+) -> None:
+    """Found by probing: the service and `run-once` walked one job at once, both runs counted as
+    complete, and together they tombstoned a record that still existed upstream."""
+    from daemon.errors import JobBusy
+    from daemon.store.runs import _start_ticks
+
+    host = socket.gethostname()
+    other = f"{host}:1:{_start_ticks(1)}"  # init: alive, and not us
+
+    async def owned_by(run_id: int, owner: str) -> None:
+        async def fn(conn: Any) -> None:
+            await conn.execute("UPDATE sync_runs SET owner = ? WHERE id = ?", (owner, run_id))
+
+        await store.write(fn)
+
+    theirs = await store.start_run("clients")
+    await owned_by(theirs, other)
+    with pytest.raises(JobBusy, match=r"job 'clients' is running in another process"):
+        await store.start_run("clients", max_duration=3600)
+    assert len([r for r in await store.last_runs() if r.job == "clients"]) == 1
+    ours = await store.start_run("other-job")  # other jobs are not held up
+    await store.finish_run(ours, "ok")
+    # A run older than max_duration (plus a minute) is not in progress, whoever wrote it:
+    # every run ends by then, and an owner on another host cannot be asked.
+    clock.advance(3600 + 61)
+    assert await store.start_run("clients", max_duration=3600) > theirs
+    elsewhere = await store.start_run("remote")
+    await owned_by(elsewhere, f"not-{host}:1:1")
+    with pytest.raises(JobBusy):
+        await store.start_run("remote", max_duration=60)
+    clock.advance(121)
+    await store.start_run("remote", max_duration=60)
+    # This process's own running row (the scheduler never overlaps a job with itself) and a
+    # dead process's do not hold a job.
+    await store.start_run("mine")
+    await store.start_run("mine")
+
+
 async def test_sync_state(store: Store, clock: FakeClock) -> None:
     assert await store.get_sync_state("j") is None
     await store.set_sync_state("j", cursor="c1")
