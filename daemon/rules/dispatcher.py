@@ -347,7 +347,7 @@ class Dispatcher:
                     found = await self._find_done(action, request, since)
             except DaemonError as exc:
                 if _nothing_sent(exc, scope):
-                    await self._defer(row, action, exc)
+                    await self._defer(row, action, exc, in_doubt=True)
                     return
                 # Not knowing is not "not sent": resending could double the ticket or SMS.
                 # The attempt fails, stays uncertain, and the next one looks again.
@@ -484,7 +484,9 @@ class Dispatcher:
             retry_in = (next_at - self.clock.now()).total_seconds()
             log.warning("action.failed", **fields, retry_in_s=round(retry_in, 1))
 
-    async def _defer(self, row: EventRow, action: ActionRow, exc: BudgetExhausted) -> None:
+    async def _defer(
+        self, row: EventRow, action: ActionRow, exc: BudgetExhausted, *, in_doubt: bool = False
+    ) -> None:
         """The upstream's rate budget had no room and nothing of this attempt left: put the
         action back until there is room, its slot free for other senders' replies. Not an
         attempt (the budget refills every window, so this cannot go on for ever, and counting
@@ -495,6 +497,7 @@ class Dispatcher:
             action.id,
             next_attempt_at=self.clock.now() + timedelta(seconds=delay),
             error=redact_text(f"deferred: {exc}"),
+            in_doubt=in_doubt,  # a look-up put off: the earlier attempt's mark must stay
         )
         log.info(
             "action.deferred",

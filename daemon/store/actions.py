@@ -194,13 +194,18 @@ class ActionsRepo(Database):
             count_attempt=True, clear_started=True,
         )  # fmt: skip
 
-    async def defer_action(self, action_id: int, *, next_attempt_at: datetime, error: str) -> None:
+    async def defer_action(
+        self, action_id: int, *, next_attempt_at: datetime, error: str, in_doubt: bool = False
+    ) -> None:
         """Put an action back for `next_attempt_at` without counting an attempt: none of its
-        requests left (the rate budget had no room). `attempt_started_at` is cleared; the
-        stored response, and with it an earlier attempt's doubt, is kept."""
+        requests left (the rate budget had no room). The stored response, and with it an
+        earlier attempt's recorded doubt, is kept. `attempt_started_at` is cleared — unless
+        `in_doubt`: the deferral came while looking whether an earlier attempt, whose outcome
+        was never recorded (a crash), had sent; that mark is then all that says so (found by
+        probing: cleared, the next attempt sent a second ticket without looking)."""
         await self._record_outcome(
             action_id, "failed", None, None, error, next_attempt_at,
-            count_attempt=False, clear_started=True,
+            count_attempt=False, clear_started=not in_doubt,
         )  # fmt: skip
 
     async def _record_outcome(

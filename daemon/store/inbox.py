@@ -424,8 +424,11 @@ async def _reset(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
         )
         await execute(
             conn,
+            # `attempt_started_at` stays: set, it is an attempt whose outcome was never recorded
+            # (a crash, a store error after the call), and the replay must look before it sends
+            # (found by probing: a reply that had gone out was sent again).
             "UPDATE actions SET status = 'pending', attempts = 0, next_attempt_at = NULL, "
-            "last_error = NULL, attempt_started_at = NULL, done_at = NULL "
+            "last_error = NULL, done_at = NULL "
             f"WHERE event_id IN ({marks}) AND status IN ('failed', 'dead') AND {_PLANNED_OK}",
             chunk,
         )

@@ -20,6 +20,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.config import Settings, load_settings
+from daemon.errors import StoreError
 from daemon.rules.dispatcher import Dispatcher
 from daemon.rules.wiring import RulesHolder
 from daemon.sandbox.halo_sim import HaloState, serve_halo
@@ -189,3 +190,18 @@ async def open_event_path(
 async def event_path(tmp_path: Path, extra_config: str) -> AsyncIterator[EventPath]:
     async with open_event_path(tmp_path, extra_config) as path:
         yield path
+
+
+def fail_the_record_of_the_next_send(p: EventPath) -> None:
+    """The next `sent` outcome cannot be written (a full disk): the upstream acted, and only the
+    action's `attempt_started_at` says so — the state a SIGKILL between call and record leaves.
+    A store method made to refuse: a full disk cannot be made here."""
+    real = p.store.finish_action
+
+    async def refuse_once(action_id: int, status: str, **kw: Any) -> None:
+        if status == "sent":
+            p.store.finish_action = real  # type: ignore[method-assign]
+            raise StoreError("database write failed: database or disk is full")
+        await real(action_id, status, **kw)
+
+    p.store.finish_action = refuse_once  # type: ignore[method-assign]

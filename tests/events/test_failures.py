@@ -16,7 +16,13 @@ from daemon.errors import StoreError
 from daemon.rules.plan import TicketRequest
 from daemon.rules.wiring import build_dispatcher
 from daemon.webhooks.event import Event
-from tests.events.conftest import ANN, BOB, EventPath, add_client
+from tests.events.conftest import (
+    ANN,
+    BOB,
+    EventPath,
+    add_client,
+    fail_the_record_of_the_next_send,
+)
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
@@ -133,6 +139,31 @@ async def test_an_sms_sent_but_answered_502_is_found_not_sent_twice(event_path: 
     assert len(p.sent_to(ANN)) == 1
     (event,) = await p.events()
     assert event.status == "done"
+
+
+async def test_a_replay_looks_before_resending_a_send_whose_record_failed(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: replay cleared `attempt_started_at`, the one mark of a send whose
+    outcome was never recorded; after an earlier certain failure the stored response said
+    "not uncertain", and the replayed attempt sent the reply a second time."""
+    p = event_path
+    p.ns.faults.update({"fail_next": 2, "fail_status": 401, "path_filter": "/messages"})
+    await p.sms(ANN, "ping")
+    await p.dispatcher.run_until_idle()  # attempt 1: refused (certain), retried later
+    p.ns.faults.update({"fail_next": 0, "path_filter": None})
+    fail_the_record_of_the_next_send(p)
+    p.clock.advance(120)
+    await p.dispatcher.run_until_idle()  # attempt 2: sent, not recorded
+    assert p.sent_to(ANN) == ["pong: ping"]
+    (action,) = await p.store.list_actions()
+    assert action.status == "failed" and action.attempt_started_at is not None
+    (event,) = await p.events()
+    assert await p.store.reset_events([event.id]) == 1  # `daemon events replay ID`
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(ANN) == ["pong: ping"]  # looked, found, not sent again
+    (action,) = await p.store.list_actions()
+    assert action.status == "sent" and json.loads(action.response or "{}")["found"] is True
 
 
 async def test_a_crash_between_call_and_record_is_looked_up_after_restart(

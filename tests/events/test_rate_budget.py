@@ -13,7 +13,13 @@ from pathlib import Path
 
 import anyio
 
-from tests.events.conftest import ANN, T0, add_client, open_event_path
+from tests.events.conftest import (
+    ANN,
+    T0,
+    add_client,
+    fail_the_record_of_the_next_send,
+    open_event_path,
+)
 
 SENDERS = [f"155512399{i:02d}" for i in range(5)]  # unknown numbers: a ticket each
 
@@ -61,3 +67,39 @@ async def test_a_spent_budget_defers_tickets_and_replies_go_on(
             assert event.status == "done", (event.id, event.status, event.last_error)
             for action in await p.store.actions_for_event(event.id):
                 assert action.status == "sent" and action.attempts == 1
+
+
+TICKET = """
+[[rules]]
+name = "sms-to-ticket"
+on = "message.received"
+action = "halo_ticket"
+ticket = { summary = "SMS from {{ event.from }}", details = "{{ event.body }}", tickettype_id = 1 }
+"""
+
+
+async def test_a_look_up_put_off_by_the_budget_keeps_the_doubt(tmp_path: Path) -> None:
+    """Found by probing: an attempt whose record failed after Halo created the ticket left its
+    doubt only in `attempt_started_at`; the deferral of the next attempt's look-up cleared it,
+    and the attempt after that created the ticket again without looking."""
+    a = "15551239001"
+    async with open_event_path(tmp_path, TICKET, edit=_budget) as p:
+        fail_the_record_of_the_next_send(p)
+        await p.sms(a, "help please")
+        await p.dispatcher.run_until_idle()
+        (action,) = await p.store.list_actions()
+        assert action.attempt_started_at is not None and len(p.tickets()) == 1
+        for sender in SENDERS:  # other senders spend Halo's budget meanwhile
+            await p.sms(sender, "help please")
+        await p.dispatcher.run_until_idle()
+        p.clock.advance(30)  # A's retry is due: its look-up is put off
+        await p.dispatcher.run_until_idle()
+        deferred = await p.store.get_action(action.id)
+        assert deferred is not None and (deferred.last_error or "").startswith("deferred:")
+        assert deferred.attempt_started_at is not None
+        for _ in range(4):  # later windows have room
+            p.clock.advance(6 * 60)
+            await p.dispatcher.run_until_idle()
+        assert [t["summary"] for t in p.tickets()].count(f"SMS from +{a}") == 1
+        settled = await p.store.get_action(action.id)
+        assert settled is not None and settled.status == "sent"
