@@ -130,7 +130,10 @@ def _upsert(
             await conn.execute(
                 "INSERT INTO contacts (phone, table_name, record_id, name, gen) "
                 f"VALUES {marks} ON CONFLICT (phone, table_name, record_id) "
-                "DO UPDATE SET name = excluded.name, gen = excluded.gen",
+                # Never back to an older generation: a rebuild overlapping a newer one (another
+                # process) would otherwise mark rows the newer one wrote as old, for its delete
+                # (found by probing: 2,500 of 3,000 live entries gone until the next rebuild).
+                "DO UPDATE SET name = excluded.name, gen = MAX(gen, excluded.gen)",
                 params,
             )
 

@@ -4,7 +4,9 @@ for one chunk, not for the whole of it; and neither changes what it deletes or k
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import anyio
@@ -12,6 +14,7 @@ import pytest
 
 from daemon.clock import FakeClock
 from daemon.store import ContactEntry, NewAction, NewEvent, Store, maintenance, to_db
+from daemon.store.contacts import REBUILD_CHUNK
 
 DAY = timedelta(days=1)
 
@@ -160,3 +163,57 @@ async def test_contacts_rebuild_removes_what_an_interrupted_one_left(
     assert await store.lookup_contact(phone(2)) is None
     assert await store.replace_contacts("clients", []) == 0
     assert await store.count_contacts() == 0
+
+
+async def test_overlapping_rebuilds_of_one_table_keep_every_contact(tmp_path: Path) -> None:
+    """Found by probing: an older rebuild's later chunks set `gen` back to its own number on
+    rows a newer rebuild had just written, and the newer one's delete of older generations then
+    removed them (2,500 of 3,000 live entries, until the next rebuild). Two stores on one file,
+    interleaved as two processes can be."""
+    n = 3000
+    t0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    clock = FakeClock(t0)
+    entries = [ContactEntry(phone(i), str(i), f"n{i}") for i in range(n)]
+    db = tmp_path / "state.db"
+    # two Store objects on one file: the service and `run-once`, as two processes would be
+    async with Store.open(db, clock=clock) as service, Store.open(db, clock=clock) as once:
+        await service.ensure_record_table("clients")
+        await service.upsert_page(
+            "clients", [(str(i), {"phone": phone(i)}) for i in range(n)], run_started_at=t0
+        )
+        await service.replace_contacts("clients", entries)
+        assert await service.count_contacts() == n
+
+        # Interleave as two processes sharing the file may: A takes generation g and writes
+        # its first chunk; B takes g+1 and writes all its chunks; A writes its second chunk
+        # (rows B has just written); B deletes the generations older than g+1.
+        a_second, a_go, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        steps = {"a": 0, "b": 0}
+        b_delete = 2 + -(-n // REBUILD_CHUNK)  # B's next_gen, its chunks, then its delete
+
+        def gated(store: Store, who: str) -> None:
+            real = store.write
+
+            async def write(fn: Any, **kw: Any) -> Any:
+                steps[who] += 1
+                if who == "a" and steps["a"] == 3:  # A's second chunk waits for B's upserts
+                    a_second.set()
+                    await a_go.wait()
+                if who == "b" and steps["b"] == b_delete:  # B's delete waits for A's chunk
+                    a_go.set()
+                    await a_done.wait()
+                result = await real(fn, **kw)
+                if who == "a" and steps["a"] == 3:
+                    a_done.set()
+                return result
+
+            store.write = write  # type: ignore[method-assign]
+
+        gated(service, "a")
+        gated(once, "b")
+        a = asyncio.ensure_future(service.replace_contacts("clients", entries))
+        await a_second.wait()
+        await once.replace_contacts("clients", entries)
+        await a
+        missing = [i for i in range(n) if await service.lookup_contact(phone(i)) is None]
+        assert missing == []
