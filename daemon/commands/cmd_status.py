@@ -83,10 +83,18 @@ def _iso(when: datetime | None) -> str | None:
 
 
 async def collect_status(
-    database: Path, *, clock: Clock, jobs: Iterable[str] = (), secrets: Iterable[str] = ()
+    database: Path,
+    *,
+    clock: Clock,
+    jobs: Iterable[str] | None = None,
+    secrets: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Everything `status` shows, as one JSON-ready dict with a `healthy` verdict; webhook
-    URLs masked (`secrets`: known secrets to mask anywhere else in them)."""
+    URLs masked (`secrets`: known secrets to mask anywhere else in them). `jobs`: the
+    configured ones. A job with runs on record but no longer configured (renamed, removed) is
+    listed, `configured: false`, and its last failure no longer makes the verdict: retention
+    keeps each job's latest run for ever, so it never would clear (found by probing)."""
+    configured = None if jobs is None else set(jobs)
     secrets = list(secrets)
     from daemon.store import Store
 
@@ -99,17 +107,21 @@ async def collect_status(
     now = clock.now()
     problems: list[str] = []
     job_rows: list[dict[str, Any]] = []
-    for name in sorted(set(latest) | set(jobs)):
+    for name in sorted(set(latest) | (configured or set())):
         run = latest.get(name)
         done = finished.get(name)
-        if done is not None and done.status != "ok":
+        current = configured is None or name in configured
+        if current and done is not None and done.status != "ok":
             problems.append(f"job {name}: last run {done.status}: {done.error or ''}".rstrip(": "))
         if run is None:
-            job_rows.append({"job": name, "status": "never", "last_finished_status": None})
+            job_rows.append(
+                {"job": name, "status": "never", "last_finished_status": None, "configured": True}
+            )
             continue
         job_rows.append(
             {
                 "job": name,
+                "configured": current,
                 "run_id": run.id,
                 "status": run.status,
                 "started_at": _iso(run.started_at),
@@ -177,6 +189,8 @@ def render_text(report: dict[str, Any]) -> str:
         )
         if j["error"]:
             lines.append(f"  {'':<24} error: {j['error']}")
+        if not j["configured"]:
+            lines.append(f"  {'':<24} (no longer configured: not counted)")
     lines += ["", f"inbox:   {_counts(report['events'])}", f"actions: {_counts(report['actions'])}"]
     dead = report["dead_letters"]
     lines.append(f"dead letters: {dead['events']} events, {dead['actions']} actions")

@@ -48,6 +48,21 @@ async def test_collect_status_healthy(db_path: Path, clock: FakeClock) -> None:
     assert "healthy" in render_text(report)
 
 
+async def test_a_job_no_longer_configured_is_listed_but_not_counted(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Found by probing: a job that failed and was then renamed or removed kept `status`
+    unhealthy (exit 1) for ever, retention keeping each job's latest run."""
+    await _seed(db_path, clock, fail=True)
+    report = await collect_status(db_path, clock=clock, jobs=["blesta-clients"])
+    assert report["healthy"] is True and report["problems"] == []
+    jobs = {j["job"]: j for j in report["jobs"]}
+    assert jobs["halo-tickets"]["configured"] is False and jobs["blesta-clients"]["configured"]
+    assert "(no longer configured: not counted)" in render_text(report)
+    report = await collect_status(db_path, clock=clock, jobs=["halo-tickets"])
+    assert report["healthy"] is False  # configured, its last run failed
+
+
 async def test_collect_status_unhealthy(db_path: Path, clock: FakeClock) -> None:
     await _seed(db_path, clock, fail=True, dead=True)
     report = await collect_status(db_path, clock=clock)
@@ -68,8 +83,19 @@ def _run_status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _config(tmp_path: Path, db: Path) -> Path:
+    """The two jobs `_seed` records, configured: a job no longer in the config is not counted."""
     cfg = tmp_path / "daemon.toml"
-    cfg.write_text(f'[daemon]\ndatabase = "{db.as_posix()}"\n')
+    cfg.write_text(
+        f'[daemon]\ndatabase = "{db.as_posix()}"\n\n'
+        '[upstreams.halo]\ntenant_url = "https://halo.example.com"\nclient_id = "c"\n'
+        'client_secret = "a-literal-client-secret"\n\n'
+        '[upstreams.blesta]\nurl = "https://billing.example.com/api"\nuser = "u"\n'
+        'key = "a-literal-blesta-key"\n\n'
+        '[[sync]]\nname = "halo-tickets"\nupstream = "halo"\nresource = "tickets"\n'
+        'every = "1h"\n\n'
+        '[[sync]]\nname = "blesta-clients"\nupstream = "blesta"\nresource = "clients"\n'
+        'every = "1h"\n'
+    )
     cfg.chmod(0o600)
     return cfg
 
