@@ -117,8 +117,13 @@ class ContactsRepo(Database):
         matches = await self.contacts_for(phone)
         return matches[0] if matches else None
 
-    async def count_contacts(self) -> int:
-        row = await self.fetchone("SELECT COUNT(*) AS n FROM contacts")
+    async def count_contacts(self, table: str | None = None) -> int:
+        """Entries in the index, of one table's records when `table` is given."""
+        if table is None:
+            row = await self.fetchone("SELECT COUNT(*) AS n FROM contacts")
+        else:
+            sql = "SELECT COUNT(*) AS n FROM contacts WHERE table_name = ?"
+            row = await self.fetchone(sql, (table,))
         return int(row["n"]) if row else 0
 
 

@@ -114,8 +114,7 @@ class JobRunner:
                 await self._tombstones(job, fetcher, result, run_started_at)
             elif job.mode == "incremental" and job.cursor_field:
                 await self._advance_cursor(job, fetcher, result, run_started_at, cursors)
-            if job.phone_fields and result.status != "failed":
-                result.contacts = await self._rebuild_contacts(job)
+            await self._refresh_contacts(job, result)
             if result.status == "running":
                 result.status = "ok"
         except anyio.get_cancelled_exc_class():
@@ -124,6 +123,8 @@ class JobRunner:
         except Exception as exc:  # supervision boundary: this job fails, the others go on
             result.fail(exc)
             failure = exc
+            if result.run_id:  # it started: pages it committed are in the table
+                await self._refresh_contacts(job, result)
         finally:
             result.duration = self._clock.monotonic() - started_mono
             with anyio.CancelScope(shield=True):
@@ -337,6 +338,20 @@ class JobRunner:
             if isinstance(failure, UpstreamError):
                 fields.update(upstream=failure.upstream, status=failure.status)
             log.error("sync.failed", **base, **fields)
+
+    async def _refresh_contacts(self, job: SyncJob, result: RunResult) -> None:
+        """Make the `contacts` index say what the table holds now, after any run that got to
+        write — a failed or refused run's committed pages included: a client's new number is in
+        the table, and the index must not keep matching the old one (found by probing). A job
+        without `phone_fields` (any more) has no entries. Never raises: the run's own outcome
+        is what gets recorded."""
+        try:
+            if job.phone_fields:
+                result.contacts = await self._rebuild_contacts(job)
+            elif await self._store.count_contacts(job.table):
+                await self._store.replace_contacts(job.table, [])
+        except Exception as exc:
+            log.error("sync.contacts_failed", job=job.name, error=redact_text(repr(exc)))
 
     async def _rebuild_contacts(self, job: SyncJob) -> int:
         """Rebuild this table's rows of the `contacts` index from its live records."""
