@@ -7,8 +7,11 @@ Each question is one query on the read connection and uses an index of migration
 `actions_conversation (conversation, created_at)` for the per-conversation cap and
 `actions_auto_reply (auto_reply, created_at)` for the breaker's rate and echoes.
 
-A `dead` action never went out, so it counts for nothing here; a `failed` one may have (a
-timeout after the upstream acted), so it counts as a reply.
+An action counts as a reply when it went out or may have: not `dead`, or `dead` with its doubt
+on record — an attempt whose outcome was never written (`attempt_started_at`), or whose last
+outcome was uncertain (a look-up that could not finish leaves the action dead rather than risk
+a second SMS; found by probing: such a reply, echoed back, was answered). A `dead` action
+refused for certain never went out and counts for nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ import aiosqlite
 from daemon.store.db import Database, execute
 from daemon.store.util import from_db, from_db_req, to_db
 
+# The action's (alias `a`) last recorded outcome was uncertain: it may have gone out.
+_UNCERTAIN = (
+    "(CASE WHEN json_valid(a.response) THEN json_extract(a.response, '$.uncertain') END) = 1"
+)
+# The action went out or may have (see the module docstring).
+_MAY_HAVE_GONE = f"(a.status != 'dead' OR a.attempt_started_at IS NOT NULL OR {_UNCERTAIN})"
+
 
 class GuardRepo(Database):
     # -- questions about recent actions -------------------------------------------------------
@@ -28,8 +38,8 @@ class GuardRepo(Database):
         """When the newest not-dead action of `rule` for `phone` was created (cooldown, which
         holds for every action kind, not only auto-replies, despite the name)."""
         row = await self.fetchone(
-            "SELECT created_at FROM actions WHERE phone = ? AND rule = ? AND status != 'dead' "
-            "ORDER BY created_at DESC LIMIT 1",
+            "SELECT created_at FROM actions AS a WHERE phone = ? AND rule = ? "
+            f"AND {_MAY_HAVE_GONE} ORDER BY created_at DESC LIMIT 1",
             (phone, rule),
         )
         return None if row is None else from_db(row["created_at"])
@@ -39,25 +49,27 @@ class GuardRepo(Database):
         without one, all of them (the breaker's rate)."""
         if conversation is not None:
             row = await self.fetchone(
-                "SELECT COUNT(*) AS n FROM actions WHERE conversation = ? AND created_at >= ? "
-                "AND +auto_reply = 1 AND status != 'dead'",
+                "SELECT COUNT(*) AS n FROM actions AS a WHERE conversation = ? "
+                f"AND created_at >= ? AND +auto_reply = 1 AND {_MAY_HAVE_GONE}",
                 (conversation, to_db(since)),
             )
         else:
             row = await self.fetchone(
-                "SELECT COUNT(*) AS n FROM actions WHERE auto_reply = 1 AND created_at >= ? "
-                "AND status != 'dead'",
+                "SELECT COUNT(*) AS n FROM actions AS a WHERE auto_reply = 1 AND created_at >= ? "
+                f"AND {_MAY_HAVE_GONE}",
                 (to_db(since),),
             )
         return int(row["n"]) if row else 0
 
     async def recent_reply_hashes(self, *, since: datetime) -> set[str]:
         """Hashes of the texts of auto-replies created since `since` that went out or may have:
-        sent, in flight (an attempt started), or failed after an attempt (echo detection)."""
+        sent, in flight (an attempt started), failed after an attempt, or dead after an
+        uncertain one (echo detection)."""
         rows = await self.fetchall(
-            "SELECT DISTINCT body_hash FROM actions WHERE auto_reply = 1 AND created_at >= ? "
-            "AND body_hash IS NOT NULL AND (status = 'sent' OR attempt_started_at IS NOT NULL "
-            "OR (status = 'failed' AND attempts > 0))",
+            "SELECT DISTINCT body_hash FROM actions AS a WHERE auto_reply = 1 "
+            "AND created_at >= ? AND body_hash IS NOT NULL AND (status = 'sent' "
+            "OR attempt_started_at IS NOT NULL "
+            f"OR (attempts > 0 AND (status = 'failed' OR {_UNCERTAIN})))",
             (to_db(since),),
         )
         return {str(r["body_hash"]) for r in rows}
@@ -71,7 +83,7 @@ class GuardRepo(Database):
         row = await self.fetchone(
             "SELECT 1 FROM actions AS a JOIN events AS e ON e.id = a.event_id "
             "WHERE a.phone = ? AND a.created_at >= ? AND +a.auto_reply = 1 "
-            "AND a.status != 'dead' AND e.body_hash = ? AND e.received_at >= ? AND e.id != ? "
+            f"AND {_MAY_HAVE_GONE} AND e.body_hash = ? AND e.received_at >= ? AND e.id != ? "
             "LIMIT 1",
             (phone, cutoff, body_hash, cutoff, exclude_event),
         )

@@ -128,3 +128,36 @@ async def test_the_breaker_pauses_all_auto_replies_and_says_so(event_path: Event
     await p.sms("15553000009", "ping")
     await p.dispatcher.run_until_idle()
     assert p.sent_to("15553000009") == ["pong: ping"]
+
+
+ALWAYS = """
+[[rules]]
+name = "auto"
+on = "message.received"
+action = "sms_reply"
+text = "Thanks! We will be in touch."
+"""
+
+
+@pytest.mark.parametrize("extra_config", [ALWAYS])
+async def test_a_reply_that_may_have_gone_out_but_ended_dead_still_counts(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: the guard took every dead action for one that never went out, but a
+    reply whose look-up could not finish is left dead rather than risk a second SMS: it may
+    well have gone. Echoed back word for word, it was answered."""
+    p = event_path
+    p.ns.faults.update({"lose_answer_next": 1, "path_filter": "/messages"})
+    await p.sms(BOT, "ping")
+    await p.dispatcher.run_until_idle()  # carried out; its answer lost
+    p.ns.faults.update({"fail_next": 5, "fail_status": 400, "path_filter": "/messages"})
+    p.clock.advance(60)
+    await p.dispatcher.run_until_idle()  # the look-up refused for good: dead, in doubt
+    (action,) = await p.store.list_actions()
+    assert action.status == "dead"
+    p.ns.faults.update({"fail_next": 0, "path_filter": None})
+    p.clock.advance(60)
+    await p.sms(BOT, "Thanks! We will be in touch.")  # the peer echoes it
+    await p.dispatcher.run_until_idle()
+    assert p.sent_to(BOT) == ["Thanks! We will be in touch."]
+    assert "echo" in await p.skipped()
