@@ -120,6 +120,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self._wake = anyio.Event()
         self._slot_free = anyio.Event()
+        # The guard's decisions and the plan they let through are one step (see `_plan`).
+        self._planning = anyio.Lock()
         self._stopping = False
         self.in_flight = 0
         self.handling: set[int] = set()  # ids of the events being handled now: never re-claimed
@@ -283,23 +285,29 @@ class Dispatcher:
             received_at=row.received_at,
             body_hash=row.body_hash or body_hash(event.body),
         )
-        kept: list[PlannedAction] = []
-        skipped = list(plan.skipped)
-        for action in plan.actions:
-            reason = None
-            if action.error is None:
-                reason = await self.guard.refuse(facts, action, ruleset.cooldown(action.rule))
-            if reason is not None:
-                skipped.append(Skipped(action.rule, reason))
-                log.info("rule.skipped", event_id=row.id, rule=action.rule, reason=reason)
-                continue
-            kept.append(action)
-            log.info("rule.matched", event_id=row.id, rule=action.rule, action=action.kind)
-        plan = replace(plan, actions=kept, skipped=skipped)
-        rows = await self.store.record_plan(row.id, plan.to_json(), [_new(a) for a in kept])
-        crashpoint("after_plan")
-        if any(a.auto_reply for a in kept):
-            await self.guard.after_reply()
+        # One event at a time from the guard's first question to its plan stored: events handled
+        # at once (other senders) each counted the replies stored before any of theirs, so the
+        # breaker let up to `concurrency - 1` more through (found by probing). The lock holds
+        # only database questions and one write, not the sending.
+        async with self._planning:
+            kept: list[PlannedAction] = []
+            skipped = list(plan.skipped)
+            for action in plan.actions:
+                reason = None
+                if action.error is None:
+                    cooldown = ruleset.cooldown(action.rule)
+                    reason = await self.guard.refuse(facts, action, cooldown, planned=kept)
+                if reason is not None:
+                    skipped.append(Skipped(action.rule, reason))
+                    log.info("rule.skipped", event_id=row.id, rule=action.rule, reason=reason)
+                    continue
+                kept.append(action)
+                log.info("rule.matched", event_id=row.id, rule=action.rule, action=action.kind)
+            plan = replace(plan, actions=kept, skipped=skipped)
+            rows = await self.store.record_plan(row.id, plan.to_json(), [_new(a) for a in kept])
+            crashpoint("after_plan")
+            if any(a.auto_reply for a in kept):
+                await self.guard.after_reply()
         return rows
 
     def _routed(self, plan: Plan) -> Plan:

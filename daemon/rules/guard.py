@@ -34,7 +34,7 @@ and per conversation and indexed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -129,10 +129,17 @@ class LoopGuard:
         self.configured_numbers = frozenset(own_numbers)
 
     async def refuse(
-        self, event: EventFacts, action: PlannedAction, cooldown: float | None
+        self,
+        event: EventFacts,
+        action: PlannedAction,
+        cooldown: float | None,
+        *,
+        planned: Sequence[PlannedAction] = (),
     ) -> str | None:
         """The reason this action must not be carried out, or None: for an auto-reply every
-        layer below, for any other action its rule's cooldown only."""
+        layer below, for any other action its rule's cooldown only. `planned`: the actions of
+        the same plan already let through, not stored yet — they count towards the
+        conversation's cap (found by probing: two reply rules on one event went past it)."""
         if not action.auto_reply:
             phone = event.sender or action.phone
             return await self._cooling(phone, action.rule, cooldown)
@@ -166,6 +173,9 @@ class LoopGuard:
         if action.conversation is not None:
             recent = await self.store.count_auto_replies(
                 since=now - HOUR, conversation=action.conversation
+            )
+            recent += sum(
+                1 for a in planned if a.auto_reply and a.conversation == action.conversation
             )
             if recent >= s.replies_per_conversation_per_hour:
                 return "conversation cap"

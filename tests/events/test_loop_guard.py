@@ -102,6 +102,37 @@ async def test_the_conversation_cap(event_path: EventPath) -> None:
     assert (await p.skipped()).count("conversation cap") == 3
 
 
+TWO_REPLY_RULES = """
+[[rules]]
+name = "ack"
+on = "message.received"
+match = { body = "(?i)^ping" }
+action = "sms_reply"
+text = "Got it: {{ event.body }}"
+continue = true
+
+[[rules]]
+name = "pong"
+on = "message.received"
+match = { body = "(?i)^ping" }
+action = "sms_reply"
+text = "pong: {{ event.body }}"
+"""
+
+
+@pytest.mark.parametrize("extra_config", [TWO_REPLY_RULES])
+async def test_the_conversation_cap_counts_the_replies_of_one_plan(event_path: EventPath) -> None:
+    """Found by probing: each of an event's reply rules was checked against the replies stored
+    before the event, not with its siblings: two rules on three messages sent six."""
+    p = event_path
+    for i in range(3):
+        await p.sms(ANN, f"ping {i}")
+        await p.dispatcher.run_until_idle()
+        p.clock.advance(30)
+    assert len(p.sent_to(ANN)) == 5
+    assert (await p.skipped()).count("conversation cap") == 1
+
+
 BREAKER = (
     RULES
     + """
@@ -161,3 +192,16 @@ async def test_a_reply_that_may_have_gone_out_but_ended_dead_still_counts(
     await p.dispatcher.run_until_idle()
     assert p.sent_to(BOT) == ["Thanks! We will be in touch."]
     assert "echo" in await p.skipped()
+
+
+@pytest.mark.parametrize("extra_config", [BREAKER])
+async def test_the_breaker_holds_when_events_arrive_together(event_path: EventPath) -> None:
+    """Found by probing: events planned at once (other senders, up to `concurrency`) each
+    counted the replies stored before any of theirs, and the breaker let more through."""
+    p = event_path
+    senders = [f"1555300000{i}" for i in range(6)]
+    for sender in senders:
+        await p.sms(sender, "ping")
+    await p.dispatcher.run_until_idle()  # all six claimed and planned at once
+    assert sum(len(p.sent_to(s)) for s in senders) == 3
+    assert (await p.skipped()).count("breaker") == 3
