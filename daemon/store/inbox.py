@@ -338,6 +338,10 @@ _WALK = (
     "FROM (SELECT id, sender, next_attempt_at, lease_until FROM events "
     f"WHERE status IN {_UNFINISHED} AND id > ? ORDER BY id LIMIT ?)"
 )
+_SENDERS_OF = (
+    "SELECT DISTINCT sender FROM events WHERE sender IS NOT NULL "
+    "AND id IN (SELECT value FROM json_each(?))"
+)
 _LEASE = (
     "UPDATE events SET lease_until = ? WHERE id IN (SELECT value FROM json_each(?)) "
     f"RETURNING {_COLS}"
@@ -362,7 +366,15 @@ def _claim(
     as soon as it has `limit` events; a sender blocked by a long queue of its own costs reading
     that queue, as the index's plan did.
     """
-    blocked: set[str] = set()  # senders whose first unfinished event has been passed
+    # Senders whose first unfinished event has been passed — and, from the start, those with an
+    # event in hand: a replayed earlier event of theirs must wait for it too (found by probing:
+    # a dead event replayed while its sender's next one was being handled ran beside it).
+    blocked: set[str] = set()
+    if exclude:
+        blocked.update(
+            sender
+            for (sender,) in raw.execute(_SENDERS_OF, (json.dumps(sorted(exclude)),)).fetchall()
+        )
     chosen: list[int] = []
     after = 0
     # The events in hand come first in the walk (and block their senders' next ones): the first

@@ -66,7 +66,11 @@ def load(conn: sqlite3.Connection, rows: list[Row]) -> None:
 
 
 def by_the_rule(rows: list[Row], exclude: frozenset[int], limit: int) -> list[int]:
+    """Claimable: unfinished, not in hand (`exclude`), due, unleased, and — for an event with a
+    sender — neither an earlier unfinished event of that sender nor one of theirs in hand (a
+    replayed earlier event waits for it)."""
     unfinished = {i for i, r in enumerate(rows, start=1) if r.status in ("pending", "failed")}
+    in_hand = {rows[j - 1].sender for j in exclude if j <= len(rows)}
     out = []
     for i, r in enumerate(rows, start=1):
         earlier = any(rows[j - 1].sender == r.sender for j in unfinished if j < i)
@@ -75,7 +79,7 @@ def by_the_rule(rows: list[Row], exclude: frozenset[int], limit: int) -> list[in
             and i not in exclude
             and (r.next_attempt_at is None or r.next_attempt_at <= NOW)
             and (r.lease_until is None or r.lease_until <= NOW)
-            and (r.sender is None or not earlier)
+            and (r.sender is None or not (earlier or r.sender in in_hand))
         ):
             out.append(i)
     return out[:limit]
@@ -171,3 +175,22 @@ def test_a_page_in_any_order_is_walked_in_id_order(raw: sqlite3.Connection) -> N
 
     got = inbox._claim(Reversing(), NOW, UNTIL, frozenset(), 5, 4)  # type: ignore[arg-type]
     assert [int(r[0]) for r in got] == [1]  # the sender's first, not the last of a page
+
+
+def test_a_replayed_earlier_event_waits_for_its_senders_event_in_hand(
+    raw: sqlite3.Connection,
+) -> None:
+    """Found by probing: event 1 of a sender was dead, event 2 was being handled, and event 1,
+    replayed meanwhile, was claimed beside it (a second ticket instead of a note)."""
+    ann, bob = "+15550000001", "+15550000002"
+    load(
+        raw,
+        [
+            Row(ann, "pending", None, None),  # 1: replayed, pending again
+            Row(ann, "pending", None, UNTIL),  # 2: in hand
+            Row(bob, "pending", None, None),  # 3: another sender's, free to go
+        ],
+    )
+    assert claimed(raw, frozenset({2}), limit=5) == [3]
+    raw.execute("UPDATE events SET status = 'done', lease_until = NULL WHERE id = 2")
+    assert claimed(raw, frozenset(), limit=5) == [1]  # once it is done
