@@ -57,11 +57,12 @@ def first_due(schedule: Schedule, last_run_at: datetime | None, now: datetime) -
     """When a job should first run after (re)start.
 
     Never run: now. Overdue (the tick after the last run has passed): now, once. Otherwise the
-    pending tick.
+    pending tick. A last run later than now was recorded by a clock that ran fast and has been
+    stepped back: it counts as now, or the job would wait out the step (found by probing).
     """
     if last_run_at is None:
         return now
-    due = schedule.next_after(last_run_at)
+    due = schedule.next_after(min(last_run_at, now))
     return now if due <= now else due
 
 
@@ -70,9 +71,10 @@ def next_due(schedule: Schedule, started_at: datetime, now: datetime) -> datetim
 
     For `every`, the interval counts from the run's start (so a 15m job runs every 15m however
     long it takes, unless it overruns); ticks that passed during a long run are skipped, not
-    queued.
+    queued. A start later than now (the wall clock stepped back since) counts as now, so a
+    step back of a day does not hold a 60 s job for a day (found by probing).
     """
-    due = schedule.next_after(started_at)
+    due = schedule.next_after(min(started_at, now))
     if due > now:
         return due
     if schedule.every is not None:

@@ -285,3 +285,70 @@ async def test_request_run_skips_the_start_jitter(before_loop: bool) -> None:
         await settle()
         assert rec.starts == [("j", T0)]
         tg.cancel_scope.cancel()
+
+
+async def test_a_wall_clock_stepped_back_a_day_does_not_stall_a_60s_job() -> None:
+    """Found by probing: the next tick was planned from a start now a day in the future."""
+    clock = FakeClock(T0)
+    starts: list[datetime] = []
+
+    async def run_job(name: str) -> None:
+        starts.append(clock.now())
+
+    sched = Scheduler([ScheduledJob("j", Schedule(every=60))], run_job, clock=clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        await settle()
+        assert len(starts) == 1  # never run: runs now
+        clock.advance(30)
+        await settle()
+        clock.set_wall(clock.now() - timedelta(days=1))  # NTP steps the clock back a day
+        for _ in range(10):  # ten minutes of real (monotonic) time
+            clock.advance(60)
+            await settle()
+        tg.cancel_scope.cancel()
+    assert len(starts) >= 10  # about once a minute after the step, as before it
+
+
+async def test_a_wall_clock_stepped_forward_a_day_runs_once_not_many() -> None:
+    clock = FakeClock(T0)
+    starts: list[datetime] = []
+
+    async def run_job(name: str) -> None:
+        starts.append(clock.now())
+
+    sched = Scheduler([ScheduledJob("j", Schedule(every=60))], run_job, clock=clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        await settle()
+        clock.advance(30)
+        await settle()
+        clock.set_wall(clock.now() + timedelta(days=1))
+        for _ in range(3):
+            clock.advance(60)
+            await settle()
+        tg.cancel_scope.cancel()
+    assert 3 <= len(starts) <= 5, starts
+
+
+async def test_a_last_run_recorded_by_a_fast_clock_does_not_stall_the_first_run() -> None:
+    """Found by probing: the last run was recorded while the clock ran 6 h fast (then NTP set it
+    right), and after a restart a 5-minute job waited the 6 h out before its first run."""
+    clock = FakeClock(T0)
+    starts: list[datetime] = []
+
+    async def run_job(name: str) -> None:
+        starts.append(clock.now())
+
+    last = {"j": T0 + timedelta(hours=6)}  # sync_runs.started_at written by the fast clock
+    sched = Scheduler(
+        [ScheduledJob("j", Schedule(every=300))], run_job, clock=clock, last_runs=last
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sched.run)
+        await settle()
+        for _ in range(30):  # 30 minutes
+            clock.advance(60)
+            await settle()
+        tg.cancel_scope.cancel()
+    assert 5 <= len(starts) <= 7  # every 5 minutes from the restart on
