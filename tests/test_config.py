@@ -278,6 +278,8 @@ BAD_REGEX = "invalid regular expression"
         ("[http]\nlisten = 'nope'\n", "http.listen", "listen address"),
         ("[http]\ntrusted_proxies = ['10.0.0.0/8', 'zz']\n", "http.trusted_proxies[1]", "zz"),
         (job(every="1x"), "sync[1].every", "invalid duration '1x'"),
+        # Found by probing: an unpaged method failed every run on its repeated "page 2".
+        (job(method="getAll"), "sync[1].method", "paged list method"),
         (job(every=None, cron="* * *"), "sync[1].cron", "invalid cron"),
         (job(every=None), "sync[1].every", "schedule"),
         (job(cron="* * * * *"), "sync[1].cron", "not both"),

@@ -150,6 +150,15 @@ def check_upstream_refs(
                 f"{p}.report",
                 f"reports are a Blesta feature; upstream {job.upstream!r} is {kind!r}",
             )
+        if kind == "blesta" and job.report is None and not job.method.startswith("getList"):
+            # The walk pages the method with `page` and counts with getListCount; an unpaged
+            # method (getAll) answers the same list for every page, and the run fails every
+            # time on the repeat (found by probing).
+            c.add(
+                f"{p}.method",
+                f"a sync job walks a paged list method (getList, getListBy...), not "
+                f"{job.method!r}; the daemon reads every page itself",
+            )
         if kind == "blesta_reseller" and job.resource not in (
             None,
             *RESELLER_RESOURCES,
