@@ -235,7 +235,7 @@ class Backfiller:
         if cursor is not None and since > cursor:
             log.warning(
                 "backfill.gap_abandoned" if not explicit else "backfill.window_after_cursor",
-                cursor=cursor.isoformat() if cursor else None,
+                cursor=cursor.isoformat(),
                 since=since.isoformat(),
             )
         if contiguous:
