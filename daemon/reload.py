@@ -165,7 +165,7 @@ async def _build(service: Service, run: Running, new: Settings) -> _Staged:
             from daemon.service import scheduled_jobs
 
             jobs = scheduled_jobs(new)
-            last_runs = {r.job: r.started_at for r in await run.store.last_runs()}
+            last_runs = await run.store.schedule_seeds()
             Scheduler(jobs, service._run_job, clock=service.clock, last_runs=last_runs)
             now = service.clock.now()
             for job in jobs:  # what the new scheduler's start computes, computed here first

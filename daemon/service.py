@@ -254,7 +254,7 @@ class Service:
             return
         last: dict[str, datetime | None]
         try:
-            last = {r.job: r.started_at for r in await run.store.last_runs()}
+            last = await run.store.schedule_seeds()
         except StoreError:
             if known_runs is None:
                 raise

@@ -111,6 +111,10 @@ def owner_alive(owner: str | None) -> bool:
     return not start or _start_ticks(pid) in ("", start)
 
 
+def _cut_short(run: RunRow) -> bool:
+    return run.status == "cancelled" or (run.status == "failed" and run.error == "interrupted")
+
+
 def _run(row: sqlite3.Row) -> RunRow:
     return RunRow(
         id=row["id"],
@@ -250,6 +254,13 @@ class RunsRepo(Database):
             f"(SELECT MAX(id) FROM sync_runs {where} GROUP BY job) ORDER BY job"
         )
         return [_run(r) for r in rows]
+
+    async def schedule_seeds(self) -> dict[str, datetime | None]:
+        """Each job's last start, as its schedule counts from it (`first_due`) — None for a run
+        a stop or a crash cut short (`cancelled`; `failed` as `interrupted`): that job runs at
+        the start instead. Counted from, a daily job cut short by a deploy waited a day
+        (found by probing)."""
+        return {r.job: None if _cut_short(r) else r.started_at for r in await self.last_runs()}
 
     async def list_runs(self, job: str | None = None, *, limit: int = 50) -> list[RunRow]:
         """Newest first."""

@@ -19,6 +19,7 @@ from daemon.clock import FakeClock, SystemClock
 from daemon.config import Settings, load_settings
 from daemon.sandbox.orchestra import Sandbox
 from daemon.service import Service
+from daemon.store import Store
 from daemon.systemd import Notifier
 from tests.service.sandboxes import service_sandbox
 
@@ -152,4 +153,28 @@ async def test_an_ipv6_listen_address_is_reported_with_brackets(tmp_path: Path) 
             address = await tg.start(service.serve)
             assert address.startswith("[::1]:") and int(address.rpartition(":")[2]) > 0
             assert await _get(f"http://{address}/healthz") in (200, 503)
+            service.request_shutdown()
+
+
+async def test_a_sync_cut_short_by_the_last_stop_runs_at_the_start(
+    sandbox: tuple[Sandbox, Settings],
+) -> None:
+    """Found by probing: the schedule counted from the last run whatever its end, so a job
+    cancelled by a stop (a deploy, a reload) waited a whole interval — a day for a daily one."""
+    sb, settings = sandbox
+    clock = FakeClock(datetime.now(UTC))
+    async with Store.open(settings.daemon.database, clock=clock) as store:
+        cut = await store.start_run("blesta-clients")
+        await store.finish_run(cut, "cancelled", error="cancelled")
+        done = await store.start_run("halo-tickets")
+        await store.finish_run(done, "ok")
+    service = Service(settings, clock=clock, config_path=sb.config_path, handle_signals=False)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.serve)
+            run = service.running
+            assert run is not None and run.scheduler is not None
+            due = run.scheduler.next_run
+            assert due["blesta-clients"] <= clock.now()  # at once, not 15 minutes on
+            assert due["halo-tickets"] > clock.now()  # its interval, as before
             service.request_shutdown()

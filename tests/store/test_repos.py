@@ -109,6 +109,34 @@ async def test_a_job_running_in_another_live_process_does_not_start_twice(
     await store.start_run("mine")
 
 
+async def test_a_run_cut_short_does_not_count_for_the_schedule(
+    store: Store, clock: FakeClock
+) -> None:
+    """Found by probing: the scheduler counted the next tick from the last run whatever its
+    end, so a daily job cancelled by a deploy's stop waited a whole day to run again."""
+    done = await store.start_run("daily-ok")
+    await store.finish_run(done, "ok")
+    failed = await store.start_run("daily-failed")
+    await store.finish_run(failed, "failed", error="HTTP 500")
+    cancelled = await store.start_run("daily-cancelled")
+    await store.finish_run(cancelled, "cancelled", error="cancelled")
+    crashed = await store.start_run("daily-crashed")
+
+    async def fn(conn: Any) -> None:  # what mark_stale_runs_failed leaves after a crash
+        await conn.execute(
+            "UPDATE sync_runs SET status = 'failed', error = 'interrupted' WHERE id = ?",
+            (crashed,),
+        )
+
+    await store.write(fn)
+    assert await store.schedule_seeds() == {
+        "daily-ok": clock.now(),
+        "daily-failed": clock.now(),  # a real failure waits its interval, as before
+        "daily-cancelled": None,
+        "daily-crashed": None,
+    }
+
+
 async def test_sync_state(store: Store, clock: FakeClock) -> None:
     assert await store.get_sync_state("j") is None
     await store.set_sync_state("j", cursor="c1")
