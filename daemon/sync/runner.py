@@ -262,18 +262,23 @@ class JobRunner:
         # A report job answers for the months it read this run, each on its own; any other job
         # for its whole table.
         scopes: tuple[str | None, ...] = (None,) if verdict.periods is None else verdict.periods
-        for period in scopes:
-            outcome = await self._store.mark_tombstones(
-                job.table,
-                run_started_at=run_started_at,
-                period=period,
-                max_fraction=job.max_tombstone_fraction,
-            )
-            result.missing += outcome.missing
-            if outcome.refused:
-                self._refused(job, result, outcome, period)
-                continue
-            result.deleted += outcome.deleted
+        # Once asked for, a pass commits whatever its caller does (the writer runs a queued job
+        # to its end), so it is awaited to its end and counted: a stop arriving meanwhile takes
+        # effect after it, and the run is recorded `cancelled` with what it deleted — not with
+        # nothing, as happened (found by probing). It was decided on a complete run.
+        with anyio.CancelScope(shield=True):
+            for period in scopes:
+                outcome = await self._store.mark_tombstones(
+                    job.table,
+                    run_started_at=run_started_at,
+                    period=period,
+                    max_fraction=job.max_tombstone_fraction,
+                )
+                result.missing += outcome.missing
+                if outcome.refused:
+                    self._refused(job, result, outcome, period)
+                    continue
+                result.deleted += outcome.deleted
 
     @staticmethod
     def _refused(

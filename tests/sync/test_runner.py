@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -125,6 +126,37 @@ async def test_tombstone_after_two_complete_runs_and_resurrection(
     back = await run(store, clock, job(), blesta)
     assert (back.updated, back.deleted) == (1, 0)
     assert rows(db, f"SELECT deleted_at FROM blesta_clients WHERE id = '{gone['id']}'") == [(None,)]
+
+
+async def test_a_stop_during_the_tombstone_pass_is_recorded_with_what_it_deleted(
+    store, blesta, state, clock, tmp_path
+):
+    """Found by probing: a run cancelled while its tombstone pass waited for the writer was
+    recorded `cancelled` with nothing deleted, yet the pass committed (the writer runs a
+    queued job to its end). The pass now finishes, and the record says what it did."""
+    await run(store, clock, job(), blesta)
+    gone = state.clients.pop(7)
+    await run(store, clock, job(), blesta)  # the first miss marks it
+    runner = JobRunner(store, clock=clock, default_region="US")
+    clock.advance(60)
+    real_write = store.write
+    with anyio.CancelScope() as stop:  # the service's stop: its task group's scope
+
+        def write(fn: Any, **kw: Any) -> Any:  # the stop arrives as the pass is handed over
+            if "mark_tombstones" in getattr(fn, "__qualname__", ""):
+                stop.cancel()
+            return real_write(fn, **kw)
+
+        store.write = write  # type: ignore[method-assign]
+        await runner.run(job(), build_fetcher(job(), blesta, "blesta", now=clock.now()))
+    store.write = real_write  # type: ignore[method-assign]
+    assert stop.cancelled_caught
+    db = tmp_path / "state.db"
+    last = rows(db, "SELECT status, deleted FROM sync_runs ORDER BY id DESC LIMIT 1")
+    assert last == [("cancelled", 1)]
+    assert rows(
+        db, f"SELECT deleted_at IS NOT NULL FROM blesta_clients WHERE id = '{gone['id']}'"
+    ) == [(1,)]
 
 
 async def test_failed_run_deletes_nothing_and_is_recorded(store, blesta, state, clock, tmp_path):
