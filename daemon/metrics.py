@@ -83,6 +83,9 @@ class _Watched:
     def __init__(self) -> None:
         self.budgets: dict[str, BudgetView] = {}
         self.auths: dict[str, AuthView] = {}
+        # Seconds waited by the budgets a reload replaced: a new client's budget starts at 0,
+        # and the counter must not go backwards within the process (found by probing).
+        self.carried: dict[str, float] = {}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
@@ -96,8 +99,10 @@ class _Watched:
             "Seconds requests waited for an upstream's rate budget before they were sent.",
             labels=["upstream"],
         )
-        for name, budget in sorted(self.budgets.items()):
-            waits.add_metric([name], float(budget.waited))
+        for name in sorted(self.budgets.keys() | self.carried.keys()):
+            budget = self.budgets.get(name)
+            waited = float(budget.waited) if budget is not None else 0.0
+            waits.add_metric([name], waited + self.carried.get(name, 0.0))
         auth = GaugeMetricFamily(
             f"{PREFIX}_upstream_auth_healthy",
             "1 while an OAuth upstream's last token grant succeeded (or none was needed yet), "
@@ -240,7 +245,9 @@ class Metrics:
             code = str(status)
         else:
             code = OTHER
-        self._upstream.labels(self._bounded("upstream", upstream), code).inc()
+        self._upstream.labels(
+            self._bounded("upstream", upstream), self._bounded("code", code)
+        ).inc()
 
     def token_refreshed(self, upstream: str) -> None:
         self._refreshes.labels(self._bounded("upstream", upstream)).inc()
@@ -260,12 +267,21 @@ class Metrics:
         self.watch_budget(name, session.budget)
 
     def watch_budget(self, upstream: str, budget: BudgetView | None) -> None:
-        """Export `budget.waited` for `upstream` at each scrape; None forgets it (a reload
-        that removed the budget)."""
-        if budget is None:
-            self._watched.budgets.pop(upstream, None)
-        else:
+        """Export `budget.waited` for `upstream` at each scrape; None forgets the budget (a
+        reload that removed it). What a replaced budget had waited is carried on."""
+        old = self._watched.budgets.pop(upstream, None)
+        if old is not None and old is not budget:
+            carried = self._watched.carried
+            carried[upstream] = carried.get(upstream, 0.0) + float(old.waited)
+        if budget is not None:
             self._watched.budgets[upstream] = budget
+
+    def forget_client(self, name: str) -> None:
+        """An upstream a reload removed: its series go (found by probing: its auth gauge kept
+        an alert firing for an upstream that no longer existed, and held its client alive)."""
+        self._watched.budgets.pop(name, None)
+        self._watched.auths.pop(name, None)
+        self._watched.carried.pop(name, None)
 
     def watch_auth(self, upstream: str, auth: AuthView | None) -> None:
         """Export `auth.healthy` for an OAuth upstream at each scrape; None forgets it."""

@@ -148,6 +148,7 @@ class Service:
                 log.warning("sync.stale_runs_failed", runs=stale)
             metrics = Metrics()
             pool = ClientPool(clock=clock, configure=metrics.attach_client,
+                              forget=metrics.forget_client,
                               grace=s.daemon.shutdown_timeout)  # fmt: skip
             stack.push_async_callback(pool.aclose)
             await pool.open(s)

@@ -49,10 +49,18 @@ class PoolChange:
 
 
 class ClientPool:
-    def __init__(self, *, clock: Clock, configure: Configure | None = None, grace: float = 30.0):
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        configure: Configure | None = None,
+        forget: Callable[[str], None] | None = None,
+        grace: float = 30.0,
+    ):
         self.clock = clock
         self.grace = grace
         self._configure = configure  # e.g. attach metrics hooks to a new client
+        self._forget = forget  # e.g. drop a removed upstream's metrics
         self.clients: dict[str, AnyClient] = {}
         self._built_from: dict[str, UpstreamSettings] = {}
         self._retiring: set[AnyClient] = set()
@@ -122,6 +130,8 @@ class ClientPool:
         for name in change.removed:
             old = self.clients.pop(name, None)
             self._built_from.pop(name, None)
+            if self._forget is not None:
+                self._forget(name)
             if old is not None:
                 self._retire(old, tg)
         for name, client in change.opened.items():

@@ -122,6 +122,7 @@ class Dispatcher:
         self._slot_free = anyio.Event()
         # The guard's decisions and the plan they let through are one step (see `_plan`).
         self._planning = anyio.Lock()
+        self._waiting = False  # in `_idle`: waiting for work, not stuck
         self._stopping = False
         self.in_flight = 0
         self.handling: set[int] = set()  # ids of the events being handled now: never re-claimed
@@ -135,8 +136,11 @@ class Dispatcher:
         self._wake.set()
 
     def fresh(self, max_age: float) -> bool:
-        """Whether the loop turned within `max_age` seconds (for the systemd watchdog)."""
-        return self.clock.monotonic() - self.heartbeat <= max_age
+        """Whether the loop turned within `max_age` seconds, or is waiting for work (for the
+        systemd watchdog). Waiting is not being stuck: with `poll` longer than the watchdog's
+        age an idle dispatcher was taken for a wedged one, and systemd killed the service
+        every couple of minutes (found by probing)."""
+        return self._waiting or self.clock.monotonic() - self.heartbeat <= max_age
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Work the inbox until cancelled. Leases left by a previous process are released
@@ -211,6 +215,14 @@ class Dispatcher:
 
     async def _idle(self) -> None:
         """Wait for a wake-up, a freed slot or the poll interval, whichever is first."""
+        self._waiting = True
+        try:
+            await self._wait_for_work()
+        finally:
+            self._waiting = False
+            self.heartbeat = self.clock.monotonic()
+
+    async def _wait_for_work(self) -> None:
         async with anyio.create_task_group() as tg:
 
             async def timer() -> None:

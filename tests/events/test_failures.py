@@ -9,6 +9,7 @@ import os
 import sys
 from datetime import timedelta
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -247,3 +248,20 @@ async def test_a_store_that_refuses_a_write_is_logged_as_such_not_as_a_bug(
     p.clock.advance(3600)
     await p.dispatcher.run_until_idle()  # the store takes writes again: handled
     assert [e.status for e in await p.events()] == ["done"]
+
+
+async def test_a_dispatcher_waiting_for_work_is_fresh_for_the_watchdog(
+    event_path: EventPath,
+) -> None:
+    """Found by probing: with `poll` longer than the watchdog's age (any `poll` over 45 s is
+    valid) an idle dispatcher's loop had not turned, the watchdog was withheld, and systemd
+    killed an idle service every couple of minutes."""
+    p = event_path
+    async with anyio.create_task_group() as tg:
+        await tg.start(p.dispatcher.run)
+        with anyio.fail_after(5):
+            while p.clock.sleepers == 0:  # its poll's sleep: waiting for work
+                await anyio.sleep(0)
+        p.dispatcher.heartbeat -= 3600  # no loop turn for an hour, as with `poll = "2h"`
+        assert p.dispatcher.fresh(45)
+        tg.cancel_scope.cancel()

@@ -22,7 +22,7 @@ from daemon.clients.http import HttpOptions, UpstreamSession
 from daemon.clients.ratelimit import RateBudget, RateLimit
 from daemon.clock import FakeClock
 from daemon.errors import ServerError, UpstreamTimeout
-from daemon.metrics import Metrics, metrics_route
+from daemon.metrics import MAX_LABEL_VALUES, OTHER, Metrics, metrics_route
 from daemon.sandbox.server import serve_app
 from tests.webhooks.listener_fixtures import SECRET, batch, message, running_hook, serve_listener
 
@@ -170,8 +170,27 @@ async def test_rate_budget_waits_are_read_at_scrape_time() -> None:
     await budget.acquire()
     await budget.acquire()  # waits the rest of the window
     assert value(scrape(m), P + "rate_budget_wait_seconds_total", upstream="halo") == 10.0
-    m.watch_budget("halo", None)
+    # A reload's new client brings a new budget, at 0: the counter carries on, never back
+    # (found by probing: it fell to 0).
+    fresh = RateBudget(RateLimit(1, 10.0), clock, margin=0.0)
+    m.watch_budget("halo", fresh)
+    assert value(scrape(m), P + "rate_budget_wait_seconds_total", upstream="halo") == 10.0
+    await fresh.acquire()
+    await fresh.acquire()
+    assert value(scrape(m), P + "rate_budget_wait_seconds_total", upstream="halo") == 20.0
+    m.watch_budget("halo", None)  # the rate limit taken off: what was waited stays counted
+    assert value(scrape(m), P + "rate_budget_wait_seconds_total", upstream="halo") == 20.0
+    m.forget_client("halo")  # the upstream removed: its series go
     assert P + "rate_budget_wait_seconds_total" not in scrape(m)
+
+
+def test_every_label_is_capped_code_included() -> None:
+    """Found by probing: the `code` of upstream requests was not capped (500 values)."""
+    m = Metrics(process_metrics=False)
+    for status in range(100, 600):
+        m.upstream_response("halo", status)
+    codes = {dict(k)["code"] for k in scrape(m)[P + "upstream_requests_total"]}
+    assert len(codes) <= MAX_LABEL_VALUES + 1 and OTHER in codes
 
 
 async def test_metrics_route_serves_the_text_format() -> None:

@@ -187,3 +187,34 @@ async def test_restart_needed_compares_with_what_runs_and_the_body_limit_applies
         assert needed(logs) == []
 
     await _serving(sb, settings, test)
+
+
+async def test_an_upstream_a_reload_removes_leaves_the_metrics(
+    sandbox: tuple[Sandbox, Settings],
+) -> None:
+    """Found by probing: its auth gauge and budget counter stayed in /metrics until a restart
+    (an `UpstreamAuthFailing` alert kept firing for an upstream that no longer existed)."""
+    sb, settings = sandbox
+    original = sb.config_path.read_text()
+    halo = original.split("[upstreams.halo]\n", 1)[1].split("\n\n", 1)[0]
+
+    async def test(service: Service, run: Running) -> None:
+        _edit(
+            sb,
+            (
+                "[upstreams.reseller]\n",
+                f'[upstreams.halo2]\nkind = "halo"\n{halo}\n\n[upstreams.reseller]\n',
+            ),
+        )
+        assert await reload(service) is True
+        gauge = b'upstream_auth_healthy{upstream="halo2"}'
+        waits = b'rate_budget_wait_seconds_total{upstream="halo2"}'
+        body = run.metrics.render()[0]
+        assert gauge in body and waits in body
+        sb.config_path.write_text(original)
+        assert await reload(service) is True
+        assert "halo2" not in run.pool.clients
+        body = run.metrics.render()[0]
+        assert gauge not in body and waits not in body
+
+    await _serving(sb, settings, test)
