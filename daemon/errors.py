@@ -33,6 +33,7 @@ caller knows about.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,7 +78,18 @@ def redact_excerpt(
     from daemon.logs import redact_cut, redact_text  # lazy: this module is the bottom layer
 
     text = redact_cut(text, secrets) if cut else redact_text(text, secrets)
+    text = _SECRET_FIELD.sub(r"\1[REDACTED]", text)
     return shorten(" ".join(text.split()), limit)
+
+
+# A credential by its field's name, whether or not its value is known yet: a token endpoint's
+# answer that fails to parse (cut short, not JSON) carries a token no one has registered, and
+# its excerpt put it in the error in clear (found by probing). JSON and form spellings; a value
+# cut short by the body's end is masked too.
+_SECRET_FIELD = re.compile(
+    r"""((?:"|\b)(?:access_token|refresh_token|id_token|client_secret|password)"""
+    r"""(?:"\s*:\s*"|=))[^"&\s]*"""
+)
 
 
 def shorten(text: str, limit: int) -> str:

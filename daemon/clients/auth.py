@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from daemon.errors import AuthError, UpstreamError
+from daemon.errors import AuthError, UpstreamError, UpstreamResponseError
 from daemon.logs import add_secrets
 
 if TYPE_CHECKING:
@@ -61,13 +62,15 @@ class TokenState:
     refresh_token: str | None = None
     expires_at: float | None = None
     leeway: float = 60.0
+    refresh_at: float | None = None  # `leeway` before expiry, at most half the lifetime
+    lifetime: float | None = None  # seconds the current token was given, as read
     generation: int = 0  # bumps on every new token; tells "already refreshed" from "stale"
     info: Mapping[str, Any] | None = None
 
     def needs_refresh(self, now: float) -> bool:
         if self.access_token is None:
             return True
-        return self.expires_at is not None and now >= self.expires_at - self.leeway
+        return self.refresh_at is not None and now >= self.refresh_at
 
     def update(self, payload: Mapping[str, Any], now: float) -> None:
         """Take a token endpoint's answer; raises `ValueError` if it carries no token."""
@@ -81,7 +84,18 @@ class TokenState:
             expires_in = float(payload.get("expires_in", 3600))
         except (TypeError, ValueError):
             expires_in = 3600.0
-        self.expires_at = now + max(0.0, expires_in)
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            # Nothing usable said (0, negative, NaN, 1e999): an hour, as when it is missing; a
+            # token that ends sooner is answered 401 and replaced then. Infinity crashed the
+            # refresh's log line, and 0 made every caller fetch its own token (found by
+            # probing).
+            expires_in = 3600.0
+        self.lifetime = expires_in
+        self.expires_at = now + expires_in
+        # Early by `leeway`, but never before half the token's life: with a lifetime under the
+        # leeway a new token already "needed" refreshing, which broke the single flight — every
+        # caller and every request fetched a token (found by probing: `expires_in: 30`).
+        self.refresh_at = self.expires_at - min(self.leeway, expires_in / 2)
         self.generation += 1
         # Keep what the endpoint said about the token (user, domain, scope...), never the
         # tokens themselves: `info` is shown by `daemon api ... token` and may be logged.
@@ -159,6 +173,13 @@ class TokenAuth(ABC):
                 err = AuthError(
                     f"token endpoint answered without a token: {exc}", upstream=session.name
                 )
+                self._mark_failed(session, err)
+                raise err from exc
+            except UpstreamResponseError as exc:
+                # A final answer that is no token (an HTML page, a 403, a 404): as good as a
+                # refused grant — fail fast for the back-off rather than let every caller ask
+                # again (found by probing: 20 callers, 20 token requests).
+                err = AuthError(f"token endpoint: {exc}", upstream=session.name, status=exc.status)
                 self._mark_failed(session, err)
                 raise err from exc
             except UpstreamError:

@@ -157,8 +157,14 @@ class NetsapiensAuth(TokenAuth):
                 log.info("auth.refresh_refused", upstream=session.name, status=exc.status)
                 self.state.refresh_token = None
             else:
-                self.obtained_at = self._clock.now()
-                return payload
+                if _carries_token(payload):
+                    self.obtained_at = self._clock.now()
+                    return payload
+                # Refused OAuth-style, inside a 200 (`{"error": "invalid_grant"}`): the same as
+                # a 4xx. Kept, the dead refresh token was tried after every back-off, for ever
+                # (found by probing).
+                log.info("auth.refresh_refused", upstream=session.name, status=200)
+                self.state.refresh_token = None
         payload = await self._grant(
             session,
             {"grant_type": "password", "username": self.username, "password": self._password},
@@ -177,6 +183,11 @@ class NetsapiensAuth(TokenAuth):
                 "token endpoint answered a non-object", upstream=session.name, status=resp.status
             )
         return payload
+
+
+def _carries_token(payload: Mapping[str, Any]) -> bool:
+    token = payload.get("access_token")
+    return isinstance(token, str) and bool(token)
 
 
 def _seg(value: str) -> str:
@@ -309,8 +320,8 @@ class NetsapiensClient(UpstreamClient):
         await self.auth.headers(self.session)
         info = dict(self.auth.state.info or {})
         expires_at = None
-        if self.auth.obtained_at is not None and self.auth.state.expires_at is not None:
-            lifetime = float(info.get("expires_in") or 0)
+        lifetime = self.auth.state.lifetime  # as the token's state read it: always sane
+        if self.auth.obtained_at is not None and lifetime is not None:
             expires_at = (self.auth.obtained_at + timedelta(seconds=lifetime)).isoformat()
         return {
             "user": info.get("user") or info.get("username"),
