@@ -115,9 +115,26 @@ def _problem(exc: BaseException) -> TemplateProblem:
 def compile_template(env: jinja2.Environment, source: str) -> jinja2.Template:
     """Parse and compile `source`; `TemplateProblem` names the first problem."""
     try:
+        _check_names(env, source)
         return env.from_string(source)
     except (jinja2.TemplateError, RecursionError, MemoryError, SyntaxError, ValueError) as exc:
         raise _problem(exc) from None
+
+
+def _check_names(env: jinja2.Environment, source: str) -> None:
+    """Every filter and test `source` names exists. Jinja checks them when it compiles — except
+    inside a condition (`{% if %}`, `x if c else y`), where it leaves them to the render: such
+    a template loaded, and every action it rendered was dead (found by probing)."""
+    from jinja2 import nodes
+
+    tree = env.parse(source)
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = env.filters if isinstance(node, nodes.Filter) else env.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise jinja2.TemplateAssertionError(
+                f"No {kind} named {node.name!r}.", node.lineno, None, None
+            )
 
 
 def when_expression(source: str) -> str:
@@ -140,6 +157,7 @@ def compile_when(env: jinja2.Environment, source: str) -> TemplateExpression:
             'invalid template: `when` is empty; write one expression, e.g. "not business_hours"'
         )
     try:
+        _check_names(env, "{{ " + expression + " }}")
         return env.compile_expression(expression, undefined_to_none=False)
     except (jinja2.TemplateError, RecursionError, MemoryError, SyntaxError, ValueError) as exc:
         problem = _problem(exc)

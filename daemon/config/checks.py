@@ -5,6 +5,7 @@ Split from `load` so the reading order there stays: find, resolve, validate, cro
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -285,6 +286,9 @@ def _walk_templates(c: Collector, env: jinja2.Environment, path: str, node: Any)
     elif isinstance(node, list):
         for i, v in enumerate(node):
             _walk_templates(c, env, join(path, i), v)
+    elif isinstance(node, float) and not math.isfinite(node):
+        # JSON has no NaN or Infinity: the ticket would go as invalid JSON (found by probing).
+        c.add(path, f"{node!r} cannot be sent; JSON has only finite numbers")
     elif node is not None and not isinstance(node, bool | int | float):
         # TOML dates and times: the ticket travels as JSON, which has no such type.
         c.add(path, f"a TOML {type(node).__name__} cannot be sent; write it as a string")

@@ -51,6 +51,43 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
         "invalid template: No filter named 'nosuchfilter'",
     ),
     ({**ON, "action": "sms_reply", "text": "{{ x"}, "rules[0].text", "invalid template"),
+    # Found by probing: inside a condition Jinja leaves filter and test names to the render,
+    # so these loaded and every action they rendered was dead.
+    (
+        {
+            **ON,
+            "action": "sms_reply",
+            "text": "{% if client %}{{ client.a | capitalise }}{% endif %}",
+        },
+        "rules[0].text",
+        "No filter named 'capitalise'",
+    ),
+    (
+        {**ON, "action": "sms_reply", "text": "{{ event.body | lowr if business_hours else 'x' }}"},
+        "rules[0].text",
+        "No filter named 'lowr'",
+    ),
+    (
+        {**ON, "action": "sms_reply", "text": "{% if event.body is stringg %}x{% endif %}"},
+        "rules[0].text",
+        "No test named 'stringg'",
+    ),
+    (
+        {**ON, "when": "event.body | lowr == 'x' if business_hours else false"},
+        "rules[0].when",
+        "No filter named 'lowr'",
+    ),
+    # JSON has no NaN or Infinity: the ticket would go as invalid JSON (found by probing).
+    (
+        {**ON, "action": "halo_ticket", "ticket": {"summary": "x", "priority_id": float("nan")}},
+        "rules[0].ticket.priority_id",
+        "JSON has only finite numbers",
+    ),
+    (
+        {**ON, "action": "halo_ticket", "ticket": {"summary": "x", "n": [float("-inf")]}},
+        "rules[0].ticket.n[0]",
+        "JSON has only finite numbers",
+    ),
     (
         {**ON, "action": "halo_ticket", "ticket": {"a": [{"b": "{% if %}"}]}},
         "rules[0].ticket.a[0].b",
