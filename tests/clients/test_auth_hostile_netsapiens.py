@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from daemon.clients.factory import build_client
@@ -60,7 +61,7 @@ def ns_app(
     return app
 
 
-# 5. token_info (`daemon api netsapiens token`) crashes on an expires_in TokenState tolerates ---
+# token_info (`daemon api netsapiens token`) crashes on an expires_in TokenState tolerates ---
 async def test_token_info_with_odd_expires_in() -> None:
     grants: list[str] = []
     async with serve(ns_app(grants, expires_in="3600s")) as url:
@@ -69,30 +70,37 @@ async def test_token_info_with_odd_expires_in() -> None:
     assert info["user"] == "101"
 
 
-# 6. a refresh grant refused OAuth-style inside a 200 (no access_token) never falls back to the
-#    password grant: the upstream stays down until a restart ---------------------------------
-async def test_refresh_answered_without_token_falls_back_to_password() -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"code": 401, "message": "Refresh token revoked"},
+        # Found by probing: refused OAuth-style (no access_token), the dead refresh token was
+        # kept and retried after every back-off, for ever.
+        {"error": "invalid_grant", "error_description": "refresh token expired"},
+    ],
+    ids=["code 401", "oauth error"],
+)
+async def test_a_refresh_refused_inside_a_200_falls_back_to_the_password(
+    refusal: dict[str, Any],
+) -> None:
     grants: list[str] = []
-    app = ns_app(
-        grants,
-        refresh_answer={"error": "invalid_grant", "error_description": "refresh token expired"},
-    )
     clock = FakeClock(autojump=True)
     outcomes = []
-    async with serve(app) as url:
+    async with serve(ns_app(grants, refresh_answer=refusal)) as url:
         async with build_client(ns_cfg(url), clock=clock) as client:
             await client.request("GET", "domains")
             for _ in range(3):
-                clock.advance(4000)  # access token expired (and past the failure backoff)
+                clock.advance(4000)  # the access token has expired
                 try:
                     await client.request("GET", "domains")
                     outcomes.append("ok")
                 except UpstreamError as exc:
                     outcomes.append(type(exc).__name__)
     assert outcomes == ["ok", "ok", "ok"], (grants, outcomes)
+    assert grants[:3] == ["password", "refresh_token", "password"], grants
 
 
-# 7. the redactor forgets a still-current token after 64 other token registrations: here a
+# the redactor forgets a still-current token after 64 other token registrations: here a
 #    Halo upstream whose tokens live 30 s (refreshed on every request) evicts the NetSapiens
 #    access token the daemon is still using, so logs / CLI output / stored error text
 #    (all passed through daemon.logs' one redactor) would print it in clear ---------------------
@@ -131,7 +139,7 @@ async def test_current_token_stays_masked_after_other_refreshes() -> None:
         clear_secrets()
 
 
-# 8. a caller cancelled while it holds the refresh does not break the others ------------------
+# a caller cancelled while it holds the refresh does not break the others ------------------
 async def test_cancelled_refresher_leaves_working_state() -> None:
     grants: list[str] = []
     gate = asyncio.Event()

@@ -46,7 +46,7 @@ async def _burst(client: Any, n: int) -> list[Any]:
     )
 
 
-# 1. expires_in shorter than the leeway (0, 30, negative): single flight is lost --------------
+# expires_in shorter than the leeway (0, 30, negative): single flight is lost --------------
 async def test_a_lifetime_under_the_refresh_margin_keeps_one_token_request_a_burst() -> None:
     calls: list[int] = []
     app = halo_app({"access_token": "tok-abcdefgh12345", "expires_in": 30}, calls)
@@ -57,7 +57,7 @@ async def test_a_lifetime_under_the_refresh_margin_keeps_one_token_request_a_bur
     assert len(calls) == 1, f"10 concurrent callers caused {len(calls)} token requests"
 
 
-# 2. expires_in huge (1e999 -> inf in JSON, or "inf"): OverflowError from the refresh log line --
+# expires_in huge (1e999 -> inf in JSON, or "inf"): OverflowError from the refresh log line --
 async def test_infinite_expires_in_does_not_crash() -> None:
     calls: list[int] = []
     raw = '{"access_token": "tok-abcdefgh12345", "expires_in": 1e999}'
@@ -68,7 +68,7 @@ async def test_infinite_expires_in_does_not_crash() -> None:
     assert not isinstance(first[0], BaseException), repr(first[0])
 
 
-# 3. token endpoint answers a 200 that is not JSON (a login page): no backoff, one token
+# token endpoint answers a 200 that is not JSON (a login page): no backoff, one token
 #    request per caller (no single flight, no fail-fast) ------------------------------------
 async def test_non_json_token_answer_fails_fast_and_single_flight() -> None:
     calls: list[int] = []
@@ -96,7 +96,7 @@ async def test_token_403_fails_fast() -> None:
     assert len(calls) == 1, f"5 calls caused {len(calls)} token requests; healthy={auth.healthy}"
 
 
-# 4. a token answer that is not valid JSON (truncated) puts the issued token in the error -------
+# a token answer that is not valid JSON (truncated) puts the issued token in the error -------
 async def test_truncated_token_answer_does_not_leak_token() -> None:
     calls: list[int] = []
     tok = "LEAKED-ACCESS-TOKEN-0123456789"
