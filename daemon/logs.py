@@ -134,7 +134,10 @@ class Redactor:
     The set of secrets grows at runtime (`add_secrets`) because OAuth tokens only exist after
     the first login; it is the one piece of module state besides `log`. Secrets from the
     configuration stay registered; transient ones (tokens) are kept for the last
-    MAX_TRANSIENT_SECRETS registrations.
+    MAX_TRANSIENT_SECRETS registrations — and each owner's (an upstream's) latest ones for as
+    long as they are its latest, however many other upstreams registered since: a token still
+    in use must never fall out (found by probing: 64 refreshes of another upstream's short
+    tokens unmasked one).
     """
 
     def __init__(self) -> None:
@@ -143,17 +146,23 @@ class Redactor:
         self._transient: collections.deque[frozenset[str]] = collections.deque(
             maxlen=MAX_TRANSIENT_SECRETS
         )
+        self._current: dict[str, frozenset[str]] = {}  # each owner's latest transient forms
         self._secrets: frozenset[str] = frozenset()
         self._pattern: re.Pattern[str] | None = None
 
-    def add(self, values: Iterable[str], *, transient: bool = False) -> None:
+    def add(
+        self, values: Iterable[str], *, transient: bool = False, owner: str | None = None
+    ) -> None:
         forms: set[str] = set()
         for value in values:
             forms |= secret_forms(value)
-        self.add_forms(forms, transient=transient)
+        self.add_forms(forms, transient=transient, owner=owner)
 
-    def add_forms(self, forms: Iterable[str], *, transient: bool = False) -> None:
-        """Register already-derived spellings (see `secret_forms`, `basic_pair_forms`)."""
+    def add_forms(
+        self, forms: Iterable[str], *, transient: bool = False, owner: str | None = None
+    ) -> None:
+        """Register already-derived spellings (see `secret_forms`, `basic_pair_forms`);
+        `owner` names whose latest transient secrets these are (kept while they are)."""
         forms = frozenset(f for f in forms if isinstance(f, str) and len(f) >= MIN_SECRET_LENGTH)
         if not forms:
             return
@@ -161,9 +170,11 @@ class Redactor:
             if transient:
                 if forms not in self._transient:
                     self._transient.append(forms)
+                if owner is not None:
+                    self._current[owner] = forms
             else:
                 self._permanent |= forms
-            new = frozenset(self._permanent.union(*self._transient))
+            new = frozenset(self._permanent.union(*self._transient, *self._current.values()))
             if new != self._secrets:
                 self._secrets = new
                 self._pattern = _pattern(new)
@@ -176,6 +187,7 @@ class Redactor:
         with self._lock:
             self._permanent = set()
             self._transient.clear()
+            self._current.clear()
             self._secrets = frozenset()
             self._pattern = None
 
@@ -222,10 +234,13 @@ def _pattern(spellings: Iterable[str]) -> re.Pattern[str]:
 _REDACTOR = Redactor()
 
 
-def add_secrets(values: Iterable[str], *, transient: bool = False) -> None:
+def add_secrets(
+    values: Iterable[str], *, transient: bool = False, owner: str | None = None
+) -> None:
     """Register secret values (config secrets; tokens with `transient=True` as they are
-    issued) so they are masked, in every spelling, from now on."""
-    _REDACTOR.add(values, transient=transient)
+    issued, `owner` the upstream whose current ones they are) so they are masked, in every
+    spelling, from now on."""
+    _REDACTOR.add(values, transient=transient, owner=owner)
 
 
 def add_basic_pair(user: str, secret: str) -> None:

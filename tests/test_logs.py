@@ -239,6 +239,22 @@ def test_tokens_are_transient_and_bounded() -> None:
     assert redact_text("config-secret-1") == REDACTED  # config secrets are never dropped
 
 
+def test_an_upstreams_current_token_stays_masked_however_others_churn() -> None:
+    """Found by probing: another upstream's frequent refreshes pushed a token still in use out
+    of the bounded list, and logs and stored errors would have shown it in clear."""
+    add_secrets(["ns-token-in-use-0001"], transient=True, owner="netsapiens")
+    for i in range(3 * MAX_TRANSIENT_SECRETS):
+        add_secrets([f"halo-token-{i:05d}"], transient=True, owner="halo")
+    assert redact_text("ns-token-in-use-0001") == REDACTED  # still netsapiens' current one
+    assert redact_text("halo-token-00000") == "halo-token-00000"  # long replaced: dropped
+    assert redact_text(f"halo-token-{3 * MAX_TRANSIENT_SECRETS - 1:05d}") == REDACTED
+    add_secrets(["ns-token-in-use-0002"], transient=True, owner="netsapiens")
+    for i in range(MAX_TRANSIENT_SECRETS):
+        add_secrets([f"halo-token-b{i:05d}"], transient=True, owner="halo")
+    assert redact_text("ns-token-in-use-0001") == "ns-token-in-use-0001"  # replaced: may go
+    assert redact_text("ns-token-in-use-0002") == REDACTED
+
+
 def test_redact_strings_walks_keys_and_values_without_judging_names() -> None:
     add_secrets([TRICKY])
     escaped = json.dumps(TRICKY)[1:-1]

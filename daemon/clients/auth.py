@@ -189,7 +189,7 @@ class TokenAuth(ABC):
             tokens = [t for t in (self.state.access_token, self.state.refresh_token) if t]
             for secret in tokens:
                 session.add_secret(secret)
-            add_secrets(tokens, transient=True)
+            add_secrets(tokens, transient=True, owner=session.name)
             self.refreshes += 1
             self._failed_until = None
             self._failure = None
