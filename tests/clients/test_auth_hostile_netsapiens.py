@@ -61,7 +61,7 @@ def ns_app(
     return app
 
 
-# token_info (`daemon api netsapiens token`) crashes on an expires_in TokenState tolerates ---
+# `daemon api netsapiens token` reads the lifetime as the token's state read it.
 async def test_token_info_with_odd_expires_in() -> None:
     grants: list[str] = []
     async with serve(ns_app(grants, expires_in="3600s")) as url:
@@ -100,10 +100,7 @@ async def test_a_refresh_refused_inside_a_200_falls_back_to_the_password(
     assert grants[:3] == ["password", "refresh_token", "password"], grants
 
 
-# the redactor forgets a still-current token after 64 other token registrations: here a
-#    Halo upstream whose tokens live 30 s (refreshed on every request) evicts the NetSapiens
-#    access token the daemon is still using, so logs / CLI output / stored error text
-#    (all passed through daemon.logs' one redactor) would print it in clear ---------------------
+# An upstream's current token stays masked while another upstream's short tokens churn.
 async def test_current_token_stays_masked_after_other_refreshes() -> None:
     from tests.hostile.conftest import upstream
 
@@ -139,7 +136,7 @@ async def test_current_token_stays_masked_after_other_refreshes() -> None:
         clear_secrets()
 
 
-# a caller cancelled while it holds the refresh does not break the others ------------------
+# A caller cancelled while it holds the refresh does not break the others.
 async def test_cancelled_refresher_leaves_working_state() -> None:
     grants: list[str] = []
     gate = asyncio.Event()

@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from daemon.clients.factory import build_client
@@ -46,7 +47,7 @@ async def _burst(client: Any, n: int) -> list[Any]:
     )
 
 
-# expires_in shorter than the leeway (0, 30, negative): single flight is lost --------------
+# A lifetime under the early-refresh margin: still one token request a burst.
 async def test_a_lifetime_under_the_refresh_margin_keeps_one_token_request_a_burst() -> None:
     calls: list[int] = []
     app = halo_app({"access_token": "tok-abcdefgh12345", "expires_in": 30}, calls)
@@ -57,7 +58,7 @@ async def test_a_lifetime_under_the_refresh_margin_keeps_one_token_request_a_bur
     assert len(calls) == 1, f"10 concurrent callers caused {len(calls)} token requests"
 
 
-# expires_in huge (1e999 -> inf in JSON, or "inf"): OverflowError from the refresh log line --
+# An infinite lifetime (1e999 in JSON) counts as the default hour, no OverflowError.
 async def test_infinite_expires_in_does_not_crash() -> None:
     calls: list[int] = []
     raw = '{"access_token": "tok-abcdefgh12345", "expires_in": 1e999}'
@@ -68,35 +69,32 @@ async def test_infinite_expires_in_does_not_crash() -> None:
     assert not isinstance(first[0], BaseException), repr(first[0])
 
 
-# token endpoint answers a 200 that is not JSON (a login page): no backoff, one token
-#    request per caller (no single flight, no fail-fast) ------------------------------------
-async def test_non_json_token_answer_fails_fast_and_single_flight() -> None:
+# A final answer that is no token — a login page with a 200, a 403 from a disabled API
+# application — is a refused grant: one token request, then fail fast for the back-off.
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"token_body": None, "raw": "<html>Sign in</html>", "ctype": "text/html"},
+        {"token_body": {"error": "access_denied"}, "status": 403},
+    ],
+    ids=["html page, 200", "403"],
+)
+async def test_a_final_answer_that_is_no_token_fails_fast_in_one_request(
+    answer: dict[str, Any],
+) -> None:
     calls: list[int] = []
-    app = halo_app(None, calls, raw="<html>Sign in</html>", ctype="text/html")
-    async with serve(app) as url:
+    async with serve(halo_app(calls=calls, **answer)) as url:
         async with build_client(upstream("halo", url), clock=FakeClock()) as client:
-            results = await _burst(client, 10)
-            results += await _burst(client, 10)
-            auth = client.session.auth
-    assert all(isinstance(r, UpstreamError) for r in results), results
-    assert len(calls) == 1, f"20 callers caused {len(calls)} token requests; healthy={auth.healthy}"
-
-
-# 3b. token endpoint answers 403 (a disabled API application): same hammering ----------------
-async def test_token_403_fails_fast() -> None:
-    calls: list[int] = []
-    app = halo_app({"error": "access_denied"}, calls, status=403)
-    async with serve(app) as url:
-        async with build_client(upstream("halo", url), clock=FakeClock()) as client:
-            results = []
-            for _ in range(5):
+            results = await _burst(client, 10)  # at once
+            for _ in range(5):  # and one after another
                 results += await _burst(client, 1)
             auth = client.session.auth
     assert all(isinstance(r, UpstreamError) for r in results), results
-    assert len(calls) == 1, f"5 calls caused {len(calls)} token requests; healthy={auth.healthy}"
+    assert len(calls) == 1, f"15 callers caused {len(calls)} token requests"
+    assert not auth.healthy
 
 
-# a token answer that is not valid JSON (truncated) puts the issued token in the error -------
+# A token answer cut short keeps its token out of the error's excerpt.
 async def test_truncated_token_answer_does_not_leak_token() -> None:
     calls: list[int] = []
     tok = "LEAKED-ACCESS-TOKEN-0123456789"
