@@ -219,8 +219,7 @@ class Dispatcher:
         try:
             await self._wait_for_work()
         finally:
-            self._waiting = False
-            self.heartbeat = self.clock.monotonic()
+            self._waiting = False  # the loop's next turn, at once, moves the heartbeat
 
     async def _wait_for_work(self) -> None:
         async with anyio.create_task_group() as tg:
