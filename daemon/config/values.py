@@ -264,8 +264,7 @@ def _cron_field_problem(text: str, field: tuple[str, int, int, tuple[str, ...]])
 def check_cron(value: str) -> str:
     """Five fields (minute hour day month weekday), UTC, in plain cron, and it must fire: `0 0 31
     2 *` is a valid expression for a job that would never run."""
-    fields = value.split(" ")
-    fields = [f for f in fields if f]
+    fields = [f for f in value.split(" ") if f]
     if len(fields) != 5 or not value.isprintable():  # a newline or tab would break the summary
         raise ValueError(
             f"invalid cron expression {show(value)}: expected five fields separated by spaces "
